@@ -1,0 +1,19 @@
+# sslad: longitudinal T1 MRI -> self-supervised pretraining -> Alzheimer's disease prediction.
+# Stages (one .smk each under workflow/rules/): simulate_cohort -> cohort -> manifest.
+from snakemake.utils import min_version
+
+min_version("9.19")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/cohort.smk"
+include: "workflow/rules/manifest.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        manifest_outputs(),

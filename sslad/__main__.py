@@ -1,0 +1,5 @@
+import sys
+
+from sslad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+# Raw data: the simulated cohort (default) and the ingestion of any Clinica-style BIDS tree.
+
+
+rule simulate_cohort:
+    output:
+        directory("results/cohort/bids"),
+    log:
+        "results/logs/simulate_cohort.log",
+    params:
+        settings=settings("simulate"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "sslad simulate --settings {params.settings:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule cohort:
+    input:
+        bids_dir(),
+    output:
+        scans="results/cohort/scans.tsv",
+        excluded="results/cohort/excluded.tsv",
+    log:
+        "results/logs/cohort.log",
+    params:
+        settings=settings("cohort"),
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "sslad cohort --settings {params.settings:q} --bids {input:q}"
+        " --scans {output.scans:q} --excluded {output.excluded:q} > {log:q} 2>&1"

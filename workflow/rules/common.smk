@@ -1,0 +1,53 @@
+# Shared helpers: config validation and the settings each rule receives through `params`.
+import json
+
+import jsonschema
+import yaml
+
+
+def validate_config(cfg, schema_path):
+    """Stop before any job runs if config.yaml breaks the schema, naming the offending key."""
+    with open(schema_path) as fh:
+        schema = yaml.safe_load(fh)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+            lines.append(f"  config key {key}: {err.message}")
+        raise ValueError("invalid configuration (config.yaml / --config):\n" + "\n".join(lines))
+
+
+def settings(*blocks):
+    """The config blocks a rule uses, as one sorted JSON string: a `params` value, so that
+    editing any of them (and nothing else) reruns the rule."""
+    merged = {}
+    for block in blocks:
+        merged.update(config[block])
+    return json.dumps(merged, sort_keys=True)
+
+
+def bids_dir():
+    """The user's BIDS tree, or the simulated one when cohort.bids_dir is empty."""
+    return config["cohort"]["bids_dir"] or "results/cohort/bids"
+
+
+def fraction_name(fraction):
+    return f"{fraction:g}"
+
+
+def manifest_outputs():
+    study = config["study"]
+    files = [f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "pretrain", "excluded")]
+    files += expand("results/manifest/tasks/{task}.tsv", task=study["tasks"])
+    files += expand(
+        "results/manifest/fractions/{task}/seed-{seed}/frac-{fraction}.tsv",
+        task=study["tasks"],
+        seed=study["seeds"],
+        fraction=[fraction_name(f) for f in study["label_fractions"]],
+    )
+    return files
+
+
+validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))

@@ -1,0 +1,23 @@
+# The longitudinal manifest: labels from the whole record, subject-level splits, task tables,
+# nested label fractions and the pretraining set.
+
+
+rule manifest:
+    input:
+        scans="results/cohort/scans.tsv",
+        excluded="results/cohort/excluded.tsv",
+    output:
+        manifest_outputs(),
+    log:
+        "results/logs/manifest.log",
+    params:
+        settings=settings("manifest", "study"),
+        out_dir="results/manifest",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "sslad manifest --settings {params.settings:q} --scans {input.scans:q}"
+        " --cohort-excluded {input.excluded:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
