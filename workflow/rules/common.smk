@@ -5,10 +5,34 @@ import jsonschema
 import yaml
 
 
+def coerce_scalars(value, schema):
+    """Snakemake reads nested `--config` values as strings ('1.5'); turn them back into the
+    numbers and booleans the schema asks for, so that the schema judges the value itself."""
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key in value:
+            sub = props.get(key, extra if isinstance(extra, dict) else {})
+            value[key] = coerce_scalars(value[key], sub)
+        return value
+    if isinstance(value, list):
+        return [coerce_scalars(v, schema.get("items", {})) for v in value]
+    wants_scalar = schema.get("type") in ("number", "integer", "boolean") or any(
+        not isinstance(v, str) for v in schema.get("enum", [])
+    )
+    if isinstance(value, str) and wants_scalar:
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
 def validate_config(cfg, schema_path):
     """Stop before any job runs if config.yaml breaks the schema, naming the offending key."""
     with open(schema_path) as fh:
         schema = yaml.safe_load(fh)
+    coerce_scalars(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
@@ -20,7 +44,7 @@ def validate_config(cfg, schema_path):
 
 
 def settings(*blocks):
-    """The config blocks a rule uses, as one sorted JSON string: a `params` value, so that
+    """The config blocks a rule uses, as one sorted JSON string. Passed as a `params` value, so
     editing any of them (and nothing else) reruns the rule."""
     merged = {}
     for block in blocks:

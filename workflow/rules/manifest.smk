@@ -1,5 +1,6 @@
 # The longitudinal manifest: labels from the whole record, subject-level splits, task tables,
 # nested label fractions and the pretraining set.
+import os
 
 
 rule manifest:
@@ -12,7 +13,7 @@ rule manifest:
         "results/logs/manifest.log",
     params:
         settings=settings("manifest", "study"),
-        out_dir="results/manifest",
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     resources:
         mem_mb=2000,
         runtime=30,
