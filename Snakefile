@@ -1,5 +1,6 @@
 # sslad: longitudinal T1 MRI -> self-supervised pretraining -> Alzheimer's disease prediction.
-# Stages (one .smk each under workflow/rules/): simulate_cohort -> cohort -> manifest.
+# Stages (one .smk each under workflow/rules/): simulate_cohort -> cohort -> template ->
+# preprocess (per scan) -> qc_table -> manifest.
 from snakemake.utils import min_version
 
 min_version("9.19")
@@ -10,6 +11,7 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/cohort.smk"
+include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/manifest.smk"
 
 

@@ -45,6 +45,27 @@ def _cmd_manifest(a: argparse.Namespace) -> None:
     run(a.scans, a.cohort_excluded, a.qc, a.out_dir, s, s["tasks"], s["label_fractions"], s["seeds"])
 
 
+def _cmd_template(a: argparse.Namespace) -> None:
+    from sslad.template import write_template
+
+    write_template(a.out_t1w, a.out_mask, a.settings.get("template", ""), a.settings.get("template_mask", ""))
+
+
+def _cmd_preprocess(a: argparse.Namespace) -> None:
+    from sslad.preprocess import run
+
+    record = run(a.t1w, a.participant, a.session, a.template, a.template_mask, a.out_dir, a.settings, a.space,
+                 a.threads)
+    verdict = "passed QC" if record["pass"] else f"FAILED: {record['reason']}"
+    print(f"{a.participant} {a.session}: {verdict}; {record.get('seconds', {})}", file=sys.stderr)
+
+
+def _cmd_qc_table(a: argparse.Namespace) -> None:
+    from sslad.preprocess import qc_table
+
+    qc_table(a.scans, a.preproc_dir, a.space, a.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslad", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
@@ -64,6 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bids", required=True, help="BIDS directory")
     p.add_argument("--scans", required=True, help="output: one row per usable scan")
     p.add_argument("--excluded", required=True, help="output: scans left out, with the reason")
+
+    p = add("template", _cmd_template, "Write the registration template and its brain mask (nilearn's MNI152 by default).")
+    p.add_argument("--out-t1w", required=True)
+    p.add_argument("--out-mask", required=True)
+
+    p = add("preprocess", _cmd_preprocess, "Preprocess one T1w scan: N4, registration, skull strip, normalisation, QC.")
+    p.add_argument("--t1w", required=True, help="raw T1w NIfTI")
+    p.add_argument("--participant", required=True, help="participant_id (sub-...)")
+    p.add_argument("--session", required=True, help="session_id (ses-...)")
+    p.add_argument("--template", required=True, help="template T1w (from the template stage)")
+    p.add_argument("--template-mask", required=True, help="template brain mask")
+    p.add_argument("--space", required=True, help="space label for output names, e.g. MNI152NLin2009aSym")
+    p.add_argument("--out-dir", required=True, help="derivatives root (results/preproc)")
+    p.add_argument("--threads", type=int, default=1, help="ITK threads")
+
+    p = add("qc-table", _cmd_qc_table, "Collect per-scan qc.json files into one QC table.")
+    p.add_argument("--scans", required=True)
+    p.add_argument("--preproc-dir", required=True)
+    p.add_argument("--space", required=True)
+    p.add_argument("--out", required=True)
 
     p = add("manifest", _cmd_manifest, "Build visits, splits, task tables, label fractions and pretrain.tsv.")
     p.add_argument("--scans", required=True, help="scans.tsv from the cohort stage")

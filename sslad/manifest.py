@@ -53,7 +53,8 @@ def build(scans: pd.DataFrame, cohort_excluded: pd.DataFrame, qc: pd.DataFrame |
         excluded.append(pd.DataFrame({"participant_id": failed["participant_id"], "session_id": failed["session_id"],
                                       "stage": "qc", "file": failed.get("file", ""),
                                       "reason": failed["qc_reason"]}))
-        usable_df = scans.merge(qc[qc["qc_pass"].str.lower() == "true"][["participant_id", "session_id"]])
+        keep = ["participant_id", "session_id"] + (["array"] if "array" in qc else [])
+        usable_df = scans.merge(qc[qc["qc_pass"].str.lower() == "true"][keep])
         missing = scans.merge(qc[["participant_id", "session_id"]], how="left", indicator=True)
         missing = missing[missing["_merge"] == "left_only"]
         excluded.append(pd.DataFrame({"participant_id": missing["participant_id"],
@@ -76,7 +77,7 @@ def build(scans: pd.DataFrame, cohort_excluded: pd.DataFrame, qc: pd.DataFrame |
     visits["months"] = visit_months(visits["days_from_baseline"])
     visits["split"] = visits["participant_id"].map(splits)
     out["visits.tsv"] = visits[["participant_id", "session_id", "days_from_baseline", "months", "age",
-                                "diagnosis", "split", "path"]]
+                                "diagnosis", "split", "path"] + (["array"] if "array" in visits else [])]
     out["subjects.tsv"] = subjects
     out["splits.tsv"] = split_df
     pretrain = visits[visits["split"].isin(cfg["pretrain_splits"])]

@@ -28,7 +28,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 def planned_rules(workdir: Path, *args: str) -> set[str]:
     out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0] in
-            {"simulate_cohort", "cohort", "manifest"}}
+            {"simulate_cohort", "cohort", "template", "preprocess", "qc_table", "manifest"}}
 
 
 def set_config(workdir: Path, block: str, key: str, value) -> None:
@@ -49,6 +49,16 @@ def study(tmp_path_factory) -> Path:
     return work
 
 
+def test_run_preprocesses_every_scan_and_gates_the_manifest(study):
+    scans = (study / "results/cohort/scans.tsv").read_text().splitlines()[1:]
+    qc = (study / "results/preproc/qc.tsv").read_text().splitlines()
+    assert len(qc) - 1 == len(scans) > 20
+    assert all("\tTrue\t" in line for line in qc[1:])  # the simulated scans all pass QC
+    assert len(list((study / "results/preproc").rglob("*_qc.png"))) == len(scans)
+    visits = (study / "results/manifest/visits.tsv").read_text().splitlines()
+    assert visits[0].endswith("\tarray") and len(visits) == len(qc)
+
+
 def test_run_writes_every_task_table(study):
     for task in TASKS:
         t = (study / "results/manifest/tasks" / f"{task}.tsv").read_text().splitlines()
@@ -67,8 +77,14 @@ def test_config_edit_reruns_only_affected_stages(study):
     snakemake(study)
     assert (study / "results/manifest/tasks/fut_mci_ad.tsv").stat().st_mtime_ns > before
     assert {p: p.stat().st_mtime_ns for p in sorted((study / "results/cohort/bids").rglob("*"))} == mtimes
+    set_config(study, "preprocess", "registration", "rigid")
+    assert planned_rules(study) == {"preprocess", "qc_table", "manifest"}
+    set_config(study, "preprocess", "registration", "affine")
     set_config(study, "simulate", "seed", 7)
-    assert planned_rules(study) == {"simulate_cohort", "cohort", "manifest"}
+    # preprocess jobs appear once the cohort checkpoint has rerun; a dry run shows what leads there
+    assert {"simulate_cohort", "cohort", "manifest"} <= planned_rules(study)
+    set_config(study, "simulate", "seed", 42)
+    assert planned_rules(study) == set()
 
 
 def test_manifest_rerun_is_byte_identical(study):

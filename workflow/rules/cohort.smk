@@ -18,7 +18,7 @@ rule simulate_cohort:
         "sslad simulate --settings {params.settings:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
-rule cohort:
+checkpoint cohort:
     input:
         bids_dir(),
     output:

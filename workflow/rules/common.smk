@@ -1,5 +1,8 @@
 # Shared helpers: config validation and the settings each rule receives through `params`.
 import json
+import os
+
+import pandas as pd
 
 import jsonschema
 import yaml
@@ -55,6 +58,35 @@ def settings(*blocks):
 def bids_dir():
     """The user's BIDS tree, or the simulated one when cohort.bids_dir is empty."""
     return config["cohort"]["bids_dir"] or "results/cohort/bids"
+
+
+def template_space():
+    """Space label of output names: follows the template that is really used."""
+    pre = config["preprocess"]
+    return pre["template_space"] if pre["template"] else "MNI152NLin2009aSym"
+
+
+def cohort_scans():
+    """scans.tsv of the cohort checkpoint, indexed by (participant, session); read once per run."""
+    path = checkpoints.cohort.get().output.scans
+    mtime = os.path.getmtime(path)
+    if _SCANS_CACHE.get("key") != (path, mtime):
+        scans = pd.read_csv(path, sep="\t", dtype=str).set_index(["participant_id", "session_id"])
+        _SCANS_CACHE.update(key=(path, mtime), scans=scans)
+    return _SCANS_CACHE["scans"]
+
+
+_SCANS_CACHE = {}
+
+
+def raw_t1w(wildcards):
+    return cohort_scans().loc[(wildcards.participant, wildcards.session), "path"]
+
+
+def all_qc_json(wildcards):
+    return [
+        f"results/preproc/{sub}/{ses}/anat/{sub}_{ses}_qc.json" for sub, ses in cohort_scans().index
+    ]
 
 
 def fraction_name(fraction):

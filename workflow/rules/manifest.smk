@@ -7,6 +7,7 @@ rule manifest:
     input:
         scans="results/cohort/scans.tsv",
         excluded="results/cohort/excluded.tsv",
+        qc="results/preproc/qc.tsv",
     output:
         manifest_outputs(),
     log:
@@ -21,4 +22,4 @@ rule manifest:
         "../../envs/core.yaml"
     shell:
         "sslad manifest --settings {params.settings:q} --scans {input.scans:q}"
-        " --cohort-excluded {input.excluded:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --cohort-excluded {input.excluded:q} --qc {input.qc:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

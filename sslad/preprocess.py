@@ -1,0 +1,398 @@
+"""Per-scan T1 preprocessing with ANTs: checks, N4, registration, skull strip, resampling, normalisation, QC.
+
+Why this shape: full-resolution N4 and registration dominate the cost of a T1 chain, so both are
+estimated on a coarse copy of the scan and applied at full resolution. The brain mask is the
+template's, brought to the scan by the inverse transform and then refined on the scan's own
+intensities, where an affine registration cannot follow the anatomy. Bad inputs are caught before
+ANTs sees them, so that the message names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from sslad.io import atomic_path, write_json
+
+TRANSFORMS = {"rigid": "Rigid", "affine": "Affine", "syn": "SyN"}
+
+
+class InputError(ValueError):
+    """The input scan cannot be preprocessed; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Every file one scan produces (BIDS-derivative names, space label from the template)."""
+
+    native_mask: Path
+    preproc: Path
+    mask: Path
+    transform: Path
+    array: Path
+    qc_json: Path
+    qc_png: Path
+
+    @classmethod
+    def for_scan(cls, out_dir: str | Path, sub: str, ses: str, space: str) -> "Outputs":
+        base = Path(out_dir) / sub / ses / "anat" / f"{sub}_{ses}"
+        return cls(
+            native_mask=Path(f"{base}_desc-brain_mask.nii.gz"),
+            preproc=Path(f"{base}_space-{space}_desc-preproc_T1w.nii.gz"),
+            mask=Path(f"{base}_space-{space}_desc-brain_mask.nii.gz"),
+            transform=Path(f"{base}_from-T1w_to-{space}_mode-image_xfm.mat"),
+            array=Path(f"{base}_space-{space}_desc-preproc_T1w.npy"),
+            qc_json=Path(f"{base}_qc.json"),
+            qc_png=Path(f"{base}_qc.png"),
+        )
+
+    def images(self) -> list[Path]:
+        return [self.native_mask, self.preproc, self.mask, self.transform, self.array]
+
+
+def check_input(path: str | Path) -> nib.Nifti1Image:
+    """Load a T1 scan and reject what no preprocessing can use, naming the file and the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        img = nib.load(path)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for a damaged file
+        raise InputError(f"{path}: not a readable NIfTI image ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+        img = nib.Nifti1Image(data, img.affine)
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3D image, got {data.ndim}D with shape {data.shape}")
+    if min(data.shape) < 8:
+        raise InputError(f"{path}: too few voxels along an axis for a 3D brain scan (shape {data.shape})")
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    if not np.all(np.isfinite(zooms)) or zooms.min() < 0.2 or zooms.max() > 8.0:
+        raise InputError(f"{path}: implausible voxel size {tuple(np.round(zooms, 3))} mm (expected 0.2 to 8 mm)")
+    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
+        raise InputError(f"{path}: invalid orientation matrix (affine) in the header")
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: {int((~np.isfinite(data)).sum())} voxels are NaN or infinite")
+    if np.ptp(data) == 0:
+        raise InputError(f"{path}: image is constant ({float(data.flat[0])}), e.g. all zeros")
+    # Reorientation: the closest RAS+ voxel order (a lossless permutation/flip, as Clinica's
+    # t1-linear); native-space outputs are written on this grid.
+    return nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
+
+
+def _to_ants(img: nib.Nifti1Image):
+    """nibabel (RAS) -> ANTs (LPS) without a round trip through disk."""
+    import ants
+
+    affine = img.affine
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    direction = affine[:3, :3] / spacing
+    flip = np.diag([-1.0, -1.0, 1.0])
+    return ants.from_numpy(np.asarray(img.dataobj, dtype=np.float32), origin=list(flip @ affine[:3, 3]),
+                           spacing=list(spacing), direction=flip @ direction)
+
+
+def _to_nib(image, dtype=np.float32) -> nib.Nifti1Image:
+    """ANTs (LPS) -> nibabel (RAS)."""
+    flip = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = flip @ np.asarray(image.direction) * np.asarray(image.spacing)
+    affine[:3, 3] = flip @ np.asarray(image.origin)
+    img = nib.Nifti1Image(image.numpy().astype(dtype), affine)
+    img.header.set_xyzt_units("mm")
+    return img
+
+
+def _coarse(image, voxel_mm: float):
+    """A copy resampled to ``voxel_mm`` when that is coarser than the image, for fast estimation."""
+    import ants
+
+    if min(image.spacing) >= voxel_mm - 1e-6:
+        return image
+    return ants.resample_image(image, [voxel_mm] * 3, use_voxels=False, interp_type=0)
+
+
+def n4(image, head_mask, settings: dict[str, Any]):
+    """N4 bias correction. The field is smooth, so it is fitted on the image shrunk to about
+    ``n4_voxel_mm`` voxels (ANTs' shrink factor) and evaluated at full resolution."""
+    import ants
+
+    shrink = max(1, int(round(settings["n4_voxel_mm"] / min(image.spacing))))
+    return ants.n4_bias_field_correction(image, mask=head_mask, shrink_factor=shrink,
+                                         convergence={"iters": [30, 30, 20], "tol": 1e-3})
+
+
+def head_mask(image):
+    """Foreground (head) mask: Otsu on the log intensity, largest component, holes filled."""
+    arr = image.numpy()
+    pos = arr[arr > 0]
+    logv = np.log1p(pos / np.percentile(pos, 99))
+    hist, edges = np.histogram(logv, bins=128)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w = np.cumsum(hist)
+    mu = np.cumsum(hist * centers)
+    between = (mu[-1] * w / w[-1] - mu) ** 2 / np.maximum(w * (w[-1] - w), 1)
+    thr = np.expm1(centers[np.argmax(between)]) * np.percentile(pos, 99)
+    mask = arr > thr
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        mask = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    mask = ndimage.binary_closing(mask, iterations=2)
+    mask = np.stack([ndimage.binary_fill_holes(s) for s in mask])
+    return image.new_image_like(mask.astype(np.float32))
+
+
+def refine_mask(image, prior, voxel_mm: float, settings: dict[str, Any]) -> np.ndarray:
+    """Refine the template mask brought to the scan on the scan's own intensities.
+
+    Within a band around the prior boundary, a voxel is brain if it is brighter than a threshold
+    halfway between cerebrospinal fluid and grey matter (both estimated from the prior itself) and
+    connected to the brain; the band width (mm) bounds how far the boundary may move.
+    """
+    arr = ndimage.gaussian_filter(image.numpy(), 0.5)
+    prior = prior.numpy() > 0.5
+    steps = max(1, int(round(settings["refine_mm"] / voxel_mm)))
+    core = ndimage.binary_erosion(prior, iterations=steps)
+    outer = ndimage.binary_dilation(prior, iterations=steps)
+    tissue = np.median(arr[core]) if core.any() else np.median(arr[prior])
+    shell = outer & ~ndimage.binary_erosion(prior, iterations=1)
+    csf = np.percentile(arr[shell], 20)
+    thr = csf + settings["refine_threshold"] * (tissue - csf)
+    mask = core | (outer & (arr > thr))
+    mask = ndimage.binary_opening(mask, iterations=1) | core
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        mask = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    mask = ndimage.binary_closing(mask, iterations=1)
+    return np.stack([ndimage.binary_fill_holes(s) for s in mask])
+
+
+def template_grid(template, voxel_mm: float, crop_mm: dict[str, list[float]]):
+    """The model grid: template space at ``voxel_mm`` over the crop box (MNI mm, RAS)."""
+    import ants
+
+    lo = np.array([crop_mm[a][0] for a in "xyz"], dtype=float)
+    hi = np.array([crop_mm[a][1] for a in "xyz"], dtype=float)
+    shape = np.maximum(np.round((hi - lo) / voxel_mm).astype(int), 1)
+    # ANTs/LPS: origin is the first voxel's centre; x and y axes run towards -RAS.
+    origin = [-lo[0] - voxel_mm / 2, -lo[1] - voxel_mm / 2, lo[2] + voxel_mm / 2]
+    direction = np.diag([-1.0, -1.0, 1.0])
+    return ants.make_image(tuple(int(s) for s in shape), voxval=0.0, spacing=[voxel_mm] * 3,
+                           origin=origin, direction=direction)
+
+
+def normalise(arr: np.ndarray, mask: np.ndarray, method: str) -> np.ndarray:
+    """Masked intensity normalisation: z-score over the brain, or WhiteStripe-like (white-matter mode)."""
+    vals = arr[mask]
+    if method == "zscore":
+        mu, sd = vals.mean(), vals.std()
+    else:  # whitestripe: centre on the white-matter peak (highest mode), scale by its width
+        hist, edges = np.histogram(vals, bins=200, range=tuple(np.percentile(vals, [1, 99.5])))
+        smooth = ndimage.gaussian_filter1d(hist.astype(float), 2)
+        peaks = [i for i in range(1, 199) if smooth[i] >= smooth[i - 1] and smooth[i] >= smooth[i + 1]
+                 and smooth[i] > 0.1 * smooth.max()]
+        mode = (edges[peaks[-1]] + edges[peaks[-1] + 1]) / 2 if peaks else np.median(vals)
+        stripe = vals[np.abs(vals - mode) < 0.05 * mode]
+        mu, sd = mode, stripe.std() if stripe.size > 10 else vals.std()
+    out = (arr - mu) / max(sd, 1e-6)
+    return np.where(mask, out, 0.0).astype(np.float32)
+
+
+def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outputs: Outputs,
+                    settings: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """Run the chain on one scan and write its outputs; returns the QC record."""
+    import time
+
+    import ants
+
+    times: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        times[name] = round(now - clock, 3)
+        clock = now
+
+    img = check_input(path)
+    native = _to_ants(img)
+    lap("load")
+    head = head_mask(native)
+    corrected = n4(native, head, settings)
+    lap("n4")
+
+    fixed = ants.image_read(template_t1)
+    fixed_mask = ants.image_read(template_mask)
+    reg_mm = settings["registration_voxel_mm"]
+    fixed_small = _coarse(fixed, reg_mm)
+    moving_small = _coarse(corrected * head, reg_mm)
+    region = ants.iMath(ants.resample_image_to_target(fixed_mask, fixed_small, interp_type="nearestNeighbor"),
+                        "MD", max(1, int(round(8 / reg_mm))))
+    reg = ants.registration(fixed=fixed_small, moving=moving_small, type_of_transform=TRANSFORMS[settings["registration"]],
+                            mask=region, aff_metric="mattes", aff_sampling=32, aff_random_sampling_rate=0.2,
+                            aff_iterations=(200, 100, 50), aff_shrink_factors=(4, 2, 1),
+                            aff_smoothing_sigmas=(2, 1, 0), reg_iterations=(40, 20, 0),
+                            random_seed=max(1, int(settings["seed"])), outprefix=str(Path(workdir) / "reg-"))
+    lap("registration")
+
+    prior = ants.apply_transforms(fixed=corrected, moving=fixed_mask, transformlist=reg["invtransforms"],
+                                  whichtoinvert=[True] if settings["registration"] != "syn" else [True, False],
+                                  interpolator="linear")
+    voxel = float(min(native.spacing))
+    native_mask = refine_mask(corrected, prior, voxel, settings) if settings["refine_mask"] else prior.numpy() > 0.5
+    lap("skull_strip")
+
+    grid = template_grid(fixed, settings["voxel_mm"], settings["crop_mm"])
+    warped = ants.apply_transforms(fixed=grid, moving=corrected, transformlist=reg["fwdtransforms"],
+                                   interpolator="linear")
+    mask_img = corrected.new_image_like(native_mask.astype(np.float32))
+    warped_mask = ants.apply_transforms(fixed=grid, moving=mask_img, transformlist=reg["fwdtransforms"],
+                                        interpolator="linear").numpy() > 0.5
+    model = normalise(warped.numpy(), warped_mask, settings["normalisation"])
+    lap("resample_normalise")
+
+    qc = quality(warped.numpy(), ants.resample_image_to_target(fixed, grid, interp_type="linear").numpy(),
+                 ants.resample_image_to_target(fixed_mask, grid, interp_type="nearestNeighbor").numpy() > 0.5,
+                 native_mask, float(np.prod(corrected.spacing)), settings["qc"])
+    with atomic_path(outputs.transform) as tmp:
+        Path(reg["fwdtransforms"][-1]).replace(tmp)
+    _save(_to_nib(mask_img, np.uint8), outputs.native_mask)
+    _save(_to_nib(warped.new_image_like(model)), outputs.preproc)
+    _save(_to_nib(warped.new_image_like(warped_mask.astype(np.float32)), np.uint8), outputs.mask)
+    with atomic_path(outputs.array) as tmp:
+        np.save(tmp, _to_nib(warped.new_image_like(model)).get_fdata(dtype=np.float32).astype(np.float16))
+    lap("write")
+    qc_png(corrected, native_mask, warped, warped_mask, outputs.qc_png, qc)
+    lap("qc")
+    qc["seconds"] = times
+    qc["seconds_total"] = round(sum(times.values()), 3)
+    return qc
+
+
+def _save(img: nib.Nifti1Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def quality(moved: np.ndarray, template: np.ndarray, template_mask: np.ndarray, native_mask: np.ndarray,
+            voxel_ml: float, q: dict[str, Any]) -> dict[str, Any]:
+    """QC measures and the pass/fail verdict, with every failed criterion as a reason.
+
+    Similarity is the correlation of the registered scan with the template inside the template's
+    brain (on the model grid); plausibility is the native brain volume, one connected component and
+    a mask that the field of view does not cut.
+    """
+    corr = float(np.corrcoef(moved[template_mask], template[template_mask])[0, 1])
+    volume_ml = float(native_mask.sum() * voxel_ml / 1000.0)
+    n_comp = int(ndimage.label(native_mask)[1])
+    edge = native_mask[[0, -1]].any() or native_mask[:, [0, -1]].any() or native_mask[:, :, [0, -1]].any()
+    reasons = []
+    if corr < q["min_template_correlation"]:
+        reasons.append(f"template correlation {corr:.3f} below {q['min_template_correlation']}")
+    lo, hi = q["brain_volume_ml"]
+    if not lo <= volume_ml <= hi:
+        reasons.append(f"brain volume {volume_ml:.0f} ml outside [{lo}, {hi}]")
+    if n_comp != 1:
+        reasons.append(f"brain mask in {n_comp} pieces")
+    if edge:
+        reasons.append("brain mask touches the image border (brain cut by the field of view)")
+    return {"template_correlation": round(corr, 4), "brain_volume_ml": round(volume_ml, 1),
+            "mask_components": n_comp, "mask_touches_border": bool(edge),
+            "pass": not reasons, "reason": "; ".join(reasons)}
+
+
+def qc_png(corrected, native_mask: np.ndarray, warped, warped_mask: np.ndarray, out: Path,
+           qc: dict[str, Any]) -> None:
+    """Three planes in native space and in template space, brain mask outlined in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6), facecolor="black")
+    for row, (arr, mask, title) in enumerate(((corrected.numpy(), native_mask, "native"),
+                                              (warped.numpy(), warped_mask, "template"))):
+        centre = [int(c) for c in np.round(ndimage.center_of_mass(mask))] if mask.any() else [s // 2 for s in arr.shape]
+        for col, axis in enumerate((0, 1, 2)):
+            sl = [slice(None)] * 3
+            sl[axis] = centre[axis]
+            ax = axes[row, col]
+            ax.imshow(arr[tuple(sl)].T, origin="lower", cmap="gray",
+                      vmax=np.percentile(arr[mask], 99) if mask.any() else None, vmin=min(0, arr.min()))
+            ax.contour(mask[tuple(sl)].T.astype(float), levels=[0.5], colors="red", linewidths=0.6, origin="lower")
+            ax.set_axis_off()
+            ax.set_title(f"{title} {'xyz'[axis]}", color="white", fontsize=8)
+    verdict = "PASS" if qc["pass"] else f"FAIL: {qc['reason']}"
+    fig.suptitle(f"corr {qc['template_correlation']}  brain {qc['brain_volume_ml']} ml  {verdict}",
+                 color="white", fontsize=9)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=80, facecolor="black")
+    plt.close(fig)
+
+
+def failure_png(out: Path, message: str) -> None:
+    """A QC picture for a scan that could not be processed, so that every scan has one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(9, 2))
+    fig.text(0.02, 0.5, "FAILED\n" + message, fontsize=8, va="center", wrap=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+
+
+def run(path: str, sub: str, ses: str, template_t1: str, template_mask: str, out_dir: str,
+        settings: dict[str, Any], space: str, threads: int = 1) -> dict[str, Any]:
+    """Preprocess one scan. A bad input or a failed step marks the scan failed (qc.json says why),
+    removes any output it had written, and returns normally, so the study goes on."""
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+    outputs = Outputs.for_scan(out_dir, sub, ses, space)
+    outputs.qc_json.parent.mkdir(parents=True, exist_ok=True)
+    record = {"participant_id": sub, "session_id": ses, "input": str(path), "space": space,
+              "settings": settings}
+    try:
+        with tempfile.TemporaryDirectory(prefix="sslad-preprocess-") as workdir:
+            record.update(preprocess_scan(path, template_t1, template_mask, outputs, settings, workdir))
+    except Exception as exc:  # any failure marks this scan, never the study
+        for f in outputs.images():
+            f.unlink(missing_ok=True)
+        message = str(exc) if isinstance(exc, InputError) else f"{path}: preprocessing failed ({type(exc).__name__}: {exc})"
+        record.update({"pass": False, "reason": message})
+        failure_png(outputs.qc_png, message)
+    if record["pass"]:
+        record["outputs"] = {k: str(v) for k, v in vars(outputs).items() if k not in ("qc_json", "qc_png")}
+    write_json(record, outputs.qc_json)
+    return record
+
+
+def qc_table(scans_tsv: str | Path, preproc_dir: str | Path, space: str, out: str | Path) -> None:
+    """Collect every scan's qc.json into one table for the manifest (a missing one is a failure)."""
+    import json
+
+    import pandas as pd
+
+    from sslad.io import read_tsv, write_tsv
+
+    rows = []
+    for r in read_tsv(scans_tsv).itertuples():
+        path = Outputs.for_scan(preproc_dir, r.participant_id, r.session_id, space).qc_json
+        try:
+            qc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            qc = {"pass": False, "reason": f"{path}: no readable QC record ({exc})"}
+        rows.append({"participant_id": r.participant_id, "session_id": r.session_id, "qc_pass": bool(qc["pass"]),
+                     "qc_reason": qc.get("reason", ""), "template_correlation": qc.get("template_correlation"),
+                     "brain_volume_ml": qc.get("brain_volume_ml"), "seconds": qc.get("seconds_total"),
+                     "array": qc.get("outputs", {}).get("array", ""), "file": str(path)})
+    write_tsv(pd.DataFrame(rows), out)

@@ -1,0 +1,76 @@
+# T1 preprocessing with ANTs, one job per scan, and the QC table that gates the manifest.
+from pathlib import Path
+
+
+wildcard_constraints:
+    participant="sub-[A-Za-z0-9]+",
+    session="ses-[A-Za-z0-9]+",
+
+
+rule template:
+    output:
+        t1w=f"results/template/tpl-{template_space()}_T1w.nii.gz",
+        mask=f"results/template/tpl-{template_space()}_desc-brain_mask.nii.gz",
+    log:
+        "results/logs/template.log",
+    params:
+        settings=json.dumps(
+            {k: config["preprocess"][k] for k in ("template", "template_mask")},
+            sort_keys=True,
+        ),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "sslad template --settings {params.settings:q} --out-t1w {output.t1w:q}"
+        " --out-mask {output.mask:q} > {log:q} 2>&1"
+
+
+rule preprocess:
+    input:
+        t1w=raw_t1w,
+        template=rules.template.output.t1w,
+        mask=rules.template.output.mask,
+    output:
+        qc="results/preproc/{participant}/{session}/anat/{participant}_{session}_qc.json",
+        png="results/preproc/{participant}/{session}/anat/{participant}_{session}_qc.png",
+    log:
+        "results/logs/preprocess/{participant}_{session}.log",
+    params:
+        settings=settings("preprocess"),
+        space=template_space(),
+        out_dir=lambda wildcards, output: Path(output.qc).parents[3],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../envs/imaging.yaml"
+    shell:
+        "sslad preprocess --settings {params.settings:q} --t1w {input.t1w:q}"
+        " --participant {wildcards.participant} --session {wildcards.session}"
+        " --template {input.template:q} --template-mask {input.mask:q} --space {params.space}"
+        " --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule qc_table:
+    input:
+        scans="results/cohort/scans.tsv",
+        qc=all_qc_json,
+    output:
+        "results/preproc/qc.tsv",
+    log:
+        "results/logs/qc_table.log",
+    params:
+        space=template_space(),
+        preproc_dir=lambda wildcards, output: Path(output[0]).parent,
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "sslad qc-table --scans {input.scans:q} --preproc-dir {params.preproc_dir:q}"
+        " --space {params.space} --out {output:q} > {log:q} 2>&1"
