@@ -14,12 +14,12 @@ from typing import Any
 import pandas as pd
 
 from sslad.io import write_tsv
+from sslad.labels import DAYS_PER_MONTH
 
 SCAN_COLUMNS = ["participant_id", "session_id", "path", "sex", "age", "days_from_baseline",
                 "diagnosis", "diagnosis_raw", "cohort"]
 EXCLUDED_COLUMNS = ["participant_id", "session_id", "stage", "file", "reason"]
 SESSION_MONTHS = re.compile(r"^ses-M(\d+)$")
-DAYS_PER_MONTH = 30.4375
 
 
 class CohortError(ValueError):

@@ -23,10 +23,10 @@ import pandas as pd
 from scipy import ndimage
 
 from sslad.io import atomic_dir, write_tsv
+from sslad.labels import DAYS_PER_MONTH
 
 GROUPS = ("cn", "cn_mci", "mci", "mci_ad", "ad")
 DX_BY_STAGE = ("CN", "MCI", "AD")
-DAYS_PER_MONTH = 30.4375
 HEAD_CENTER = np.array([0.0, -18.0, 10.0])  # mm, MNI: rotation centre of the pose
 HIPPOCAMPI = np.array([[-27.0, -22.0, -14.0], [27.0, -22.0, -14.0]])  # mm, MNI
 FOV_MM = np.array([[-105.0, 105.0], [-140.0, 105.0], [-115.0, 115.0]])  # native field of view

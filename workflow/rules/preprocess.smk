@@ -44,7 +44,7 @@ rule preprocess:
         out_dir=lambda wildcards, output: Path(output.qc).parents[3],
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=2000,  # measured peak: 1.1 GB at 1 mm
         runtime=20,
     conda:
         "../../envs/imaging.yaml"
