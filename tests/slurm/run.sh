@@ -84,7 +84,7 @@ snakemake --profile profiles/slurm --configfile .test/config.yaml \
   --default-resources mem_mb=1000 runtime=30 2>&1 | tee "$work/snakemake.log"
 
 echo; echo "jobs SLURM ran (squeue keeps finished jobs for MinJobAge):"
-squeue --states=all -h -o "%.6i %.40j %.10T %.8M" | tee "$work/squeue.txt"
+squeue --states=all -h -o "%.6i %.30k %.10T %.8M" | tee "$work/squeue.txt"
 grep -q "(100%) done" "$work/snakemake.log" || { echo "FAIL: the study did not finish"; exit 1; }
 if grep -E "^localrule " "$work/snakemake.log" | grep -v "^localrule all:"; then
   echo "FAIL: a job ran outside SLURM"; exit 1
