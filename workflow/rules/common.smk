@@ -67,26 +67,25 @@ def template_space():
 
 
 def cohort_scans():
-    """scans.tsv of the cohort checkpoint, indexed by (participant, session); read once per run."""
+    """{(participant, session): raw path} from the cohort checkpoint's scans.tsv, read once per run
+    (a plain dict: input functions run once per scan, 10,000 times in a large study)."""
     path = checkpoints.cohort.get().output.scans
-    mtime = os.path.getmtime(path)
-    if _SCANS_CACHE.get("key") != (path, mtime):
-        scans = pd.read_csv(path, sep="\t", dtype=str).set_index(["participant_id", "session_id"])
-        _SCANS_CACHE.update(key=(path, mtime), scans=scans)
-    return _SCANS_CACHE["scans"]
+    key = (path, os.path.getmtime(path))
+    if _SCANS_CACHE.get("key") != key:
+        scans = pd.read_csv(path, sep="\t", dtype=str, usecols=["participant_id", "session_id", "path"])
+        _SCANS_CACHE.update(key=key, paths=dict(zip(zip(scans["participant_id"], scans["session_id"]), scans["path"])))
+    return _SCANS_CACHE["paths"]
 
 
 _SCANS_CACHE = {}
 
 
 def raw_t1w(wildcards):
-    return cohort_scans().loc[(wildcards.participant, wildcards.session), "path"]
+    return cohort_scans()[(wildcards.participant, wildcards.session)]
 
 
 def all_qc_json(wildcards):
-    return [
-        f"results/preproc/{sub}/{ses}/anat/{sub}_{ses}_qc.json" for sub, ses in cohort_scans().index
-    ]
+    return [f"results/preproc/{sub}/{ses}/anat/{sub}_{ses}_qc.json" for sub, ses in cohort_scans()]
 
 
 def fraction_name(fraction):
