@@ -267,8 +267,8 @@ def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outp
     _save(_to_nib(mask_img, np.uint8), outputs.native_mask)
     _save(_to_nib(warped.new_image_like(model)), outputs.preproc)
     _save(_to_nib(warped.new_image_like(warped_mask.astype(np.float32)), np.uint8), outputs.mask)
-    with atomic_path(outputs.array) as tmp:
-        np.save(tmp, _to_nib(warped.new_image_like(model)).get_fdata(dtype=np.float32).astype(np.float16))
+    with atomic_path(outputs.array) as tmp:  # same voxel order as the NIfTI above
+        np.save(tmp, model.astype(np.float16))
     lap("write")
     qc_png(corrected, native_mask, warped, warped_mask, outputs.qc_png, qc)
     lap("qc")

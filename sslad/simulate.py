@@ -60,19 +60,14 @@ def load_template(resolution_mm: float, pad_mm: float = 24.0) -> Template:
     affine = t1_img.affine.copy()
     affine[:3, 3] -= pad * res
     dist = ndimage.distance_transform_edt(~brain, sampling=res).astype(np.float32)
-    world = _voxel_to_world(affine)
     # Ventricles: dark voxels inside the brain near the midline, above the temporal lobes.
     coords = np.argwhere(brain & (t1 < 0.35))
     mm = coords @ affine[:3, :3].T + affine[:3, 3]
     central = (np.abs(mm[:, 0]) < 22) & (mm[:, 1] > -45) & (mm[:, 1] < 25) & (mm[:, 2] > -5) & (mm[:, 2] < 35)
     ventricle_center = mm[central].mean(axis=0) if central.any() else np.array([0.0, -15.0, 15.0])
-    brain_center = world(np.argwhere(brain).mean(axis=0))
+    brain_center = np.argwhere(brain).mean(axis=0) @ affine[:3, :3].T + affine[:3, 3]
     return Template(t1.astype(np.float32), brain.astype(np.float32), dist, np.linalg.inv(affine),
                     ventricle_center, brain_center)
-
-
-def _voxel_to_world(affine: np.ndarray):
-    return lambda ijk: np.asarray(ijk) @ affine[:3, :3].T + affine[:3, 3]
 
 
 def _sample(volume: np.ndarray, inv_affine: np.ndarray, pts: np.ndarray, order: int = 1,
