@@ -1,6 +1,7 @@
 # sslad: longitudinal T1 MRI -> self-supervised pretraining -> Alzheimer's disease prediction.
 # Stages (one .smk each under workflow/rules/): simulate_cohort -> cohort -> template ->
-# preprocess (per scan) -> qc_table -> manifest.
+# preprocess (per scan) -> qc_table -> manifest -> label_fraction -> pretrain (per method) ->
+# finetune (per task x init x fraction x seed) -> aggregate.
 from snakemake.utils import min_version
 
 min_version("9.19")
@@ -13,9 +14,14 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/manifest.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/aggregate.smk"
 
 
 rule all:
     default_target: True
     input:
-        manifest_outputs(),
+        "results/table.csv",
+        "results/summary.csv",
+        "results/preproc/qc_mosaic.png",

@@ -42,7 +42,13 @@ def _cmd_manifest(a: argparse.Namespace) -> None:
     from sslad.manifest import run
 
     s = a.settings
-    run(a.scans, a.cohort_excluded, a.qc, a.out_dir, s, s["tasks"], s["label_fractions"], s["seeds"])
+    run(a.scans, a.cohort_excluded, a.qc, a.out_dir, s, s["tasks"], s.get("label_fractions", []), s.get("seeds", []))
+
+
+def _cmd_label_fraction(a: argparse.Namespace) -> None:
+    from sslad.manifest import write_fraction
+
+    write_fraction(a.task_table, a.task, a.fraction, a.seed, a.out)
 
 
 def _cmd_template(a: argparse.Namespace) -> None:
@@ -64,6 +70,44 @@ def _cmd_qc_table(a: argparse.Namespace) -> None:
     from sslad.preprocess import qc_table
 
     qc_table(a.scans, a.preproc_dir, a.space, a.out)
+
+
+def _cmd_mlflow_store(a: argparse.Namespace) -> None:
+    from sslad.tracking import create_store
+
+    create_store(a.db)
+
+
+def _cmd_pretrain(a: argparse.Namespace) -> None:
+    from sslad.pretrain import run
+
+    run(a.settings, a.pretrain, a.visits, a.splits, a.out_dir, a.tracking, a.threads)
+
+
+def _cmd_import_external(a: argparse.Namespace) -> None:
+    from sslad.networks import import_external
+
+    arch = import_external(a.checkpoint, a.out, a.settings["model"], a.settings["stem_stride"])
+    print(f"{a.checkpoint}: MONAI ResNet-{arch['depth']}, widths {arch['widths']} -> {a.out}", file=sys.stderr)
+
+
+def _cmd_finetune(a: argparse.Namespace) -> None:
+    from sslad.finetune import run
+
+    run(a.settings, a.task, a.init, a.fraction, a.seed, a.task_table, a.fraction_table, a.visits, a.encoder,
+        a.out_dir, a.tracking, a.threads)
+
+
+def _cmd_aggregate(a: argparse.Namespace) -> None:
+    from sslad.aggregate import run
+
+    run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, n_boot=a.settings.get("n_bootstrap", 1000))
+
+
+def _cmd_qc_mosaic(a: argparse.Namespace) -> None:
+    from sslad.qc_mosaic import run
+
+    run(a.qc, a.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +155,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cohort-excluded", required=True, help="excluded.tsv from the cohort stage")
     p.add_argument("--qc", default=None, help="optional QC table (participant_id, session_id, qc_pass, qc_reason)")
     p.add_argument("--out-dir", required=True, help="manifest directory")
+
+    p = add("label-fraction", _cmd_label_fraction, "Write one nested, stratified label-fraction subset of a task's training split.")
+    p.add_argument("--task-table", required=True, help="results/manifest/tasks/<task>.tsv")
+    p.add_argument("--task", required=True)
+    p.add_argument("--fraction", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+
+    p = add("mlflow-store", _cmd_mlflow_store, "Create the MLflow SQLite store and its experiments (once per study).")
+    p.add_argument("--db", required=True, help="SQLite file, e.g. results/mlflow/mlflow.db")
+
+    p = add("pretrain", _cmd_pretrain, "Self-supervised pretraining of one method (torchrun-aware).")
+    p.add_argument("--pretrain", required=True, help="pretrain.tsv (participant_id, session_id)")
+    p.add_argument("--visits", required=True, help="visits.tsv (array paths and times)")
+    p.add_argument("--splits", required=True, help="splits.tsv, to refuse test subjects")
+    p.add_argument("--out-dir", required=True, help="results/pretrain/<method>")
+    p.add_argument("--tracking", default=None, help="MLflow SQLite store (optional)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per process")
+
+    p = add("import-external", _cmd_import_external,
+            "Turn a 3D-Neuro-SimCLR checkpoint (model_state_dict, MONAI ResNet) into an encoder.pt.")
+    p.add_argument("--checkpoint", required=True, help="the released .tar / .pt file")
+    p.add_argument("--out", required=True, help="encoder.pt to write")
+
+    p = add("finetune", _cmd_finetune, "Fine-tune and evaluate one task x init x label fraction x seed (all modes).")
+    p.add_argument("--task", required=True)
+    p.add_argument("--init", required=True, help="scratch or a pretraining method / external")
+    p.add_argument("--fraction", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--task-table", required=True, help="results/manifest/tasks/<task>.tsv")
+    p.add_argument("--fraction-table", required=True, help="the label-fraction subset of the training split")
+    p.add_argument("--visits", required=True, help="visits.tsv (array paths)")
+    p.add_argument("--encoder", default=None, help="encoder.pt of a pretrained init (none for scratch)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--tracking", default=None, help="MLflow SQLite store (optional)")
+    p.add_argument("--threads", type=int, default=1)
+
+    p = add("aggregate", _cmd_aggregate, "Collect fine-tuning results into table.csv, summary.csv and figures.")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every fine-tuning job")
+    p.add_argument("--table", required=True)
+    p.add_argument("--summary", required=True)
+    p.add_argument("--summary-md", required=True)
+    p.add_argument("--figures-dir", required=True)
+
+    p = add("qc-mosaic", _cmd_qc_mosaic, "Draw one picture with a slice of every preprocessed scan, failures marked.")
+    p.add_argument("--qc", required=True, help="results/preproc/qc.tsv")
+    p.add_argument("--out", required=True)
     return parser
 
 

@@ -88,16 +88,27 @@ def build(scans: pd.DataFrame, cohort_excluded: pd.DataFrame, qc: pd.DataFrame |
                                cfg["exclude_reverters"])
         samples["split"] = samples["participant_id"].map(splits)
         out[f"tasks/{task}.tsv"] = samples
-        train = samples[samples["split"] == "train"]
         for seed in seeds:
-            chosen = label_fractions(train, fractions, seed, task)
             for f in fractions:
-                subset = train[train["participant_id"].isin(chosen[f])]
-                out[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"] = subset[
-                    ["participant_id", "index_session", "label"]]
+                out[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"] = fraction_table(samples, f, seed, task)
     out["excluded.tsv"] = pd.concat([e for e in excluded if len(e)] or [excluded[0]]).sort_values(
         ["participant_id", "session_id", "stage"])
     return out
+
+
+def fraction_table(samples: pd.DataFrame, fraction: float, seed: int, task: str) -> pd.DataFrame:
+    """The training samples of one label fraction. Depends only on the task table, the fraction and
+    the seed, so each subset is its own job and adding a seed or a fraction touches no other file."""
+    train = samples[samples["split"] == "train"]
+    chosen = label_fractions(train, [fraction], seed, task)[fraction]
+    return train[train["participant_id"].isin(chosen)][["participant_id", "index_session", "label"]]
+
+
+def write_fraction(task_tsv: str, task: str, fraction: float, seed: int, out: str) -> None:
+    table = fraction_table(read_tsv(task_tsv), fraction, seed, task)
+    write_tsv(table, out)
+    print(f"{task} seed {seed} fraction {fraction_name(fraction)}: {len(table)} training samples of "
+          f"{table['participant_id'].nunique()} subjects ({int(table['label'].sum())} positive)", file=sys.stderr)
 
 
 def summary(tables: dict[str, pd.DataFrame], tasks: list[str]) -> str:

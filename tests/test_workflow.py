@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ["dx_cn_ad", "det_mci_ad", "fut_mci_ad"]  # those of .test/config.yaml
+TASKS = ["dx_cn_ad", "det_mci_ad"]  # those of .test/config.yaml
+INITS = ["scratch", "simclr", "top", "tcl", "tmp", "topc"]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -25,16 +26,30 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
-def planned_rules(workdir: Path, *args: str) -> set[str]:
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Rule -> number of jobs a dry run plans (from its job-stats table)."""
     out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0] in
-            {"simulate_cohort", "cohort", "template", "preprocess", "qc_table", "manifest"}}
+    jobs = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "all"):
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def planned_rules(workdir: Path, *args: str) -> set[str]:
+    return set(planned_jobs(workdir, *args))
 
 
 def set_config(workdir: Path, block: str, key: str, value) -> None:
+    """Edit config.yaml as a user would (``key`` may be dotted: methods.top.hidden)."""
     path = workdir / "config.yaml"
     cfg = yaml.safe_load(path.read_text())
-    cfg[block][key] = value
+    *parents, last = key.split(".")
+    node = cfg[block]
+    for p in parents:
+        node = node[p]
+    node[last] = value
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
@@ -53,10 +68,13 @@ def test_run_preprocesses_every_scan_and_gates_the_manifest(study):
     scans = (study / "results/cohort/scans.tsv").read_text().splitlines()[1:]
     qc = (study / "results/preproc/qc.tsv").read_text().splitlines()
     assert len(qc) - 1 == len(scans) > 20
-    assert all("\tTrue\t" in line for line in qc[1:])  # the simulated scans all pass QC
+    failed = [line.split("\t")[:2] for line in qc[1:] if "\tTrue\t" not in line]
+    assert len(failed) <= len(scans) // 20  # at 6 mm an odd registration fails; QC must catch it ...
+    excluded = (study / "results/manifest/excluded.tsv").read_text()
+    assert all(f"{sub}\t{ses}\tqc\t" in excluded for sub, ses in failed)  # ... and list it with its reason
     assert len(list((study / "results/preproc").rglob("*_qc.png"))) == len(scans)
     visits = (study / "results/manifest/visits.tsv").read_text().splitlines()
-    assert visits[0].endswith("\tarray") and len(visits) == len(qc)
+    assert visits[0].endswith("\tarray") and len(visits) == len(qc) - len(failed)
 
 
 def test_run_writes_every_task_table(study):
@@ -68,23 +86,70 @@ def test_run_writes_every_task_table(study):
     assert planned_rules(study) == set()  # nothing left to do
 
 
+def test_run_produces_the_table_summary_figures_and_tracking(study):
+    import pandas as pd
+
+    table = pd.read_csv(study / "results/table.csv")
+    assert len(table) == len(TASKS) * len(INITS) * 2  # x modes (full, probe), one fraction, one seed
+    assert set(table["init"]) == set(INITS) and set(table["mode"]) == {"full", "probe"}
+    assert table["fraction"].tolist() == [1.0] * len(table)
+    for col in ("auc", "balanced_accuracy"):
+        assert table[col].between(0, 1).all()
+    assert (study / "results/summary.csv").exists() and (study / "results/summary.md").exists()
+    assert sorted(p.name for p in (study / "results/figures").glob("*.png")) == sorted(f"{t}.png" for t in TASKS)
+    assert (study / "results/preproc/qc_mosaic.png").stat().st_size > 10_000
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'results/mlflow/mlflow.db'}")
+    runs = {e: client.search_runs([client.get_experiment_by_name(e).experiment_id]) for e in ("pretrain", "finetune")}
+    assert sorted(r.data.tags["method"] for r in runs["pretrain"]) == sorted(INITS[1:])
+    assert len(runs["finetune"]) == len(TASKS) * len(INITS)
+    assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
+
+
+def test_learning_edits_rerun_only_what_they_affect(study):
+    set_config(study, "finetune", "lr", 0.002)
+    assert planned_jobs(study) == {"finetune": len(TASKS) * len(INITS), "aggregate": 1}
+    set_config(study, "finetune", "lr", 0.001)
+    set_config(study, "pretrain", "methods.top.hidden", 32)
+    assert planned_jobs(study) == {"pretrain": 1, "finetune": len(TASKS), "aggregate": 1}
+    set_config(study, "pretrain", "methods.top.hidden", 64)
+    # one new fraction and one new seed (the grid comes from .test/config.yaml, so --config it):
+    # only the three new (fraction, seed) cells per task x init
+    grown = planned_jobs(study, "--config", "study={seeds: [0, 1], label_fractions: [0.5, 1.0]}")
+    assert grown == {"label_fraction": 3 * len(TASKS), "finetune": 3 * len(TASKS) * len(INITS), "aggregate": 1}
+    assert planned_jobs(study) == {}
+
+
+def test_finetuning_is_deterministic_and_the_report_builds(study):
+    before = (study / "results/table.csv").read_bytes()
+    snakemake(study, "--forcerun", "finetune")
+    assert (study / "results/table.csv").read_bytes() == before
+    snakemake(study, "--report", "results/report.html")
+    html = (study / "results/report.html").read_text(errors="replace")
+    for name in ("table.csv", "summary.csv", "qc_mosaic.png", "dx_cn_ad.png"):
+        assert name in html
+
+
 def test_config_edit_reruns_only_affected_stages(study):
     bids_files = sorted((study / "results/cohort/bids").rglob("*"))
     mtimes = {p: p.stat().st_mtime_ns for p in bids_files}
     before = (study / "results/manifest/tasks/fut_mci_ad.tsv").stat().st_mtime_ns
     set_config(study, "manifest", "horizon_months", 24)
-    assert planned_rules(study) == {"manifest"}
-    snakemake(study)
+    planned = planned_rules(study)
+    assert "manifest" in planned and not planned & {"simulate_cohort", "cohort", "preprocess", "qc_table"}
+    snakemake(study, "results/manifest/visits.tsv")
     assert (study / "results/manifest/tasks/fut_mci_ad.tsv").stat().st_mtime_ns > before
     assert {p: p.stat().st_mtime_ns for p in sorted((study / "results/cohort/bids").rglob("*"))} == mtimes
     set_config(study, "preprocess", "registration", "rigid")
-    assert planned_rules(study) == {"preprocess", "qc_table", "manifest"}
+    planned = planned_rules(study)
+    assert {"preprocess", "qc_table", "manifest"} <= planned and "simulate_cohort" not in planned
     set_config(study, "preprocess", "registration", "affine")
     set_config(study, "simulate", "seed", 7)
     # preprocess jobs appear once the cohort checkpoint has rerun; a dry run shows what leads there
     assert {"simulate_cohort", "cohort", "manifest"} <= planned_rules(study)
     set_config(study, "simulate", "seed", 42)
-    assert planned_rules(study) == set()
+    assert not planned_rules(study) & {"simulate_cohort", "cohort", "template", "preprocess", "qc_table", "manifest"}
 
 
 def test_manifest_rerun_is_byte_identical(study):

@@ -93,16 +93,64 @@ def fraction_name(fraction):
 
 
 def manifest_outputs():
-    study = config["study"]
+    """The manifest job's outputs (label fractions are one job each: see rule label_fraction)."""
     files = [f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "pretrain", "excluded")]
-    files += expand("results/manifest/tasks/{task}.tsv", task=study["tasks"])
-    files += expand(
-        "results/manifest/fractions/{task}/seed-{seed}/frac-{fraction}.tsv",
-        task=study["tasks"],
-        seed=study["seeds"],
-        fraction=[fraction_name(f) for f in study["label_fractions"]],
-    )
+    return files + expand("results/manifest/tasks/{task}.tsv", task=config["study"]["tasks"])
+
+
+def pretrain_settings(method):
+    """Everything one method's pretraining depends on: its own block, the shared training and
+    augmentation settings and the encoder; never another method's block or any resource."""
+    pre = config["pretrain"]
+    return json.dumps({"method": method, "hp": pre["methods"][method], "model": config["model"],
+                       "train": pre["train"], "augment": pre["augment"]}, sort_keys=True)
+
+
+def encoder_path(init):
+    return f"results/pretrain/{init}/encoder.pt"
+
+
+def finetune_settings(wildcards):
+    """The fine-tuning block minus resources; the encoder block only for scratch (pretrained inits
+    carry their architecture in encoder.pt, an input)."""
+    ft = {k: v for k, v in config["finetune"].items() if k not in ("gpu", "threads", "mem_mb", "runtime")}
+    if wildcards.init == "scratch":
+        ft["model"] = config["model"]
+    return json.dumps(ft, sort_keys=True)
+
+
+def finetune_inputs(wildcards):
+    files = {
+        "task": f"results/manifest/tasks/{wildcards.task}.tsv",
+        "fraction": f"results/manifest/fractions/{wildcards.task}/seed-{wildcards.seed}/frac-{wildcards.fraction}.tsv",
+        "visits": "results/manifest/visits.tsv",
+        "store": ancient(MLFLOW_DB),
+    }
+    if wildcards.init != "scratch":
+        files["encoder"] = encoder_path(wildcards.init)
     return files
 
 
+def finetune_metrics():
+    study = config["study"]
+    return expand(
+        "results/finetune/{task}/{init}/frac-{fraction}/seed-{seed}/metrics.json",
+        task=study["tasks"],
+        init=study["inits"],
+        fraction=[fraction_name(f) for f in study["label_fractions"]],
+        seed=study["seeds"],
+    )
+
+
+MLFLOW_DB = "results/mlflow/mlflow.db"
+
+
+def check_external(cfg):
+    if "external" in cfg["study"]["inits"] and not cfg["pretrain"]["external"]["checkpoint"]:
+        raise ValueError(
+            "invalid configuration: study.inits lists 'external' but pretrain.external.checkpoint is empty"
+        )
+
+
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+check_external(config)

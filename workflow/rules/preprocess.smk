@@ -74,3 +74,19 @@ rule qc_table:
     shell:
         "sslad qc-table --scans {input.scans:q} --preproc-dir {params.preproc_dir:q}"
         " --space {params.space} --out {output:q} > {log:q} 2>&1"
+
+
+rule qc_mosaic:
+    input:
+        "results/preproc/qc.tsv",
+    output:
+        report("results/preproc/qc_mosaic.png", caption="../report/qc_mosaic.rst", category="Quality control"),
+    log:
+        "results/logs/qc_mosaic.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "sslad qc-mosaic --qc {input:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,41 @@
+"""Data-parallel helpers: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them everything is local."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) when not launched by torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init(device_type: str) -> tuple[int, int]:
+    """Join the process group torchrun prepared (NCCL on GPUs, gloo on CPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return world()
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank in rank order, keeping gradients (contrastive negatives
+    come from the whole global batch, so the loss equals the single-process one)."""
+    if world()[1] == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def mean(value: float) -> float:
+    """Average a Python number over ranks (for logging)."""
+    if world()[1] == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / world()[1]

@@ -1,0 +1,252 @@
+"""Fine-tuning on one task x initialisation x label fraction x seed, in every configured mode.
+
+full: encoder, temporal aggregator and a linear head trained together. probe: the encoder frozen
+(its features computed once), a linear head on the pretrained aggregator's output, or on the mean
+of the scan features when the aggregator was not pretrained. Both select the epoch with the best
+validation AUC, weight positives by the class ratio, set the decision threshold on validation
+(Youden) and report test metrics with bootstrap intervals. No augmentation, as in 3D-Neuro-SimCLR.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslad.io import read_tsv, write_json, write_tsv
+from sslad.labels import DAYS_PER_MONTH
+from sslad.metrics import auc, binary_metrics, bootstrap, youden_threshold
+from sslad.networks import build_aggregator, build_encoder, feature_dim, load_encoder
+from sslad.volumes import load_arrays, read_visits
+
+
+@dataclass
+class Samples:
+    """Samples of one split: label, and their input scans as rows of a shared volume tensor."""
+
+    table: pd.DataFrame
+    labels: torch.Tensor   # (B,)
+    index: torch.Tensor    # (B, K) rows of the volume tensor, -1 = padding
+    months: torch.Tensor   # (B, K)
+    valid: torch.Tensor    # (B, K)
+
+
+def select_samples(task_tsv: str, fraction_tsv: str) -> dict[str, pd.DataFrame]:
+    """Training rows = the label-fraction subset; validation and test = the task's val/test splits."""
+    task = read_tsv(task_tsv)
+    frac = read_tsv(fraction_tsv)
+    keys = set(zip(frac["participant_id"], frac["index_session"]))
+    train = task[[k in keys for k in zip(task["participant_id"], task["index_session"])]]
+    if len(train) != len(frac) or set(train["split"]) - {"train"}:
+        raise ValueError(f"{fraction_tsv}: rows that are not training samples of {task_tsv}")
+    parts = {"train": train, "val": task[task["split"] == "val"], "test": task[task["split"] == "test"]}
+    for name, part in parts.items():
+        counts = part["label"].value_counts()
+        if counts.get(0, 0) == 0 or counts.get(1, 0) == 0:
+            source = fraction_tsv if name == "train" else task_tsv
+            raise ValueError(f"{source}: the {name} samples need both classes, got {counts.get(1, 0)} positive "
+                             f"and {counts.get(0, 0)} negative; the cohort is too small for this task")
+    return {k: v.reset_index(drop=True) for k, v in parts.items()}
+
+
+def build_samples(parts: dict[str, pd.DataFrame], inputs: str) -> tuple[list[tuple[str, str]], dict[str, Samples]]:
+    """Input sequences of every split (whole history, or the index scan alone) over one list of scans."""
+    keys: list[tuple[str, str]] = []
+    row_of: dict[tuple[str, str], int] = {}
+    out = {}
+    for name, part in parts.items():
+        seqs = []
+        for r in part.itertuples():
+            sessions = str(r.input_sessions).split(";")
+            days = [float(d) for d in str(r.input_days).split(";")]
+            if inputs == "index":
+                sessions, days = sessions[-1:], days[-1:]
+            seqs.append((sessions, days))
+            for s in sessions:
+                if (r.participant_id, s) not in row_of:
+                    row_of[(r.participant_id, s)] = len(keys)
+                    keys.append((r.participant_id, s))
+        k = max(len(s) for s, _ in seqs)
+        index = torch.full((len(seqs), k), -1, dtype=torch.long)
+        months = torch.zeros((len(seqs), k))
+        for i, ((sessions, days), pid) in enumerate(zip(seqs, part["participant_id"])):
+            index[i, :len(sessions)] = torch.tensor([row_of[(pid, s)] for s in sessions])
+            months[i, :len(days)] = torch.tensor(days) / DAYS_PER_MONTH
+        out[name] = Samples(part, torch.tensor(part["label"].to_numpy(), dtype=torch.float32), index, months,
+                            index >= 0)
+    return keys, out
+
+
+class Classifier(nn.Module):
+    """Encoder per scan -> aggregator over the sequence -> one logit."""
+
+    def __init__(self, encoder: nn.Module, aggregator: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.encoder, self.aggregator, self.head = encoder, aggregator, nn.Linear(dim, 1)
+
+    def forward(self, volumes: torch.Tensor, index: torch.Tensor, months: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+        used = index[valid]
+        h = self.encoder(volumes[used].float())
+        seq = torch.zeros(*index.shape, h.shape[-1], dtype=h.dtype, device=h.device)
+        seq[valid] = h
+        return self.head(self.aggregator(seq, months, valid)).squeeze(-1)
+
+
+def _weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Positives weighted by negatives/positives, so both classes weigh the same."""
+    pos = labels.sum().clamp_min(1)
+    return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=(len(labels) - pos) / pos)
+
+
+def train_full(model: Classifier, volumes: torch.Tensor, data: dict[str, Samples], cfg: dict[str, Any],
+               seed: int) -> tuple[Classifier, dict[str, Any]]:
+    """End-to-end fine-tuning; returns the model of the best validation epoch and the curves."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    gen = torch.Generator().manual_seed(seed)
+    tr = data["train"]
+    pos = tr.labels.sum().clamp_min(1)
+    weights = (len(tr.labels) - pos) / pos
+    best, best_state, curves = -np.inf, None, {"train_loss": [], "val_auc": []}
+    for epoch in range(cfg["epochs"]):
+        model.train()
+        perm = torch.randperm(len(tr.labels), generator=gen)
+        losses = []
+        for start in range(0, len(perm), cfg["batch_size"]):
+            b = perm[start:start + cfg["batch_size"]]
+            if len(b) < 2 and len(perm) > 1:  # batch norm needs two samples
+                continue
+            logits = model(volumes, tr.index[b], tr.months[b], tr.valid[b])
+            loss = F.binary_cross_entropy_with_logits(logits, tr.labels[b], pos_weight=weights)  # train-set ratio
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        val = auc(data["val"].labels.numpy(), predict(model, volumes, data["val"]))
+        curves["train_loss"].append(float(np.mean(losses)))
+        curves["val_auc"].append(val)
+        if val > best:
+            best, best_state, curves["best_epoch"] = val, copy.deepcopy(model.state_dict()), epoch + 1
+    model.load_state_dict(best_state)
+    return model, curves
+
+
+@torch.no_grad()
+def predict(model: Classifier, volumes: torch.Tensor, s: Samples, chunk: int = 16) -> np.ndarray:
+    model.eval()
+    out = [torch.sigmoid(model(volumes, s.index[i:i + chunk], s.months[i:i + chunk], s.valid[i:i + chunk]))
+           for i in range(0, len(s.labels), chunk)]
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def frozen_features(aggregator: nn.Module | None, s: Samples, feats: torch.Tensor) -> torch.Tensor:
+    """Per-sample representation from frozen scan features: the pretrained aggregator's output, or
+    the mean over the sample's scans."""
+    seq = feats[s.index.clamp_min(0)] * s.valid.unsqueeze(-1)
+    if aggregator is not None:
+        aggregator.eval()
+        return aggregator(seq, s.months, s.valid)
+    return seq.sum(1) / s.valid.sum(1, keepdim=True)
+
+
+def train_probe(reps: dict[str, torch.Tensor], data: dict[str, Samples], cfg: dict[str, Any],
+                seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Logistic regression (Adam, full batch) on standardised frozen representations."""
+    torch.manual_seed(seed)
+    mu, sd = reps["train"].mean(0), reps["train"].std(0).clamp_min(1e-6)
+    x = {k: (v - mu) / sd for k, v in reps.items()}
+    head = nn.Linear(x["train"].shape[1], 1)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg["probe_lr"], weight_decay=cfg["weight_decay"])
+    y = data["train"].labels
+    best, best_state, curves = -np.inf, None, {"train_loss": [], "val_auc": []}
+    for epoch in range(cfg["probe_epochs"]):
+        loss = _weighted_bce(head(x["train"]).squeeze(-1), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            val = auc(data["val"].labels.numpy(), torch.sigmoid(head(x["val"]).squeeze(-1)).numpy())
+        curves["train_loss"].append(float(loss))
+        curves["val_auc"].append(val)
+        if val > best:
+            best, best_state, curves["best_epoch"] = val, copy.deepcopy(head.state_dict()), epoch + 1
+    head.load_state_dict(best_state)
+    with torch.no_grad():
+        return {k: torch.sigmoid(head(v).squeeze(-1)).numpy() for k, v in x.items()}, curves
+
+
+def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples], cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Threshold from validation, test metrics and their bootstrap intervals."""
+    yv, yt = data["val"].labels.numpy(), data["test"].labels.numpy()
+    threshold = youden_threshold(yv, scores["val"])
+    row: dict[str, Any] = dict(binary_metrics(yt, scores["test"], threshold))
+    for metric, (lo, hi) in bootstrap(yt, scores["test"], threshold, n=cfg["n_bootstrap"], seed=seed).items():
+        row[f"{metric}_low"], row[f"{metric}_high"] = lo, hi
+    row.update(val_auc=auc(yv, scores["val"]), threshold=float(threshold), n_train=len(data["train"].labels),
+               n_val=len(yv), n_test=len(yt), n_test_pos=int(yt.sum()))
+    return row
+
+
+def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: int, task_tsv: str,
+        fraction_tsv: str, visits_tsv: str, encoder_pt: str | None, out_dir: str, tracking_db: str | None,
+        threads: int) -> dict[str, Any]:
+    """The ``sslad finetune`` job: every mode of one grid cell; writes metrics.json and predictions.tsv."""
+    torch.set_num_threads(max(1, threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    parts = select_samples(task_tsv, fraction_tsv)
+    keys, data = build_samples(parts, settings["inputs"])
+    volumes = load_arrays(read_visits(visits_tsv), keys, task_tsv)
+    rows, curves, predictions = [], {}, []
+    for mode in settings["modes"]:
+        torch.manual_seed(seed)
+        if encoder_pt:
+            encoder, aggregator, arch, agg_pretrained = load_encoder(encoder_pt)
+        else:
+            arch, agg_pretrained = settings["model"], False
+            encoder, aggregator = build_encoder(arch), build_aggregator(arch)
+        vols = volumes.permute(0, 1, 4, 3, 2).contiguous() if arch.get("axes") == "zyx" else volumes
+        if mode == "full":
+            model, curve = train_full(Classifier(encoder, aggregator, feature_dim(arch)), vols, data, settings, seed)
+            scores = {k: predict(model, vols, s) for k, s in data.items()}
+        else:
+            encoder.eval()
+            with torch.no_grad():
+                feats = torch.cat([encoder(vols[i:i + 16].float()) for i in range(0, len(vols), 16)])
+            reps = {k: frozen_features(aggregator if agg_pretrained else None, s, feats)
+                    for k, s in data.items()}
+            scores, curve = train_probe(reps, data, settings, seed)
+        row = evaluate(scores, data, settings, seed)
+        row.update(mode=mode, best_epoch=curve.pop("best_epoch"))
+        rows.append(row)
+        curves[mode] = curve
+        test = data["test"].table
+        predictions.append(pd.DataFrame({"participant_id": test["participant_id"],
+                                         "index_session": test["index_session"], "mode": mode,
+                                         "label": test["label"], "score": scores["test"]}))
+        print(f"{task} {init} frac {fraction:g} seed {seed} {mode}: test AUC {row['auc']:.3f} "
+              f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}], balanced accuracy {row['balanced_accuracy']:.3f}, "
+              f"val AUC {row['val_auc']:.3f} at epoch {row['best_epoch']}", file=sys.stderr)
+    metrics = {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": settings["inputs"],
+               "rows": rows, "curves": curves}
+    out = Path(out_dir)
+    write_tsv(pd.concat(predictions), out / "predictions.tsv")
+    write_json(metrics, out / "metrics.json")
+    if tracking_db:
+        from sslad.tracking import log_run
+
+        final = {f"{r['mode']}_{k}": r[k] for r in rows for k in ("auc", "balanced_accuracy", "val_auc")}
+        curves_flat = {f"{m}_{k}": v for m, c in curves.items() for k, v in c.items()}
+        log_run(tracking_db, "finetune", f"{task}/{init}/frac-{fraction:g}/seed-{seed}",
+                {"stage": "finetune", "task": task, "init": init, "fraction": f"{fraction:g}", "seed": str(seed),
+                 "encoder": encoder_pt or "", "metrics": str(out / "metrics.json")},
+                settings, curves_flat, final)
+    return metrics

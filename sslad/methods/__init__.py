@@ -1,0 +1,59 @@
+"""Self-supervised pretraining methods, one module each; ``build`` picks one by name.
+
+Every method takes a :class:`Batch` (the scans of a global-batch slice, how they form subject
+sequences, their times and augmentation draws) and returns its loss and a few statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslad.augment import AugmentParams
+
+METHODS = ("simclr", "top", "tcl", "tmp", "topc")
+
+
+@dataclass
+class Batch:
+    volumes: torch.Tensor        # (N, 1, X, Y, Z) every scan of the batch
+    index: torch.Tensor          # (B, K) row of ``volumes`` for each sequence position, -1 = padding
+    months: torch.Tensor         # (B, K) acquisition times in months (0 at padding)
+    valid: torch.Tensor          # (B, K) True for real scans
+    views: list[AugmentParams]   # one augmentation draw per view, for every row of ``volumes``
+    generator: torch.Generator   # seeded per step, for draws a method makes itself
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What a method trains on: single scans (seq_len 1) or sequences of subjects with >= min_scans."""
+
+    seq_len: int
+    min_scans: int
+    views: int
+
+
+def sequence_embeddings(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(N, D) scan encodings -> (B, K, D) by sequence position, zeros at padding."""
+    out = h[index.clamp_min(0)]
+    return out * (index >= 0).unsqueeze(-1).to(h.dtype)
+
+
+def build(name: str, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> nn.Module:
+    """The method module (it owns the encoder, so its parameters are everything to optimise)."""
+    if name == "simclr":
+        from sslad.methods.simclr import SimCLR as cls
+    elif name == "top":
+        from sslad.methods.top import TOP as cls
+    elif name == "tcl":
+        from sslad.methods.tcl import TCL as cls
+    elif name == "tmp":
+        from sslad.methods.tmp import TMP as cls
+    elif name == "topc":
+        from sslad.methods.topc import TOPC as cls
+    else:
+        raise ValueError(f"unknown pretraining method {name!r}; one of {', '.join(METHODS)}")
+    return cls(encoder, aggregator, dim, hp)

@@ -1,0 +1,57 @@
+"""Temporal order prediction: from scans of one subject, tell which of each pair came first.
+
+Each scan gets a scalar "progression" score; the logit that scan i precedes scan j is
+score_j - score_i, so swapping a pair flips the prediction exactly (the head is antisymmetric, as
+LILAC's feature-difference head). Only the encoder carries over to fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslad.augment import apply
+from sslad.methods import Batch, Sampling, sequence_embeddings
+
+
+def order_pairs(months: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every pair i < j (positions) of real scans in each sequence: (row, i, j, label), label 1 when
+    scan i was acquired before scan j. Equal times are skipped (no order to learn)."""
+    b, k = months.shape
+    i, j = torch.triu_indices(k, k, offset=1, device=months.device)
+    ok = valid[:, i] & valid[:, j] & (months[:, i] != months[:, j])
+    rows, pair = ok.nonzero(as_tuple=True)
+    return rows, i[pair], j[pair], (months[rows, i[pair]] < months[rows, j[pair]]).float()
+
+
+class OrderHead(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, seq: torch.Tensor, months: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(loss, accuracy) over all ordered pairs of the sequences ``seq`` (B, K, D)."""
+        s = self.score(seq).squeeze(-1)
+        rows, i, j, label = order_pairs(months, valid)
+        if len(rows) == 0:  # no two scans with different times: nothing to order, no gradient
+            zero = s.sum() * 0.0
+            return zero, zero.detach() + 0.5
+        logit = s[rows, j] - s[rows, i]
+        loss = F.binary_cross_entropy_with_logits(logit.float(), label)
+        acc = ((logit > 0).float() == label).float().mean().detach()
+        return loss, acc
+
+
+class TOP(nn.Module):
+    def __init__(self, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> None:
+        super().__init__()
+        self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2, views=1)
+        self.encoder = encoder
+        self.head = OrderHead(dim, hp["hidden"])
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        h = self.encoder(apply(batch.volumes, batch.views[0]))
+        loss, acc = self.head(sequence_embeddings(h, batch.index), batch.months, batch.valid)
+        return loss, {"order_accuracy": float(acc)}

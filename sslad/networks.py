@@ -1,0 +1,184 @@
+"""Networks: a per-scan 3D ResNet encoder (MONAI), a temporal aggregator over 1..K scans, heads.
+
+The encoder sees one scan; the aggregator turns the encodings of a subject's scans and their
+acquisition times into one vector. Padding positions are masked everywhere and times are taken
+relative to the last real scan, so a sequence gives the same result however much padding follows it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslad.io import atomic_path
+
+RESNET_LAYERS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+CHECKPOINT_FORMAT = "sslad-encoder/1"
+
+
+def _norm(name: str) -> str | tuple[str, dict[str, Any]]:
+    # MONAI's instance norm has no affine weights by default and its ResNet init then fails
+    return {"batch": "batch", "instance": ("instance", {"affine": True}), "group": ("group", {"num_groups": 8})}[name]
+
+
+def build_encoder(arch: dict[str, Any]) -> nn.Module:
+    """MONAI 3D ResNet with one input channel and no classifier: (B, 1, X, Y, Z) -> (B, widths[-1]).
+
+    ``arch`` is config.yaml's ``model`` block (depth, widths, stem_kernel, stem_stride, max_pool, norm).
+    depth 18 with widths 64..512, stem stride 1 and batch norm is 3D-Neuro-SimCLR's encoder.
+    """
+    from monai.networks.layers.utils import get_norm_layer
+    from monai.networks.nets.resnet import ResNet  # import costs seconds; only where a network is built
+
+    net = ResNet(block="basic", layers=RESNET_LAYERS[arch["depth"]], block_inplanes=list(arch["widths"]),
+                 spatial_dims=3, n_input_channels=1, conv1_t_size=arch["stem_kernel"],
+                 conv1_t_stride=arch["stem_stride"], no_max_pool=not arch["max_pool"], shortcut_type="B",
+                 feed_forward=False, norm=_norm(arch["norm"]))
+    if arch["norm"] != "batch":
+        # MONAI 1.6.1 applies `norm` to the stem only; its residual stages keep batch norm
+        for parent in list(net.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, nn.BatchNorm3d):
+                    setattr(parent, name, get_norm_layer(_norm(arch["norm"]), 3, child.num_features))
+    return net
+
+
+def feature_dim(arch: dict[str, Any]) -> int:
+    return int(arch["widths"][-1])
+
+
+class TimeEncoding(nn.Module):
+    """Sinusoids of the time (months) before the last scan, periods 1 month to 20 years, projected."""
+
+    def __init__(self, dim: int, n_freq: int = 8) -> None:
+        super().__init__()
+        periods = torch.logspace(0, math.log10(240.0), n_freq)
+        self.register_buffer("omega", 2 * math.pi / periods, persistent=False)
+        self.proj = nn.Linear(2 * n_freq, dim)
+
+    def forward(self, months: torch.Tensor) -> torch.Tensor:
+        phase = months.unsqueeze(-1) * self.omega
+        return self.proj(torch.cat([phase.sin(), phase.cos()], dim=-1))
+
+
+class TemporalAggregator(nn.Module):
+    """Masked attention (CLS token + transformer) or masked mean pooling over a subject's scans.
+
+    Inputs: ``emb`` (B, K, D) scan encodings, ``months`` (B, K) acquisition times, ``valid`` (B, K)
+    True for real scans; every row needs at least one real scan.
+    """
+
+    def __init__(self, dim: int, kind: str = "attention", layers: int = 1, heads: int = 4) -> None:
+        super().__init__()
+        self.kind = kind
+        self.time = TimeEncoding(dim)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        if kind == "attention":
+            self.cls = nn.Parameter(torch.zeros(dim))
+            layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
+                                               norm_first=True)
+            self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        elif kind != "mean":
+            raise ValueError(f"unknown temporal aggregator {kind!r} (attention or mean)")
+        self.norm = nn.LayerNorm(dim)
+
+    @staticmethod
+    def relative_months(months: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Months before the last real scan (<= 0); padding gets 0."""
+        last = months.masked_fill(~valid, float("-inf")).amax(dim=1, keepdim=True)
+        return (months - last).masked_fill(~valid, 0.0)
+
+    def tokens(self, emb: torch.Tensor, months: torch.Tensor, valid: torch.Tensor,
+               masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled (B, D), per-scan outputs (B, K, D)). ``masked`` (B, K) positions are replaced by a
+        learned token (keeping their time) so that their content cannot reach any output."""
+        if masked is not None:
+            emb = torch.where(masked.unsqueeze(-1), self.mask_token.to(emb.dtype), emb)
+        x = emb + self.time(self.relative_months(months, valid)).to(emb.dtype)
+        if self.kind == "mean":
+            # context = mean over the real, unmasked scans; each position's output adds it
+            seen = valid if masked is None else valid & ~masked
+            w = seen.unsqueeze(-1).to(x.dtype)
+            pooled = (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+            return self.norm(pooled), x + pooled.unsqueeze(1)
+        cls = self.cls.to(x.dtype).expand(x.shape[0], 1, -1)
+        pad = torch.cat([torch.zeros_like(valid[:, :1]), ~valid], dim=1)
+        out = self.transformer(torch.cat([cls, x], dim=1), src_key_padding_mask=pad)
+        return self.norm(out[:, 0]), out[:, 1:]
+
+    def forward(self, emb: torch.Tensor, months: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.tokens(emb, months, valid)[0]
+
+
+class ProjectionHead(nn.Sequential):
+    """SimCLR's two-layer projection (no biases), as in 3D-Neuro-SimCLR."""
+
+    def __init__(self, dim: int, hidden: int, out: int) -> None:
+        super().__init__(nn.Linear(dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, out, bias=False))
+
+
+def build_aggregator(arch: dict[str, Any]) -> TemporalAggregator:
+    return TemporalAggregator(feature_dim(arch), arch["temporal"], arch["temporal_layers"], arch["temporal_heads"])
+
+
+def save_encoder(path: str | Path, arch: dict[str, Any], encoder: nn.Module, aggregator: nn.Module | None,
+                 source: str) -> None:
+    """The hand-over to fine-tuning: architecture plus weights, written atomically."""
+    state = {"format": CHECKPOINT_FORMAT, "arch": dict(arch), "source": source,
+             "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+             "aggregator": None if aggregator is None else
+             {k: v.detach().cpu() for k, v in aggregator.state_dict().items()}}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_encoder(path: str | Path) -> tuple[nn.Module, TemporalAggregator, dict[str, Any], bool]:
+    """Encoder and aggregator from an ``encoder.pt``; the bool says whether the aggregator was pretrained."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an sslad encoder checkpoint (format {CHECKPOINT_FORMAT})")
+    arch = state["arch"]
+    encoder = build_encoder(arch)
+    encoder.load_state_dict(state["encoder"])
+    aggregator = build_aggregator(arch)
+    if state["aggregator"] is not None:
+        aggregator.load_state_dict(state["aggregator"])
+    return encoder, aggregator, arch, state["aggregator"] is not None
+
+
+def import_external(src: str | Path, dst: str | Path, model_cfg: dict[str, Any], stem_stride: int) -> dict[str, Any]:
+    """Convert a 3D-Neuro-SimCLR checkpoint (``model_state_dict`` with ``encoder.*`` MONAI ResNet keys,
+    maybe ``module.``-prefixed) into an ``encoder.pt``. Depth, widths and stem kernel are read from the
+    weights; the stem stride cannot be, so it comes from config. Returns the architecture."""
+    try:
+        ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files
+        raise ValueError(f"{src}: cannot read as a PyTorch checkpoint ({exc})") from exc
+    state = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{src}: no model_state_dict in the checkpoint")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("encoder.") for k in state):
+        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if "conv1.weight" not in state:
+        raise ValueError(f"{src}: no ResNet encoder weights (conv1.weight) in model_state_dict")
+    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    depth = {tuple(v): k for k, v in RESNET_LAYERS.items()}.get(blocks)
+    if depth is None:
+        raise ValueError(f"{src}: ResNet with blocks {blocks} per stage is not one of depths {sorted(RESNET_LAYERS)}")
+    arch = dict(model_cfg, depth=depth, widths=[int(state[f"layer{i}.0.conv1.weight"].shape[0]) for i in range(1, 5)],
+                stem_kernel=int(state["conv1.weight"].shape[-1]), stem_stride=stem_stride,
+                norm="batch" if "bn1.running_mean" in state else model_cfg["norm"],
+                axes="zyx")  # 3D-Neuro-SimCLR transposes NIfTI arrays to (Z, Y, X) before its encoder
+    encoder = build_encoder(arch)
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{src}: weights do not fit a MONAI ResNet-{depth}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    save_encoder(dst, arch, encoder, None, f"external:{Path(src).name}")
+    return arch

@@ -1,0 +1,175 @@
+"""Self-supervised pretraining of one method: training loop, checkpoints and resume, DDP, outputs.
+
+One process per GPU under torchrun (gloo on CPUs), one plain process otherwise. bf16 autocast on
+CUDA, fp32 on CPU. A checkpoint under ``<out>/state/`` carries the epoch, weights, optimiser and
+loss history; a rerun with the same settings and data continues from it, so a killed job loses at
+most ``checkpoint_every`` epochs. Outputs: ``encoder.pt`` (for fine-tuning) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sslad import distributed
+from sslad.augment import draw
+from sslad.io import atomic_path, write_json
+from sslad.methods import Batch, build
+from sslad.networks import build_aggregator, build_encoder, feature_dim, save_encoder
+from sslad.pretrain_data import ScanSet, epoch_batches, load_pretrain_scans, make_batch, step_rng, units
+
+
+def pick_device(setting: str) -> torch.device:
+    """``auto`` takes this process's GPU when there is one (torchrun's LOCAL_RANK), else the CPU."""
+    import os
+
+    if setting == "cpu" or not torch.cuda.is_available():
+        if setting == "cuda":
+            raise RuntimeError("pretrain.train.device is 'cuda' but no GPU is visible")
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def fingerprint(settings: dict[str, Any], scans: ScanSet) -> str:
+    """What a checkpoint must match to be resumed: the settings and the exact pretraining scans."""
+    text = json.dumps(settings, sort_keys=True) + "\n".join(f"{p}\t{s}" for p, s in scans.keys)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / total)
+    return "#" * filled + "-" * (width - filled)
+
+
+def train(settings: dict[str, Any], scans: ScanSet, out_dir: str | Path, log=print) -> dict[str, Any]:
+    """Train, checkpointing as it goes; returns the metrics (also written by rank 0)."""
+    out_dir = Path(out_dir)
+    tr, model_cfg = settings["train"], settings["model"]
+    device = pick_device(tr["device"])
+    rank, world = distributed.init(device.type)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.manual_seed(tr["seed"])
+    encoder, aggregator = build_encoder(model_cfg), build_aggregator(model_cfg)
+    method = build(settings["method"], encoder, aggregator, feature_dim(model_cfg), settings["hp"])
+    if world > 1 and device.type == "cuda":
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    elif world > 1 and model_cfg["norm"] == "batch":
+        log("note: batch-norm statistics are per process on CPU (SyncBatchNorm needs GPUs)")
+    method.to(device)
+    sampling = method.sampling
+    opt = torch.optim.Adam(method.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
+    ddp = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda"
+                                                    else None, find_unused_parameters=True) if world > 1 else method
+
+    pool = units(scans, sampling)
+    if len(pool) < 2:
+        raise ValueError(f"{settings['method']}: {len(pool)} pretraining units (subjects with >= "
+                         f"{sampling.min_scans} scans); at least 2 are needed")
+    batch_size = min(tr["batch_size"], len(pool))
+    if batch_size % world:
+        raise ValueError(f"pretrain batch size {batch_size} is not divisible by the {world} processes")
+    state_path = out_dir / "state" / "last.pt"
+    key = fingerprint(settings, scans)
+    start, history = 0, []
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == key:
+            method.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start, history = state["epoch"], state["history"]
+            log(f"resumed from {state_path} after epoch {start}")
+        else:
+            log(f"ignoring {state_path}: it belongs to other settings or data")
+    volumes = scans.volumes.to(device)
+    epochs = tr["epochs"]
+    log(f"{settings['method']}: {len(scans.keys)} scans, {len(pool)} units, batch {batch_size} x {world} "
+        f"process(es) on {device}, epochs {start + 1}..{epochs}")
+    clock = time.perf_counter()
+    seen = 0
+    for epoch in range(start, epochs):
+        method.train()
+        t0, losses, stats = time.perf_counter(), [], {}
+        for step, chosen in enumerate(epoch_batches(len(pool), batch_size, tr["seed"], epoch)):
+            rows, index, months, valid = make_batch(scans, [pool[i] for i in chosen], sampling.seq_len,
+                                                    step_rng(tr["seed"], epoch, step))
+            gen = torch.Generator().manual_seed(int(step_rng(tr["seed"], epoch, step).integers(2**62)))
+            views = [draw(len(rows), settings["augment"], gen) for _ in range(sampling.views)]
+            # this rank's slice of the global batch: whole sequences, and their volumes and draws
+            per = len(chosen) // world
+            seq = slice(rank * per, (rank + 1) * per)
+            used = index[seq][index[seq] >= 0]
+            lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
+            local_index = np.where(index[seq] >= 0, index[seq] - lo, -1)
+            batch = Batch(volumes[torch.from_numpy(rows[lo:hi]).to(device)],
+                          torch.from_numpy(local_index).to(device), torch.from_numpy(months[seq]).to(device),
+                          torch.from_numpy(valid[seq]).to(device), [v[lo:hi] for v in views], gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, extra = ddp(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(distributed.mean(float(loss.detach())))
+            for k, v in extra.items():
+                stats.setdefault(k, []).append(distributed.mean(v))
+            seen += len(rows) * sampling.views
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
+                  **{k: float(np.mean(v)) for k, v in stats.items()}}
+        history.append(record)
+        rate = seen / max(time.perf_counter() - clock, 1e-9)
+        extras = " ".join(f"{k} {record[k]:.3f}" for k in stats)
+        log(f"epoch {epoch + 1}/{epochs} [{_bar(epoch + 1, epochs)}] loss {record['loss']:.4f} {extras} | "
+            f"{rate:.1f} vol/s | {record['seconds']:.1f} s")
+        last = epoch + 1 == epochs
+        if rank == 0 and (last or (epoch + 1) % tr["checkpoint_every"] == 0):
+            with atomic_path(state_path) as tmp:
+                torch.save({"fingerprint": key, "epoch": epoch + 1, "history": history,
+                            "model": method.state_dict(), "optimizer": opt.state_dict()}, tmp)
+    elapsed = time.perf_counter() - clock
+    metrics = {"method": settings["method"], "epochs": epochs, "resumed_after_epoch": start,
+               "history": history, "loss": [h["loss"] for h in history], "n_scans": len(scans.keys),
+               "n_units": len(pool), "world_size": world, "device": device.type,
+               "volumes_per_second": seen / elapsed if seen else None}
+    if rank == 0:
+        trained_aggregator = aggregator if settings["method"] == "tmp" else None
+        save_encoder(out_dir / "encoder.pt", model_cfg, encoder, trained_aggregator, settings["method"])
+        write_json(metrics, out_dir / "metrics.json")
+    return metrics
+
+
+def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv: str, out_dir: str,
+        tracking_db: str | None, threads: int) -> dict[str, Any]:
+    """The ``sslad pretrain`` job: load, train, save, log one MLflow run (rank 0)."""
+    torch.set_num_threads(max(1, threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    scans = load_pretrain_scans(pretrain_tsv, visits_tsv, splits_tsv)
+
+    def log(msg: str) -> None:
+        if distributed.world()[0] == 0:
+            print(msg, file=sys.stderr, flush=True)
+
+    metrics = train(settings, scans, out_dir, log)
+    if tracking_db and distributed.world()[0] == 0:
+        from sslad.tracking import log_run
+
+        curves = {"loss": metrics["loss"]}
+        for key in metrics["history"][0]:
+            if key not in ("epoch", "loss", "seconds"):
+                curves[key] = [h[key] for h in metrics["history"]]
+        final = {"final_loss": metrics["loss"][-1]}
+        if metrics["volumes_per_second"]:
+            final["volumes_per_second"] = metrics["volumes_per_second"]
+        rid = log_run(tracking_db, "pretrain", settings["method"],
+                      {"stage": "pretrain", "method": settings["method"],
+                       "encoder": str(Path(out_dir) / "encoder.pt"), "metrics": str(Path(out_dir) / "metrics.json")},
+                      settings, curves, final)
+        log(f"MLflow run {rid} in {tracking_db}")
+    return metrics

@@ -1,0 +1,418 @@
+"""Self-supervised methods, the temporal aggregator and the batched augmentations, on tiny volumes.
+
+Everything runs on the CPU in seconds: encoders are ResNet-10s a few channels wide on 16^3-20^3
+volumes. The one learning test (TOP on simulated progressive atrophy) trains for a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sslad.augment import AugmentParams, _theta, apply, draw, masked_zscore
+from sslad.methods import Batch, build, sequence_embeddings
+from sslad.methods.simclr import nt_xent
+from sslad.methods.tmp import choose_masked, info_nce
+from sslad.methods.top import OrderHead, order_pairs
+from sslad.networks import TemporalAggregator, build_aggregator, build_encoder, feature_dim
+from sslad.pretrain_data import ScanSet, epoch_batches, make_batch, step_rng, units
+
+
+def tiny_arch(norm: str = "batch", temporal: str = "attention", stem_stride: int = 2) -> dict:
+    return {"depth": 10, "widths": [8, 8, 16, 16], "stem_kernel": 3, "stem_stride": stem_stride,
+            "max_pool": False, "norm": norm, "temporal": temporal, "temporal_layers": 1, "temporal_heads": 2}
+
+
+MILD = {"min_crop": 0.9, "p_rotate": 0.5, "max_rotate_deg": 5, "p_flip": 0.5, "p_gamma": 0.5, "gamma": [0.9, 1.1]}
+NONE = {"min_crop": 1.0, "p_rotate": 0.0, "max_rotate_deg": 0, "p_flip": 0.0, "p_gamma": 0.0, "gamma": [1.0, 1.0]}
+STRONG = {"min_crop": 0.6, "p_rotate": 1.0, "max_rotate_deg": 15, "p_flip": 0.5, "p_gamma": 1.0, "gamma": [0.7, 1.5]}
+HP = {"simclr": {"temperature": 0.5, "projection_dim": 8},
+      "top": {"n_scans": 3, "hidden": 16},
+      "tcl": {"temperature": 0.5, "projection_dim": 8},
+      "tmp": {"n_scans": 3, "temperature": 0.2},
+      "topc": {"n_scans": 3, "hidden": 16, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0}}
+
+
+def atrophy_scans(n_subjects: int, n_visits: int, size: int, seed: int, growth: float = 0.08) -> ScanSet:
+    """Simulated progressive atrophy: a dark sphere ("ventricles", radius r0 + growth * months, r0 ~
+    U(2.5, 4)) at the centre of a bright ellipsoid ("brain"), plus noise; masked z-scored with
+    background 0 as preprocessing leaves them. Visits at random months in [0, 48]."""
+    rng = np.random.default_rng(seed)
+    c = (size - 1) / 2
+    g = np.stack(np.meshgrid(*[np.arange(size) - c] * 3, indexing="ij"))
+    semi = size * np.array([0.45, 0.42, 0.40])
+    brain = ((g / semi[:, None, None, None]) ** 2).sum(0) <= 1
+    dist = np.sqrt((g ** 2).sum(0))
+    mask = torch.from_numpy(brain).float()[None, None]
+    vols, months, subjects, keys = [], [], [], []
+    for s in range(n_subjects):
+        r0 = rng.uniform(2.5, 4.0)
+        rows = []
+        for v, m in enumerate(np.sort(rng.uniform(0, 48, n_visits))):
+            r = r0 + growth * m
+            img = 1.0 - 0.8 / (1 + np.exp(-(r - dist) / 0.5)) + rng.normal(0, 0.1, dist.shape)
+            x = masked_zscore(torch.from_numpy(img * brain).float()[None, None], mask)[0]
+            rows.append(len(vols))
+            vols.append(x)
+            months.append(m)
+            keys.append((f"sub-{s:02d}", f"ses-{v}"))
+        subjects.append(np.array(rows))
+    return ScanSet(torch.stack(vols), np.array(months), subjects, keys)
+
+
+def method_batch(method, scans: ScanSet, chosen: list[np.ndarray], aug: dict, seed: int, epoch: int = 0,
+                 step: int = 0) -> Batch:
+    """A Batch built exactly as sslad/pretrain.py builds one (single process)."""
+    sampling = method.sampling
+    rows, index, months, valid = make_batch(scans, chosen, sampling.seq_len, step_rng(seed, epoch, step))
+    gen = torch.Generator().manual_seed(int(step_rng(seed, epoch, step).integers(2**62)))
+    views = [draw(len(rows), aug, gen) for _ in range(sampling.views)]
+    return Batch(scans.volumes[torch.from_numpy(rows)], torch.from_numpy(index), torch.from_numpy(months),
+                 torch.from_numpy(valid), views, gen)
+
+
+# ----------------------------------------------------------------------------------------- NT-Xent
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_nt_xent_hand_computed(n):
+    t = 0.5
+    z = torch.eye(n, 4)  # orthogonal unit vectors
+    # each anchor: positive similarity 1/T, 2N-2 negatives at similarity 0 (itself excluded)
+    expected = math.log(1 + (2 * n - 2) * math.exp(0.0) / math.exp(1 / t))
+    assert float(nt_xent(z, z.clone(), t)) == pytest.approx(expected, rel=1e-5)
+    # by hand from the definition, as a cross-check of the formula above
+    anchors = []
+    for i in range(n):
+        pos = math.exp(1 / t)
+        anchors.append(-math.log(pos / (pos + (2 * n - 2) * math.exp(0.0))))
+    assert float(nt_xent(z, z.clone(), t)) == pytest.approx(sum(anchors) / n, rel=1e-5)
+
+
+def test_nt_xent_wrong_pairing_costs_more_and_scale_is_irrelevant():
+    torch.manual_seed(0)
+    n, t = 3, 0.5
+    z = torch.eye(n, 5)
+    good = nt_xent(z, z.clone(), t)
+    perm = torch.tensor([1, 2, 0])
+    assert float(nt_xent(z, z[perm], t)) > float(good) + 1.0
+    z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
+    base = nt_xent(z1, z2, 0.3)
+    s1, s2 = torch.rand(6, 1) * 10 + 0.1, torch.rand(6, 1) * 10 + 0.1
+    assert torch.allclose(nt_xent(z1 * s1, z2 * s2, 0.3), base, atol=1e-5)
+    # symmetric in the two views
+    assert torch.allclose(nt_xent(z2, z1, 0.3), base, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ order pairs
+
+
+def _pairs(months, valid):
+    rows, i, j, label = order_pairs(torch.tensor(months, dtype=torch.float32), torch.tensor(valid))
+    return sorted(zip(rows.tolist(), i.tolist(), j.tolist(), label.tolist()))
+
+
+def test_order_pairs_all_valid():
+    assert _pairs([[0.0, 12.0, 6.0]], [[True, True, True]]) == [(0, 0, 1, 1.0), (0, 0, 2, 1.0), (0, 1, 2, 0.0)]
+
+
+def test_order_pairs_skip_padding_and_ties():
+    months = [[0.0, 12.0, 6.0, 99.0], [30.0, 5.0, 5.0, 0.0], [7.0, 0.0, 3.0, 3.0]]
+    valid = [[True, False, True, True], [True, True, True, False], [False, True, True, True]]
+    got = _pairs(months, valid)
+    assert got == [(0, 0, 2, 1.0), (0, 0, 3, 1.0), (0, 2, 3, 1.0),
+                   (1, 0, 1, 0.0), (1, 0, 2, 0.0),             # (1, 2) tied at 5 months
+                   (2, 1, 2, 1.0), (2, 1, 3, 1.0)]             # (2, 3) tied, position 0 padding
+    for r, i, j, _ in got:
+        assert valid[r][i] and valid[r][j] and i < j
+
+
+def test_order_head_is_antisymmetric():
+    torch.manual_seed(0)
+    head = OrderHead(16, 8)
+    seq = torch.randn(4, 3, 16)
+    months = torch.tensor([[0.0, 12.0, 6.0], [5.0, 1.0, 9.0], [3.0, 2.0, 1.0], [0.0, 40.0, 20.0]])
+    valid = torch.ones(4, 3, dtype=torch.bool)
+    s = head.score(seq).squeeze(-1)
+    logit_ij = s[:, :, None] - s[:, None, :]           # logit that the scan at column precedes the row
+    assert torch.allclose(logit_ij, -logit_ij.transpose(1, 2))
+    # reversing the time axis reverses every label: loss(seq, m) vs loss(seq, -m) at a perfect score
+    loss, acc = head(seq, months, valid)
+    loss_rev, acc_rev = head(seq, -months, valid)
+    assert float(acc) + float(acc_rev) == pytest.approx(1.0)  # no ties in the scores
+    # swapping two scans and their times leaves the loss unchanged
+    perm = torch.tensor([2, 0, 1])
+    loss_p, acc_p = head(seq[:, perm], months[:, perm], valid)
+    assert torch.allclose(loss, loss_p, atol=1e-6) and float(acc) == pytest.approx(float(acc_p))
+
+
+# ----------------------------------------------------------------------------------- TMP helpers
+
+
+def test_choose_masked_one_real_position_per_row():
+    gen = torch.Generator().manual_seed(0)
+    valid = torch.tensor([[True, True, True], [True, False, True], [False, True, False], [True, True, False]])
+    counts = torch.zeros(valid.shape)
+    for _ in range(500):
+        m = choose_masked(valid, gen)
+        assert m.dtype == torch.bool and m.shape == valid.shape
+        assert (m.sum(1) == 1).all()
+        assert not (m & ~valid).any()
+        counts += m
+    # roughly uniform over each row's real positions
+    frac = counts / 500
+    assert torch.allclose(frac[0], torch.full((3,), 1 / 3), atol=0.08)
+    assert torch.allclose(frac[1][[0, 2]], torch.full((2,), 0.5), atol=0.08)
+    assert frac[2, 1] == 1.0
+    # seeded: same generator seed, same draws
+    a = choose_masked(valid, torch.Generator().manual_seed(3))
+    b = choose_masked(valid, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_info_nce_perfect_and_shuffled():
+    torch.manual_seed(0)
+    target = torch.randn(8, 16)
+    perfect = info_nce(target * 3.0, target, 0.05)
+    assert float(perfect) < 1e-3
+    shuffled = info_nce(target[torch.roll(torch.arange(8), 1)], target, 0.05)
+    assert float(shuffled) > 5.0
+
+
+# ---------------------------------------------------------------------------- temporal aggregator
+
+
+def _aggregator(kind: str) -> TemporalAggregator:
+    torch.manual_seed(0)
+    agg = TemporalAggregator(16, kind, layers=1, heads=2)
+    with torch.no_grad():  # zeros at init would make the CLS / mask-token checks vacuous
+        agg.mask_token.normal_()
+        if kind == "attention":
+            agg.cls.normal_()
+    return agg
+
+
+@pytest.mark.parametrize("kind", ["attention", "mean"])
+@pytest.mark.parametrize("mode", ["train", "eval", "eval_no_grad"])
+def test_aggregator_padding_invariance(kind, mode):
+    agg = _aggregator(kind)
+    agg.train(mode == "train")
+    gen = torch.Generator().manual_seed(1)
+    b, k, pad = 4, 2, 3
+    emb = torch.randn(b, k, 16, generator=gen)
+    months = torch.rand(b, k, generator=gen) * 48
+    valid = torch.ones(b, k, dtype=torch.bool)
+    garbage = torch.randn(b, pad, 16, generator=gen) * 10
+    garbage_months = torch.rand(b, pad, generator=gen) * 400 - 100
+    emb_p = torch.cat([emb, garbage], 1)
+    months_p = torch.cat([months, garbage_months], 1)
+    valid_p = torch.cat([valid, torch.zeros(b, pad, dtype=torch.bool)], 1)
+    # and the same padding interleaved with the real scans
+    perm = torch.tensor([3, 0, 4, 2, 1])
+    real_at = [int((perm == i).nonzero()) for i in range(k)]
+    ctx = torch.no_grad() if mode == "eval_no_grad" else torch.enable_grad()
+    with ctx:
+        pooled, tok = agg.tokens(emb, months, valid)
+        pooled_p, tok_p = agg.tokens(emb_p, months_p, valid_p)
+        pooled_i, tok_i = agg.tokens(emb_p[:, perm], months_p[:, perm], valid_p[:, perm])
+        fwd = agg(emb_p, months_p, valid_p)
+    assert torch.isfinite(pooled_p).all() and torch.isfinite(tok_p[:, :k]).all()
+    assert torch.allclose(pooled_p, pooled, atol=1e-5)
+    assert torch.allclose(pooled_i, pooled, atol=1e-5)
+    assert torch.allclose(fwd, pooled, atol=1e-5)
+    assert torch.allclose(tok_p[:, :k], tok, atol=1e-5)
+    assert torch.allclose(tok_i[:, real_at], tok, atol=1e-5)
+    # shifting all real times by a constant changes nothing (times are relative to the last scan)
+    with ctx:
+        shifted = agg(emb_p, months_p + 17.0 * valid_p, valid_p)
+    assert torch.allclose(shifted, pooled, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["attention", "mean"])
+def test_aggregator_masked_content_cannot_leak(kind):
+    agg = _aggregator(kind)
+    gen = torch.Generator().manual_seed(2)
+    emb = torch.randn(3, 4, 16, generator=gen)
+    months = torch.rand(3, 4, generator=gen) * 48
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True], [True, False, True, True]])
+    masked = torch.tensor([[False, True, False, False], [True, False, False, False], [False, False, False, True]])
+    other = torch.where(masked.unsqueeze(-1), torch.randn(3, 4, 16, generator=gen) * 5, emb)
+    for train in (True, False):
+        agg.train(train)
+        p1, t1 = agg.tokens(emb, months, valid, masked)
+        p2, t2 = agg.tokens(other, months, valid, masked)
+        assert torch.allclose(p1, p2, atol=1e-6) and torch.allclose(t1, t2, atol=1e-6)
+    # the masked position's content did reach the output without the mask (the test has teeth)
+    p3, _ = agg.tokens(emb, months, valid)
+    p4, _ = agg.tokens(other, months, valid)
+    assert not torch.allclose(p3, p4, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------- method forwards
+
+
+@pytest.fixture(scope="module")
+def small_scans() -> ScanSet:
+    scans = atrophy_scans(4, 3, 16, seed=5)
+    # one subject with only two scans, so TOP/TMP/TOPC batches carry padding
+    scans.subjects[3] = scans.subjects[3][:2]
+    return scans
+
+
+@pytest.mark.parametrize("name", ["simclr", "top", "tcl", "tmp", "topc"])
+def test_method_forward_backward_and_step(name, small_scans):
+    torch.manual_seed(0)
+    arch = tiny_arch(norm="group" if name == "simclr" else "batch")
+    encoder, aggregator = build_encoder(arch), build_aggregator(arch)
+    method = build(name, encoder, aggregator, feature_dim(arch), HP[name])
+    method.train()
+    pool = units(small_scans, method.sampling)
+    batch = method_batch(method, small_scans, pool[:4], MILD, seed=0)
+    if name in ("top", "tmp", "topc"):
+        assert not batch.valid.all()  # padding present
+    loss, stats = method(batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert all(math.isfinite(v) for v in stats.values())
+    opt = torch.optim.Adam(method.parameters(), lr=1e-3)
+    opt.zero_grad()
+    loss.backward()
+    for p in method.parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all()
+    first = encoder.conv1.weight
+    assert first.grad is not None and float(first.grad.abs().sum()) > 0
+    if name == "tmp":
+        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in aggregator.parameters())
+    before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    opt.step()
+    after = encoder.state_dict()
+    assert not torch.equal(before["conv1.weight"], after["conv1.weight"])
+    # everything trainable in the encoder moved
+    for k, p in encoder.named_parameters():
+        assert not torch.equal(before[k], p.detach()), k
+
+
+def test_sequence_embeddings_zero_at_padding():
+    h = torch.randn(5, 4)
+    index = torch.tensor([[0, 1, -1], [4, 2, 3]])
+    seq = sequence_embeddings(h, index)
+    assert torch.equal(seq[0, 2], torch.zeros(4))
+    assert torch.equal(seq[1], h[[4, 2, 3]]) and torch.equal(seq[0, :2], h[[0, 1]])
+
+
+# --------------------------------------------------------------------- TOP learns temporal order
+
+
+def order_accuracy(method, scans: ScanSet) -> float:
+    """Pairwise order accuracy over every held-out subject's scans, no augmentation, eval mode."""
+    method.eval()
+    rows, index, months, valid = make_batch(scans, scans.subjects, 3, np.random.default_rng(123))
+    gen = torch.Generator().manual_seed(0)
+    batch = Batch(scans.volumes[torch.from_numpy(rows)], torch.from_numpy(index), torch.from_numpy(months),
+                  torch.from_numpy(valid), [draw(len(rows), NONE, gen)], gen)
+    with torch.no_grad():
+        _, stats = method(batch)
+    method.train()
+    return stats["order_accuracy"]
+
+
+def test_top_learns_order_of_progressive_atrophy():
+    train_scans = atrophy_scans(24, 3, 20, seed=0)
+    held_out = atrophy_scans(8, 3, 20, seed=1)
+    torch.manual_seed(0)
+    arch = tiny_arch(norm="batch")
+    encoder, aggregator = build_encoder(arch), build_aggregator(arch)
+    method = build("top", encoder, aggregator, feature_dim(arch), {"n_scans": 3, "hidden": 16})
+    opt = torch.optim.Adam(method.parameters(), lr=3e-3)
+    aug = {"min_crop": 0.9, "p_rotate": 0.5, "max_rotate_deg": 5, "p_flip": 0.5, "p_gamma": 0.0, "gamma": [1, 1]}
+    before = order_accuracy(method, held_out)
+    pool = units(train_scans, method.sampling)
+    losses = []
+    method.train()
+    for epoch in range(3):  # 3 steps each: 24 subjects, 8 per batch
+        for step, chosen in enumerate(epoch_batches(len(pool), 8, 0, epoch)):
+            batch = method_batch(method, train_scans, [pool[i] for i in chosen], aug, 0, epoch, step)
+            loss, _ = method(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+    after = order_accuracy(method, held_out)
+    assert after > 0.75, (before, after, losses)
+    assert after > before
+    assert np.mean(losses[-3:]) < min(math.log(2), np.mean(losses[:3]))
+
+
+# ---------------------------------------------------------------------------------- augmentations
+
+
+def _brains(n: int, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked z-scored random volumes inside off-centre, asymmetric ellipsoid masks."""
+    gen = torch.Generator().manual_seed(seed)
+    ax = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    x, y, z = torch.meshgrid(ax, ax, ax, indexing="ij")
+    mask = (((x - 1.5) / 6.5) ** 2 + ((y + 1) / 5.0) ** 2 + (z / 4.0) ** 2 <= 1).float()
+    mask = mask.expand(n, 1, size, size, size)
+    smooth = F.avg_pool3d(torch.randn(n, 1, size, size, size, generator=gen), 3, 1, 1) + 0.05 * x
+    return masked_zscore(smooth * mask, mask), mask
+
+
+def test_apply_shape_background_and_zscore():
+    vols, mask = _brains(4)
+    p = draw(4, STRONG, torch.Generator().manual_seed(0))
+    out = apply(vols, p)
+    assert out.shape == vols.shape and out.dtype == torch.float32
+    grid = F.affine_grid(_theta(p, vols.device), list(vols.shape), align_corners=False)
+    warped = F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5
+    assert (out[~warped] == 0).all()
+    assert (out[warped] != 0).float().mean() > 0.99
+    for i in range(4):
+        inside = out[i][warped[i]].double()
+        assert warped[i].sum() > 100
+        assert abs(float(inside.mean())) < 1e-4
+        assert float(inside.std(unbiased=False)) == pytest.approx(1.0, abs=1e-3)
+    # float16 input (how the pretraining scans are stored) works the same
+    assert torch.allclose(apply(vols.half(), p), apply(vols.half().float(), p))
+
+
+def test_draw_is_seeded_and_apply_slices_like_ddp():
+    vols, _ = _brains(4, seed=3)
+    p1 = draw(4, STRONG, torch.Generator().manual_seed(11))
+    p2 = draw(4, STRONG, torch.Generator().manual_seed(11))
+    for a, b in zip(vars(p1).values(), vars(p2).values()):
+        assert torch.equal(a, b)
+    assert torch.equal(apply(vols, p1), apply(vols, p2))
+    p3 = draw(4, STRONG, torch.Generator().manual_seed(12))
+    assert not torch.allclose(apply(vols, p1), apply(vols, p3))
+    full = apply(vols, p1)
+    assert torch.allclose(apply(vols[:2], p1[:2]), full[:2], atol=1e-6)
+    assert torch.allclose(apply(vols[2:], p1[2:]), full[2:], atol=1e-6)
+
+
+def _params(n=1, scale=(1.0, 1.0, 1.0), centre=(0.0, 0.0, 0.0), angle=0.0, flip=False, gamma=1.0):
+    return AugmentParams(torch.tensor([scale] * n), torch.tensor([centre] * n), torch.tensor([angle] * n),
+                         torch.tensor([flip] * n), torch.tensor([gamma] * n))
+
+
+def test_apply_identity_and_axis_conventions():
+    vols, _ = _brains(2, seed=4)
+    # no augmentation reproduces the (already z-scored) input; so does draw() with p = 0 everywhere
+    assert torch.allclose(apply(vols, _params(2)), vols, atol=1e-5)
+    assert torch.allclose(apply(vols, draw(2, NONE, torch.Generator().manual_seed(0))), vols, atol=1e-5)
+    # flip is left-right: the first spatial axis
+    assert torch.allclose(apply(vols, _params(2, flip=True)), vols.flip(2), atol=1e-5)
+    # a 90 degree rotation turns the first two axes into each other
+    rot = apply(vols, _params(2, angle=math.pi / 2))
+    assert any(torch.allclose(rot, torch.rot90(vols, k, dims=(2, 3)), atol=1e-4) for k in (1, -1))
+    # a crop centre shifted along the first axis moves content along the first axis
+    shifted = apply(vols, _params(2, centre=(0.5, 0.0, 0.0)))  # 0.25 of the width = 4 voxels
+    assert torch.equal(shifted[:, :, :12] != 0, vols[:, :, 4:] != 0)
+    # a centred half-size crop zooms in by two about the centre
+    zoom = apply(vols, _params(2, scale=(0.5, 0.5, 0.5)))
+    assert int((zoom != 0).sum()) > 4 * int((vols != 0).sum())
+    # gamma changes intensities but not the brain
+    g = apply(vols, _params(2, gamma=1.4))
+    assert torch.equal(g != 0, vols != 0) and not torch.allclose(g, vols, atol=1e-2)

@@ -1,0 +1,99 @@
+"""Test metrics: AUC against hand cases and scikit-learn, thresholds, bootstrap intervals."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from sslad import metrics
+
+
+def test_auc_hand_cases():
+    assert metrics.auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert metrics.auc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
+    assert metrics.auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    # pairs (pos, neg): (0.8>0.3), (0.8>0.6), (0.4>0.3), (0.4<0.6), (0.6=0.6 -> 1/2), (0.6>0.3) -> 4.5 / 6
+    assert metrics.auc([1, 0, 1, 0, 1], [0.8, 0.3, 0.4, 0.6, 0.6]) == pytest.approx(4.5 / 6)
+    assert np.isnan(metrics.auc([1, 1, 1], [0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError):
+        metrics.auc([0, 2], [0.1, 0.2])
+
+
+def test_auc_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for n in (5, 17, 100, 1000):
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        for scores in (rng.normal(size=n) + y, np.round(rng.normal(size=n) + y, 1)):  # without and with ties
+            assert metrics.auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+
+
+def test_binary_metrics_hand_case():
+    labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    scores = [0.9, 0.7, 0.5, 0.2, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+    m = metrics.binary_metrics(labels, scores, 0.5)  # score >= 0.5 is positive
+    assert m["sensitivity"] == pytest.approx(3 / 4)
+    assert m["specificity"] == pytest.approx(4 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 4 / 6) / 2)
+    assert m["auc"] == pytest.approx(metrics.auc(labels, scores))
+
+
+def test_youden_hand_case():
+    # best: positive above the gap between 0.35 and 0.4 (sens 1, spec 1)
+    assert metrics.youden_threshold([0, 0, 0, 1, 1], [0.1, 0.2, 0.35, 0.4, 0.8]) == pytest.approx(0.375)
+    # J = 0.5 at the gap 0.2|0.3 (sens 1, spec 1/2) and at 0.6|0.7 (sens 1/2, spec 1): the lowest wins
+    t = metrics.youden_threshold([0, 0, 1, 0, 0, 1], [0.1, 0.2, 0.3, 0.4, 0.6, 0.7])
+    m = metrics.binary_metrics([0, 0, 1, 0, 0, 1], [0.1, 0.2, 0.3, 0.4, 0.6, 0.7], t)
+    assert t == pytest.approx(0.25)
+    assert m["sensitivity"] + m["specificity"] - 1 == pytest.approx(0.5)
+
+
+def test_youden_is_best_of_all_thresholds():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 80)
+    s = np.round(rng.normal(size=80) + y, 1)
+    t = metrics.youden_threshold(y, s)
+    j = lambda thr: sum(metrics.binary_metrics(y, s, thr)[k] for k in ("sensitivity", "specificity")) - 1
+    assert j(t) == pytest.approx(max(j(v) for v in np.unique(s)))
+
+
+def test_bootstrap_contains_estimate_and_is_deterministic():
+    rng = np.random.default_rng(2)
+    y = np.r_[np.ones(40, int), np.zeros(60, int)]
+    s = rng.normal(size=100) + y
+    point = metrics.binary_metrics(y, s, 0.5)
+    start = time.perf_counter()
+    ci = metrics.bootstrap(y, s, 0.5, n=1000, seed=3)
+    elapsed = time.perf_counter() - start
+    assert set(ci) == set(point)
+    for name, (low, high) in ci.items():
+        assert 0 <= low <= point[name] <= high <= 1, name
+    assert metrics.bootstrap(y, s, 0.5, n=1000, seed=3) == ci
+    assert metrics.bootstrap(y, s, 0.5, n=1000, seed=4) != ci
+    assert elapsed < 0.5  # typically a few ms; generous for loaded machines
+
+
+def test_bootstrap_counts_agree_with_direct_metrics():
+    """The count-based resample metrics equal the metrics of the explicitly resampled data."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 30)
+    s = np.round(rng.normal(size=30), 1)
+    pos, neg, c_pos, c_neg = metrics.stratified_counts(y, 20, np.random.default_rng(0))
+    assert (c_pos.sum(axis=1) == len(pos)).all() and (c_neg.sum(axis=1) == len(neg)).all()
+    many = metrics.metrics_from_counts(s[pos], s[neg], c_pos, c_neg, 0.0)
+    for b in range(20):
+        yb = np.r_[np.ones(len(pos), int), np.zeros(len(neg), int)]
+        sb = np.r_[np.repeat(s[pos], c_pos[b].astype(int)), np.repeat(s[neg], c_neg[b].astype(int))]
+        for name, value in metrics.binary_metrics(yb, sb, 0.0).items():
+            assert many[name][b] == pytest.approx(value, abs=1e-12), name
+
+
+def test_one_class_gives_nan_interval():
+    ci = metrics.bootstrap([1, 1, 1], [0.2, 0.5, 0.9], 0.5, n=50)
+    for name in ("auc", "specificity", "balanced_accuracy"):
+        assert np.isnan(ci[name]).all(), name
+    assert 0 <= ci["sensitivity"][0] <= ci["sensitivity"][1] <= 1

@@ -1,0 +1,160 @@
+"""Pretraining jobs as the workflow runs them: DDP equivalence, resume after a kill, leakage guard,
+external checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sslad.networks import build_encoder, import_external, load_encoder
+
+MODEL = {"depth": 10, "widths": [8, 8, 16, 16], "stem_kernel": 3, "stem_stride": 1, "max_pool": True,
+         "norm": "group", "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
+AUGMENT = {"min_crop": 0.7, "p_rotate": 0.5, "max_rotate_deg": 10, "p_flip": 0.5, "p_gamma": 0.8, "gamma": [0.7, 1.5]}
+HP = {"simclr": {"temperature": 0.5, "projection_dim": 8}, "top": {"n_scans": 3, "hidden": 8},
+      "tmp": {"n_scans": 3, "temperature": 0.2}}
+
+
+def settings(method: str, epochs: int = 2, batch: int = 4, every: int = 1) -> dict:
+    return {"method": method, "hp": HP[method], "model": MODEL, "augment": AUGMENT,
+            "train": {"epochs": epochs, "batch_size": batch, "lr": 1e-3, "weight_decay": 0.0, "seed": 3,
+                      "checkpoint_every": every, "device": "cpu"}}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    """8 pretraining subjects x 3 visits and 2 test subjects, 16^3 masked z-scored arrays."""
+    root = tmp_path_factory.mktemp("manifest")
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 16)] * 3, indexing="ij"))
+    brain = (grid ** 2).sum(0) < 0.8
+    visits, splits = [], []
+    for s in range(10):
+        pid = f"sub-{s:02d}"
+        split = "test" if s >= 8 else ("val" if s == 7 else "train")
+        splits.append({"participant_id": pid, "split": split})
+        for v, months in enumerate([0, 12, 24]):
+            arr = np.where(brain, rng.normal(size=brain.shape) + (grid[0] > 0.3 * v - 0.5), 0)
+            arr = np.where(brain, (arr - arr[brain].mean()) / arr[brain].std(), 0).astype(np.float16)
+            path = root / f"{pid}_ses-{v}.npy"
+            np.save(path, arr)
+            visits.append({"participant_id": pid, "session_id": f"ses-{v}", "days_from_baseline": months * 30,
+                           "months": months, "split": split, "array": str(path)})
+    visits = pd.DataFrame(visits)
+    visits.to_csv(root / "visits.tsv", sep="\t", index=False)
+    pd.DataFrame(splits).to_csv(root / "splits.tsv", sep="\t", index=False)
+    visits[visits["split"] != "test"][["participant_id", "session_id", "days_from_baseline"]].to_csv(
+        root / "pretrain.tsv", sep="\t", index=False)
+    return root
+
+
+def pretrain_cmd(manifest: Path, out: Path, s: dict, launcher: list[str] | None = None) -> list[str]:
+    launcher = launcher or [sys.executable, "-m", "sslad"]
+    return [*launcher, "pretrain", "--settings", json.dumps(s), "--pretrain", str(manifest / "pretrain.tsv"),
+            "--visits", str(manifest / "visits.tsv"), "--splits", str(manifest / "splits.tsv"),
+            "--out-dir", str(out), "--threads", "1"]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["encoder"]
+
+
+def test_two_process_ddp_matches_single_process(manifest, tmp_path):
+    s = settings("simclr", epochs=2, batch=4)
+    subprocess.run(pretrain_cmd(manifest, tmp_path / "single", s), check=True, capture_output=True)
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "sslad"]
+    proc = subprocess.run(pretrain_cmd(manifest, tmp_path / "ddp", s, torchrun), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "batch 4 x 2 process(es)" in proc.stderr
+    # same global batch, negatives gathered across processes: the same loss curve ...
+    m1 = json.loads((tmp_path / "single/metrics.json").read_text())["loss"]
+    m2 = json.loads((tmp_path / "ddp/metrics.json").read_text())["loss"]
+    np.testing.assert_allclose(m2, m1, rtol=1e-3)
+    # ... and the same weights up to float noise (Adam turns noise on near-zero gradients into
+    # lr-sized steps on a few weights, so compare the whole model, not each weight)
+    one, two = weights(tmp_path / "single/encoder.pt"), weights(tmp_path / "ddp/encoder.pt")
+    a, b = (torch.cat([w[k].flatten() for k in sorted(one)]) for w in (one, two))
+    assert float((a - b).norm() / a.norm()) < 0.01
+
+
+def test_killed_job_resumes_from_its_checkpoint_and_matches(manifest, tmp_path):
+    s = settings("top", epochs=30, batch=4, every=1)
+    reference = tmp_path / "reference"
+    subprocess.run(pretrain_cmd(manifest, reference, s), check=True, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(pretrain_cmd(manifest, out, s), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "state/last.pt"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "encoder.pt").exists(), "the job finished before it could be killed"
+    rerun = subprocess.run(pretrain_cmd(manifest, out, s), capture_output=True, text=True, check=True)
+    resumed = int(rerun.stderr.split("after epoch ")[1].split()[0])
+    assert 1 <= resumed < 30
+    for key, value in weights(reference / "encoder.pt").items():
+        torch.testing.assert_close(weights(out / "encoder.pt")[key], value, msg=key)
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 31))
+
+
+def test_changed_settings_do_not_resume(manifest, tmp_path):
+    subprocess.run(pretrain_cmd(manifest, tmp_path, settings("top", epochs=1)), check=True, capture_output=True)
+    rerun = subprocess.run(pretrain_cmd(manifest, tmp_path, settings("top", epochs=2)), capture_output=True, text=True,
+                           check=True)
+    assert "ignoring" in rerun.stderr and "resumed" not in rerun.stderr
+
+
+def test_no_test_participant_is_ever_loaded(manifest, tmp_path, monkeypatch):
+    from sslad import pretrain
+
+    loaded: list[str] = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, *a, **k: loaded.append(str(path)) or real_load(path, *a, **k))
+    metrics = pretrain.run(settings("tmp", epochs=1), str(manifest / "pretrain.tsv"), str(manifest / "visits.tsv"),
+                           str(manifest / "splits.tsv"), str(tmp_path), None, 1)
+    assert metrics["n_scans"] == 24 and len(loaded) == 24
+    assert not [p for p in loaded if "sub-08" in p or "sub-09" in p]
+    assert load_encoder(tmp_path / "encoder.pt")[3]  # tmp hands its aggregator over
+
+    leaky = pd.read_csv(manifest / "visits.tsv", sep="\t")[["participant_id", "session_id", "days_from_baseline"]]
+    leaky.to_csv(tmp_path / "leaky.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match="leaky.tsv: test participants must never be pretrained on: sub-08, sub-09"):
+        pretrain.run(settings("top"), str(tmp_path / "leaky.tsv"), str(manifest / "visits.tsv"),
+                     str(manifest / "splits.tsv"), str(tmp_path / "x"), None, 1)
+
+
+def test_external_neuro_simclr_checkpoint_becomes_an_encoder(tmp_path):
+    from monai.networks.nets.resnet import ResNet
+
+    torch.manual_seed(0)
+    net = ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=3, n_input_channels=1, num_classes=0)
+    state = {f"module.encoder.{k}": v for k, v in net.state_dict().items()}
+    state["module.projector.0.weight"] = torch.zeros(512, 512)
+    torch.save({"epoch": 3, "model_state_dict": state, "optimizer_state_dict": {}}, tmp_path / "latest.tar")
+    arch = import_external(tmp_path / "latest.tar", tmp_path / "encoder.pt", MODEL, stem_stride=1)
+    assert (arch["depth"], arch["widths"], arch["stem_kernel"], arch["norm"]) == (18, [64, 128, 256, 512], 7, "batch")
+    encoder, _, loaded_arch, pretrained_agg = load_encoder(tmp_path / "encoder.pt")
+    assert loaded_arch["axes"] == "zyx" and not pretrained_agg
+    x = torch.randn(2, 1, 20, 24, 20)
+    net.fc = None
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.eval()(x), net.eval()(x))
+    torch.save({"model_state_dict": {"encoder.conv1.weight": torch.zeros(8, 1, 3, 3, 3)}}, tmp_path / "bad.tar")
+    with pytest.raises(ValueError, match="bad.tar: ResNet with blocks"):
+        import_external(tmp_path / "bad.tar", tmp_path / "x.pt", MODEL, 1)
+    (tmp_path / "junk.tar").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="junk.tar: cannot read"):
+        import_external(tmp_path / "junk.tar", tmp_path / "x.pt", MODEL, 1)
+    assert build_encoder(MODEL)(torch.zeros(2, 1, 16, 16, 16)).shape == (2, 16)

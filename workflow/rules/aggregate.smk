@@ -1,0 +1,30 @@
+# The study's results: one table row per fine-tuning job and mode, summary with paired
+# comparisons against scratch, curves per task; all of them in `snakemake --report`.
+
+
+rule aggregate:
+    input:
+        finetune_metrics(),
+    output:
+        table=report("results/table.csv", caption="../report/table.rst", category="Results"),
+        summary=report("results/summary.csv", caption="../report/summary.rst", category="Results"),
+        summary_md="results/summary.md",
+        figures=report(
+            directory("results/figures"),
+            patterns=["{name}.png"],
+            caption="../report/curves.rst",
+            category="Label-fraction curves",
+        ),
+    log:
+        "results/logs/aggregate.log",
+    params:
+        settings=json.dumps({"n_bootstrap": config["finetune"]["n_bootstrap"]}),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/learning.yaml"
+    shell:
+        "sslad aggregate --settings {params.settings:q} --metrics {input:q} --table {output.table:q}"
+        " --summary {output.summary:q} --summary-md {output.summary_md:q} --figures-dir {output.figures:q}"
+        " > {log:q} 2>&1"
