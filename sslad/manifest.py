@@ -15,7 +15,7 @@ import pandas as pd
 
 from sslad.cohort import EXCLUDED_COLUMNS
 from sslad.io import read_tsv, write_tsv
-from sslad.labels import RANK, TASKS, is_reverter, task_samples, visit_months
+from sslad.labels import RANK, is_reverter, task_samples, visit_months
 from sslad.splits import label_fractions, split_subjects
 
 

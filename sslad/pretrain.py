@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,8 +29,6 @@ from sslad.pretrain_data import ScanSet, epoch_batches, load_pretrain_scans, mak
 
 def pick_device(setting: str) -> torch.device:
     """``auto`` takes this process's GPU when there is one (torchrun's LOCAL_RANK), else the CPU."""
-    import os
-
     if setting == "cpu" or not torch.cuda.is_available():
         if setting == "cuda":
             raise RuntimeError("pretrain.train.device is 'cuda' but no GPU is visible")

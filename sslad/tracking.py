@@ -66,7 +66,7 @@ def log_run(db: str | Path, experiment: str, name: str, tags: dict[str, str], pa
     """Record one finished job as a run: params, per-epoch curves (step = epoch), final metrics, tags.
 
     Returns the run id. Retries a few times if another process holds the database."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, step) for k, values in curves.items() for step, v in enumerate(values)]

@@ -134,12 +134,12 @@ def test_finetuning_is_deterministic_and_the_report_builds(study):
 def test_config_edit_reruns_only_affected_stages(study):
     bids_files = sorted((study / "results/cohort/bids").rglob("*"))
     mtimes = {p: p.stat().st_mtime_ns for p in bids_files}
-    before = (study / "results/manifest/tasks/fut_mci_ad.tsv").stat().st_mtime_ns
+    before = (study / "results/manifest/tasks" / f"{TASKS[-1]}.tsv").stat().st_mtime_ns
     set_config(study, "manifest", "horizon_months", 24)
     planned = planned_rules(study)
     assert "manifest" in planned and not planned & {"simulate_cohort", "cohort", "preprocess", "qc_table"}
     snakemake(study, "results/manifest/visits.tsv")
-    assert (study / "results/manifest/tasks/fut_mci_ad.tsv").stat().st_mtime_ns > before
+    assert (study / "results/manifest/tasks" / f"{TASKS[-1]}.tsv").stat().st_mtime_ns > before
     assert {p: p.stat().st_mtime_ns for p in sorted((study / "results/cohort/bids").rglob("*"))} == mtimes
     set_config(study, "preprocess", "registration", "rigid")
     planned = planned_rules(study)

@@ -17,7 +17,6 @@ class TOPC(nn.Module):
     def __init__(self, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> None:
         super().__init__()
         self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2, views=2)
-        self.encoder = encoder
         self.spatial = SimCLR(encoder, aggregator, dim, hp)
         self.head = OrderHead(dim, hp["hidden"])
         self.weight = hp["spatial_weight"]

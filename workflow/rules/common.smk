@@ -106,10 +106,6 @@ def pretrain_settings(method):
                        "train": pre["train"], "augment": pre["augment"]}, sort_keys=True)
 
 
-def encoder_path(init):
-    return f"results/pretrain/{init}/encoder.pt"
-
-
 def finetune_settings(wildcards):
     """The fine-tuning block minus resources; the encoder block only for scratch (pretrained inits
     carry their architecture in encoder.pt, an input)."""
@@ -127,7 +123,7 @@ def finetune_inputs(wildcards):
         "store": ancient(MLFLOW_DB),
     }
     if wildcards.init != "scratch":
-        files["encoder"] = encoder_path(wildcards.init)
+        files["encoder"] = f"results/pretrain/{wildcards.init}/encoder.pt"
     return files
 
 
