@@ -1,0 +1,43 @@
+"""The shipped configurations validate against the schema and say what they promise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def merged(*files: str) -> dict:
+    """Merge config files the way Snakemake's --configfile does (nested dicts updated)."""
+    def update(base: dict, new: dict) -> dict:
+        for key, value in new.items():
+            base[key] = update(base.get(key, {}), value) if isinstance(value, dict) else value
+        return base
+
+    cfg: dict = {}
+    for f in files:
+        update(cfg, yaml.safe_load((ROOT / f).read_text()))
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    jsonschema.Draft202012Validator(schema).validate(cfg)
+
+
+def test_default_tiny_and_paper_configs_validate():
+    for files in (["config.yaml"], ["config.yaml", ".test/config.yaml"], ["config.yaml", "config/paper.yaml"]):
+        validate(merged(*files))
+
+
+def test_paper_config_is_the_paper_scale_grid():
+    cfg = merged("config.yaml", "config/paper.yaml")
+    assert len(cfg["study"]["tasks"]) == 7
+    assert cfg["study"]["label_fractions"] == [0.01, 0.1, 0.2, 0.5, 1.0]
+    assert len(cfg["study"]["seeds"]) >= 3
+    assert set(cfg["study"]["inits"]) >= {"scratch", "simclr", "top", "tcl", "tmp", "topc"}
+    assert cfg["preprocess"]["voxel_mm"] == 1.0 and cfg["simulate"]["resolution_mm"] == 1
+    assert (cfg["model"]["depth"], cfg["model"]["widths"][-1], cfg["model"]["stem_stride"]) == (18, 512, 1)
