@@ -1,7 +1,7 @@
 # sslad: longitudinal T1 MRI -> self-supervised pretraining -> Alzheimer's disease prediction.
 # Stages (one .smk each under workflow/rules/): simulate_cohort -> cohort -> template ->
-# preprocess (per scan) -> qc_table -> manifest -> label_fraction -> pretrain (per method) ->
-# finetune (per task x init x fraction x seed) -> aggregate.
+# preprocess (per participant) -> qc_table -> manifest -> task_table (per task) -> label_fraction ->
+# pretrain (per method) -> finetune (per task x init x fraction x seed) -> track_finetune -> aggregate.
 from snakemake.utils import min_version
 
 min_version("9.19")

@@ -41,8 +41,13 @@ def _cmd_cohort(a: argparse.Namespace) -> None:
 def _cmd_manifest(a: argparse.Namespace) -> None:
     from sslad.manifest import run
 
-    s = a.settings
-    run(a.scans, a.cohort_excluded, a.qc, a.out_dir, s, s["tasks"], s.get("label_fractions", []), s.get("seeds", []))
+    run(a.scans, a.cohort_excluded, a.qc, a.out_dir, a.settings)
+
+
+def _cmd_task_table(a: argparse.Namespace) -> None:
+    from sslad.manifest import write_task
+
+    write_task(a.scans, a.visits, a.splits, a.task, a.settings, a.out)
 
 
 def _cmd_label_fraction(a: argparse.Namespace) -> None:
@@ -60,10 +65,13 @@ def _cmd_template(a: argparse.Namespace) -> None:
 def _cmd_preprocess(a: argparse.Namespace) -> None:
     from sslad.preprocess import run
 
-    record = run(a.t1w, a.participant, a.session, a.template, a.template_mask, a.out_dir, a.settings, a.space,
-                 a.threads)
-    verdict = "passed QC" if record["pass"] else f"FAILED: {record['reason']}"
-    print(f"{a.participant} {a.session}: {verdict}; {record.get('seconds', {})}", file=sys.stderr)
+    if len(a.sessions) != len(a.t1w):
+        raise SystemExit(f"sslad preprocess: {len(a.sessions)} sessions but {len(a.t1w)} T1w files")
+    for session, t1w in zip(a.sessions, a.t1w):
+        record = run(t1w, a.participant, session, a.template, a.template_mask, a.out_dir, a.settings, a.space,
+                     a.threads)
+        verdict = "passed QC" if record["pass"] else f"FAILED: {record['reason']}"
+        print(f"{a.participant} {session}: {verdict}; {record.get('seconds', {})}", file=sys.stderr)
 
 
 def _cmd_qc_table(a: argparse.Namespace) -> None:
@@ -95,7 +103,13 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
     from sslad.finetune import run
 
     run(a.settings, a.task, a.init, a.fraction, a.seed, a.task_table, a.fraction_table, a.visits, a.encoder,
-        a.out_dir, a.tracking, a.threads)
+        a.out_dir, a.threads)
+
+
+def _cmd_track_finetune(a: argparse.Namespace) -> None:
+    from sslad.tracking import log_finetune_runs
+
+    log_finetune_runs(a.db, a.metrics, a.out)
 
 
 def _cmd_aggregate(a: argparse.Namespace) -> None:
@@ -134,10 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-t1w", required=True)
     p.add_argument("--out-mask", required=True)
 
-    p = add("preprocess", _cmd_preprocess, "Preprocess one T1w scan: N4, registration, skull strip, normalisation, QC.")
-    p.add_argument("--t1w", required=True, help="raw T1w NIfTI")
+    p = add("preprocess", _cmd_preprocess,
+            "Preprocess a participant's T1w scans, one by one: N4, registration, skull strip, normalisation, QC.")
     p.add_argument("--participant", required=True, help="participant_id (sub-...)")
-    p.add_argument("--session", required=True, help="session_id (ses-...)")
+    p.add_argument("--sessions", nargs="+", required=True, help="session_ids (ses-...), one per --t1w file")
+    p.add_argument("--t1w", nargs="+", required=True, help="raw T1w NIfTI files, in the order of --sessions")
     p.add_argument("--template", required=True, help="template T1w (from the template stage)")
     p.add_argument("--template-mask", required=True, help="template brain mask")
     p.add_argument("--space", required=True, help="space label for output names, e.g. MNI152NLin2009aSym")
@@ -150,11 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", required=True)
     p.add_argument("--out", required=True)
 
-    p = add("manifest", _cmd_manifest, "Build visits, splits, task tables, label fractions and pretrain.tsv.")
+    p = add("manifest", _cmd_manifest, "Build visits, subjects, subject-level splits, pretrain.tsv and exclusions.")
     p.add_argument("--scans", required=True, help="scans.tsv from the cohort stage")
     p.add_argument("--cohort-excluded", required=True, help="excluded.tsv from the cohort stage")
     p.add_argument("--qc", default=None, help="optional QC table (participant_id, session_id, qc_pass, qc_reason)")
     p.add_argument("--out-dir", required=True, help="manifest directory")
+
+    p = add("task-table", _cmd_task_table, "Build one task's samples (labels from the whole record, inputs, split).")
+    p.add_argument("--scans", required=True, help="scans.tsv from the cohort stage (the whole record)")
+    p.add_argument("--visits", required=True, help="visits.tsv of the manifest (usable scans)")
+    p.add_argument("--splits", required=True, help="splits.tsv of the manifest")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True)
 
     p = add("label-fraction", _cmd_label_fraction, "Write one nested, stratified label-fraction subset of a task's training split.")
     p.add_argument("--task-table", required=True, help="results/manifest/tasks/<task>.tsv")
@@ -189,8 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--visits", required=True, help="visits.tsv (array paths)")
     p.add_argument("--encoder", default=None, help="encoder.pt of a pretrained init (none for scratch)")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--tracking", default=None, help="MLflow SQLite store (optional)")
     p.add_argument("--threads", type=int, default=1)
+
+    p = add("track-finetune", _cmd_track_finetune,
+            "Log every fine-tuning job as a tagged MLflow run (once per job result).")
+    p.add_argument("--db", required=True, help="the MLflow SQLite store")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every fine-tuning job")
+    p.add_argument("--out", required=True, help="TSV of job, run id and metrics file")
 
     p = add("aggregate", _cmd_aggregate, "Collect fine-tuning results into table.csv, summary.csv and figures.")
     p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every fine-tuning job")

@@ -8,6 +8,16 @@ import torch
 import torch.distributed as dist
 
 
+def pick_device(setting: str, key: str) -> torch.device:
+    """``auto`` takes this process's GPU when there is one (torchrun's LOCAL_RANK), else the CPU;
+    ``key`` names the config value in the error when ``cuda`` is asked for and absent."""
+    if setting == "cpu" or not torch.cuda.is_available():
+        if setting == "cuda":
+            raise RuntimeError(f"{key} is 'cuda' but no GPU is visible")
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) when not launched by torchrun."""
     if dist.is_available() and dist.is_initialized():

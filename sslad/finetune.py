@@ -10,6 +10,7 @@ validation AUC, weight positives by the class ratio, set the decision threshold 
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslad.distributed import pick_device
 from sslad.io import read_tsv, write_json, write_tsv
 from sslad.labels import DAYS_PER_MONTH
 from sslad.metrics import auc, binary_metrics, bootstrap, youden_threshold
 from sslad.networks import build_aggregator, build_encoder, feature_dim, load_encoder
+from sslad.optim import Adam
 from sslad.volumes import load_arrays, read_visits
 
 
@@ -37,6 +40,9 @@ class Samples:
     index: torch.Tensor    # (B, K) rows of the volume tensor, -1 = padding
     months: torch.Tensor   # (B, K)
     valid: torch.Tensor    # (B, K)
+
+    def to(self, device: torch.device) -> "Samples":
+        return Samples(self.table, *(t.to(device) for t in (self.labels, self.index, self.months, self.valid)))
 
 
 def select_samples(task_tsv: str, fraction_tsv: str) -> dict[str, pd.DataFrame]:
@@ -94,10 +100,14 @@ class Classifier(nn.Module):
 
     def forward(self, volumes: torch.Tensor, index: torch.Tensor, months: torch.Tensor,
                 valid: torch.Tensor) -> torch.Tensor:
-        used = index[valid]
-        h = self.encoder(volumes[used].float())
+        # samples of one subject share scans (overlapping histories): encode each scan once
+        rows, inverse = torch.unique(index[valid], return_inverse=True)
+        h = self.encoder(volumes[rows].float())
         seq = torch.zeros(*index.shape, h.shape[-1], dtype=h.dtype, device=h.device)
-        seq[valid] = h
+        seq[valid] = h[inverse]
+        return self.sequence_logits(seq, months, valid)
+
+    def sequence_logits(self, seq: torch.Tensor, months: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return self.head(self.aggregator(seq, months, valid)).squeeze(-1)
 
 
@@ -110,7 +120,7 @@ def _weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def train_full(model: Classifier, volumes: torch.Tensor, data: dict[str, Samples], cfg: dict[str, Any],
                seed: int) -> tuple[Classifier, dict[str, Any]]:
     """End-to-end fine-tuning; returns the model of the best validation epoch and the curves."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     gen = torch.Generator().manual_seed(seed)
     tr = data["train"]
     pos = tr.labels.sum().clamp_min(1)
@@ -126,11 +136,11 @@ def train_full(model: Classifier, volumes: torch.Tensor, data: dict[str, Samples
                 continue
             logits = model(volumes, tr.index[b], tr.months[b], tr.valid[b])
             loss = F.binary_cross_entropy_with_logits(logits, tr.labels[b], pos_weight=weights)  # train-set ratio
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        val = auc(data["val"].labels.numpy(), predict(model, volumes, data["val"]))
+        val = auc(data["val"].labels.cpu().numpy(), predict(model, volumes, data["val"]))
         curves["train_loss"].append(float(np.mean(losses)))
         curves["val_auc"].append(val)
         if val > best:
@@ -140,18 +150,27 @@ def train_full(model: Classifier, volumes: torch.Tensor, data: dict[str, Samples
 
 
 @torch.no_grad()
-def predict(model: Classifier, volumes: torch.Tensor, s: Samples, chunk: int = 16) -> np.ndarray:
-    model.eval()
-    out = [torch.sigmoid(model(volumes, s.index[i:i + chunk], s.months[i:i + chunk], s.valid[i:i + chunk]))
-           for i in range(0, len(s.labels), chunk)]
-    return torch.cat(out).numpy()
+def encode_scans(encoder: nn.Module, volumes: torch.Tensor, s: Samples, chunk: int = 32) -> torch.Tensor:
+    """Eval-mode features of every scan the samples use, each encoded once: (B, K, D), 0 at padding."""
+    encoder.eval()
+    rows, inverse = torch.unique(s.index[s.valid], return_inverse=True)
+    feats = torch.cat([encoder(volumes[rows[i:i + chunk]].float()) for i in range(0, len(rows), chunk)])
+    seq = torch.zeros(*s.index.shape, feats.shape[-1], dtype=feats.dtype, device=feats.device)
+    seq[s.valid] = feats[inverse]
+    return seq
 
 
 @torch.no_grad()
-def frozen_features(aggregator: nn.Module | None, s: Samples, feats: torch.Tensor) -> torch.Tensor:
-    """Per-sample representation from frozen scan features: the pretrained aggregator's output, or
-    the mean over the sample's scans."""
-    seq = feats[s.index.clamp_min(0)] * s.valid.unsqueeze(-1)
+def predict(model: Classifier, volumes: torch.Tensor, s: Samples) -> np.ndarray:
+    model.eval()
+    logits = model.sequence_logits(encode_scans(model.encoder, volumes, s), s.months, s.valid)
+    return torch.sigmoid(logits).cpu().numpy()
+
+
+@torch.no_grad()
+def frozen_features(aggregator: nn.Module | None, s: Samples, seq: torch.Tensor) -> torch.Tensor:
+    """Per-sample representation from frozen scan features (``encode_scans``): the pretrained
+    aggregator's output, or the mean over the sample's scans."""
     if aggregator is not None:
         aggregator.eval()
         return aggregator(seq, s.months, s.valid)
@@ -164,29 +183,29 @@ def train_probe(reps: dict[str, torch.Tensor], data: dict[str, Samples], cfg: di
     torch.manual_seed(seed)
     mu, sd = reps["train"].mean(0), reps["train"].std(0).clamp_min(1e-6)
     x = {k: (v - mu) / sd for k, v in reps.items()}
-    head = nn.Linear(x["train"].shape[1], 1)
-    opt = torch.optim.Adam(head.parameters(), lr=cfg["probe_lr"], weight_decay=cfg["weight_decay"])
+    head = nn.Linear(x["train"].shape[1], 1).to(x["train"].device)
+    opt = Adam(head.parameters(), lr=cfg["probe_lr"], weight_decay=cfg["weight_decay"])
     y = data["train"].labels
     best, best_state, curves = -np.inf, None, {"train_loss": [], "val_auc": []}
     for epoch in range(cfg["probe_epochs"]):
         loss = _weighted_bce(head(x["train"]).squeeze(-1), y)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
-            val = auc(data["val"].labels.numpy(), torch.sigmoid(head(x["val"]).squeeze(-1)).numpy())
-        curves["train_loss"].append(float(loss))
+            val = auc(data["val"].labels.cpu().numpy(), torch.sigmoid(head(x["val"]).squeeze(-1)).cpu().numpy())
+        curves["train_loss"].append(loss.item())
         curves["val_auc"].append(val)
         if val > best:
             best, best_state, curves["best_epoch"] = val, copy.deepcopy(head.state_dict()), epoch + 1
     head.load_state_dict(best_state)
     with torch.no_grad():
-        return {k: torch.sigmoid(head(v).squeeze(-1)).numpy() for k, v in x.items()}, curves
+        return {k: torch.sigmoid(head(v).squeeze(-1)).cpu().numpy() for k, v in x.items()}, curves
 
 
 def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples], cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     """Threshold from validation, test metrics and their bootstrap intervals."""
-    yv, yt = data["val"].labels.numpy(), data["test"].labels.numpy()
+    yv, yt = data["val"].labels.cpu().numpy(), data["test"].labels.cpu().numpy()
     threshold = youden_threshold(yv, scores["val"])
     row: dict[str, Any] = dict(binary_metrics(yt, scores["test"], threshold))
     for metric, (lo, hi) in bootstrap(yt, scores["test"], threshold, n=cfg["n_bootstrap"], seed=seed).items():
@@ -197,14 +216,17 @@ def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples], cfg: dict[
 
 
 def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: int, task_tsv: str,
-        fraction_tsv: str, visits_tsv: str, encoder_pt: str | None, out_dir: str, tracking_db: str | None,
-        threads: int) -> dict[str, Any]:
+        fraction_tsv: str, visits_tsv: str, encoder_pt: str | None, out_dir: str, threads: int) -> dict[str, Any]:
     """The ``sslad finetune`` job: every mode of one grid cell; writes metrics.json and predictions.tsv."""
     torch.set_num_threads(max(1, threads))
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = pick_device(settings["device"], "finetune.device")
+    if device.type == "cuda":  # CPU kernels here are deterministic already; asking imports TorchInductor (~1.4 s)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     parts = select_samples(task_tsv, fraction_tsv)
     keys, data = build_samples(parts, settings["inputs"])
-    volumes = load_arrays(read_visits(visits_tsv), keys, task_tsv)
+    data = {k: s.to(device) for k, s in data.items()}
+    volumes = load_arrays(read_visits(visits_tsv), keys, task_tsv).to(device)
     rows, curves, predictions = [], {}, []
     for mode in settings["modes"]:
         torch.manual_seed(seed)
@@ -215,13 +237,12 @@ def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: i
             encoder, aggregator = build_encoder(arch), build_aggregator(arch)
         vols = volumes.permute(0, 1, 4, 3, 2).contiguous() if arch.get("axes") == "zyx" else volumes
         if mode == "full":
-            model, curve = train_full(Classifier(encoder, aggregator, feature_dim(arch)), vols, data, settings, seed)
+            model = Classifier(encoder, aggregator, feature_dim(arch)).to(device)
+            model, curve = train_full(model, vols, data, settings, seed)
             scores = {k: predict(model, vols, s) for k, s in data.items()}
         else:
-            encoder.eval()
-            with torch.no_grad():
-                feats = torch.cat([encoder(vols[i:i + 16].float()) for i in range(0, len(vols), 16)])
-            reps = {k: frozen_features(aggregator if agg_pretrained else None, s, feats)
+            encoder, aggregator = encoder.to(device), aggregator.to(device)
+            reps = {k: frozen_features(aggregator if agg_pretrained else None, s, encode_scans(encoder, vols, s))
                     for k, s in data.items()}
             scores, curve = train_probe(reps, data, settings, seed)
         row = evaluate(scores, data, settings, seed)
@@ -236,17 +257,8 @@ def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: i
               f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}], balanced accuracy {row['balanced_accuracy']:.3f}, "
               f"val AUC {row['val_auc']:.3f} at epoch {row['best_epoch']}", file=sys.stderr)
     metrics = {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": settings["inputs"],
-               "rows": rows, "curves": curves}
+               "encoder": encoder_pt or "", "settings": settings, "rows": rows, "curves": curves}
     out = Path(out_dir)
     write_tsv(pd.concat(predictions), out / "predictions.tsv")
     write_json(metrics, out / "metrics.json")
-    if tracking_db:
-        from sslad.tracking import log_run
-
-        final = {f"{r['mode']}_{k}": r[k] for r in rows for k in ("auc", "balanced_accuracy", "val_auc")}
-        curves_flat = {f"{m}_{k}": v for m, c in curves.items() for k, v in c.items()}
-        log_run(tracking_db, "finetune", f"{task}/{init}/frac-{fraction:g}/seed-{seed}",
-                {"stage": "finetune", "task": task, "init": init, "fraction": f"{fraction:g}", "seed": str(seed),
-                 "encoder": encoder_pt or "", "metrics": str(out / "metrics.json")},
-                settings, curves_flat, final)
     return metrics

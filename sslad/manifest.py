@@ -1,4 +1,4 @@
-"""Build the longitudinal manifest: visits, subjects, splits, task tables, label fractions, pretraining set.
+"""Build the longitudinal manifest: visits, subjects, splits, pretraining set, task tables, label fractions.
 
 Order matters and is fixed here: labels from the whole record first, then the subject-level split,
 then the QC filter on model inputs, then fractions of each task's training split, and last the
@@ -44,8 +44,10 @@ def subjects_table(scans: pd.DataFrame, usable: set[tuple[str, str]]) -> pd.Data
 
 
 def build(scans: pd.DataFrame, cohort_excluded: pd.DataFrame, qc: pd.DataFrame | None,
-          cfg: dict[str, Any], tasks: list[str], fractions: list[float], seeds: list[int]) -> dict[str, pd.DataFrame]:
-    """Return every manifest table, keyed by its path relative to the manifest directory."""
+          cfg: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """The study-wide tables (visits, subjects, splits, pretraining set, exclusions), keyed by file
+    name. Task tables are built from them by ``task_table``, one job per task, so that a task
+    setting (horizon, inputs) reruns those and never the pretraining that reads pretrain.tsv."""
     excluded = [cohort_excluded[EXCLUDED_COLUMNS]]
     if qc is not None:
         qc = qc.astype({"qc_pass": str})
@@ -83,17 +85,19 @@ def build(scans: pd.DataFrame, cohort_excluded: pd.DataFrame, qc: pd.DataFrame |
     pretrain = visits[visits["split"].isin(cfg["pretrain_splits"])]
     out["pretrain.tsv"] = pretrain[["participant_id", "session_id", "days_from_baseline"]]
 
-    for task in tasks:
-        samples = task_samples(scans, usable, task, cfg["horizon_months"], cfg["max_inputs"],
-                               cfg["exclude_reverters"])
-        samples["split"] = samples["participant_id"].map(splits)
-        out[f"tasks/{task}.tsv"] = samples
-        for seed in seeds:
-            for f in fractions:
-                out[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"] = fraction_table(samples, f, seed, task)
     out["excluded.tsv"] = pd.concat([e for e in excluded if len(e)] or [excluded[0]]).sort_values(
         ["participant_id", "session_id", "stage"])
     return out
+
+
+def task_table(scans: pd.DataFrame, visits: pd.DataFrame, splits: pd.DataFrame, task: str,
+               cfg: dict[str, Any]) -> pd.DataFrame:
+    """One task's samples: labels from the whole record (``scans``), inputs from the usable scans
+    (``visits``), the split of each subject."""
+    usable = set(zip(visits["participant_id"], visits["session_id"]))
+    samples = task_samples(scans, usable, task, cfg["horizon_months"], cfg["max_inputs"], cfg["exclude_reverters"])
+    samples["split"] = samples["participant_id"].map(splits.set_index("participant_id")["split"])
+    return samples
 
 
 def fraction_table(samples: pd.DataFrame, fraction: float, seed: int, task: str) -> pd.DataFrame:
@@ -111,23 +115,28 @@ def write_fraction(task_tsv: str, task: str, fraction: float, seed: int, out: st
           f"{table['participant_id'].nunique()} subjects ({int(table['label'].sum())} positive)", file=sys.stderr)
 
 
-def summary(tables: dict[str, pd.DataFrame], tasks: list[str]) -> str:
-    """Counts per task and split, for the job log."""
-    lines = []
-    for task in tasks:
-        t = tables[f"tasks/{task}.tsv"]
-        counts = t.groupby(["split", "label"]).size().unstack(fill_value=0)
-        cells = ", ".join(f"{s}: {int(r.get(1, 0))}+/{int(r.get(0, 0))}-" for s, r in counts.iterrows())
-        lines.append(f"{task}: {len(t)} samples of {t['participant_id'].nunique()} subjects ({cells})")
-    return "\n".join(lines)
+def summary(task: str, t: pd.DataFrame) -> str:
+    """Counts per split, for the job log."""
+    counts = t.groupby(["split", "label"]).size().unstack(fill_value=0)
+    cells = ", ".join(f"{s}: {int(r.get(1, 0))}+/{int(r.get(0, 0))}-" for s, r in counts.iterrows())
+    return f"{task}: {len(t)} samples of {t['participant_id'].nunique()} subjects ({cells})"
 
 
-def run(scans_tsv: str, cohort_excluded_tsv: str, qc_tsv: str | None, out_dir: str, cfg: dict[str, Any],
-        tasks: list[str], fractions: list[float], seeds: list[int]) -> None:
-    """Read the inputs, build the manifest and write every table atomically under ``out_dir``."""
-    scans = read_tsv(scans_tsv)
+def run(scans_tsv: str, cohort_excluded_tsv: str, qc_tsv: str | None, out_dir: str, cfg: dict[str, Any]) -> None:
+    """The manifest job: read the inputs, write the study-wide tables atomically under ``out_dir``."""
     qc = read_tsv(qc_tsv) if qc_tsv else None
-    tables = build(scans, read_tsv(cohort_excluded_tsv), qc, cfg, tasks, fractions, seeds)
+    tables = build(read_tsv(scans_tsv), read_tsv(cohort_excluded_tsv), qc, cfg)
     for rel, df in tables.items():
         write_tsv(df, Path(out_dir) / rel)
-    print(summary(tables, tasks), file=sys.stderr)
+    splits = tables["splits.tsv"]["split"].value_counts()
+    print(f"{len(tables['visits.tsv'])} usable scans of {len(tables['subjects.tsv'])} subjects; split "
+          + ", ".join(f"{k} {splits.get(k, 0)}" for k in ("train", "val", "test"))
+          + f"; {len(tables['pretrain.tsv'])} scans for pretraining; {len(tables['excluded.tsv'])} excluded",
+          file=sys.stderr)
+
+
+def write_task(scans_tsv: str, visits_tsv: str, splits_tsv: str, task: str, cfg: dict[str, Any], out: str) -> None:
+    """The task_table job."""
+    t = task_table(read_tsv(scans_tsv), read_tsv(visits_tsv), read_tsv(splits_tsv), task, cfg)
+    write_tsv(t, out)
+    print(summary(task, t), file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Networks: a per-scan 3D ResNet encoder (MONAI), a temporal aggregator over 1..K scans, heads.
+"""Networks: a per-scan 3D ResNet encoder (MONAI's layout), a temporal aggregator over 1..K scans, heads.
 
 The encoder sees one scan; the aggregator turns the encodings of a subject's scans and their
 acquisition times into one vector. Padding positions are masked everywhere and times are taken
@@ -20,31 +20,76 @@ RESNET_LAYERS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 CHECKPOINT_FORMAT = "sslad-encoder/1"
 
 
-def _norm(name: str) -> str | tuple[str, dict[str, Any]]:
-    # MONAI's instance norm has no affine weights by default and its ResNet init then fails
-    return {"batch": "batch", "instance": ("instance", {"affine": True}), "group": ("group", {"num_groups": 8})}[name]
+def _norm(name: str, channels: int) -> nn.Module:
+    return {"batch": lambda: nn.BatchNorm3d(channels),
+            "instance": lambda: nn.InstanceNorm3d(channels, affine=True),
+            "group": lambda: nn.GroupNorm(8, channels)}[name]()
+
+
+class BasicBlock(nn.Module):
+    """MONAI's ``ResNetBlock``: two 3x3x3 convolutions and a residual (1x1x1 conv + norm when the
+    shape changes: MONAI's shortcut "B", with its biased convolution)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str) -> None:
+        super().__init__()
+        downsample = None  # built first, as MONAI does, so that a seed gives MONAI's initial weights
+        if stride != 1 or in_planes != planes:
+            downsample = nn.Sequential(nn.Conv3d(in_planes, planes, 1, stride=stride), _norm(norm, planes))
+        self.conv1 = nn.Conv3d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = _norm(norm, planes)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv3d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = _norm(norm, planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.act(out)
+
+
+class ResNetEncoder(nn.Module):
+    """3D ResNet (basic blocks), one input channel, no classifier: (B, 1, X, Y, Z) -> (B, widths[-1]).
+
+    Layer for layer MONAI's ``monai.networks.nets.ResNet`` (``block="basic"``, shortcut "B",
+    ``feed_forward=False``): the same parameter names and initialisation, so MONAI and
+    3D-Neuro-SimCLR state dicts load unchanged (tests check outputs against MONAI's class). Built
+    here rather than imported because ``import monai`` loads every MONAI submodule (~4 s, paid by each
+    of the study's hundreds of fine-tuning jobs), and MONAI 1.6.1 applies a non-batch ``norm`` to the
+    stem only.
+    """
+
+    def __init__(self, depth: int, widths: list[int], stem_kernel: int = 7, stem_stride: int = 1,
+                 max_pool: bool = True, norm: str = "batch") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(1, widths[0], stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False)
+        self.bn1 = _norm(norm, widths[0])
+        self.act = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(3, stride=2, padding=1) if max_pool else nn.Identity()
+        planes = widths[0]
+        for i, (width, blocks) in enumerate(zip(widths, RESNET_LAYERS[depth])):
+            stages = []
+            for b in range(blocks):
+                stages.append(BasicBlock(planes, width, 2 if i > 0 and b == 0 else 1, norm))
+                planes = width
+            self.add_module(f"layer{i + 1}", nn.Sequential(*stages))
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
 
 
 def build_encoder(arch: dict[str, Any]) -> nn.Module:
-    """MONAI 3D ResNet with one input channel and no classifier: (B, 1, X, Y, Z) -> (B, widths[-1]).
-
-    ``arch`` is config.yaml's ``model`` block (depth, widths, stem_kernel, stem_stride, max_pool, norm).
-    depth 18 with widths 64..512, stem stride 1 and batch norm is 3D-Neuro-SimCLR's encoder.
-    """
-    from monai.networks.layers.utils import get_norm_layer
-    from monai.networks.nets.resnet import ResNet  # import costs seconds; only where a network is built
-
-    net = ResNet(block="basic", layers=RESNET_LAYERS[arch["depth"]], block_inplanes=list(arch["widths"]),
-                 spatial_dims=3, n_input_channels=1, conv1_t_size=arch["stem_kernel"],
-                 conv1_t_stride=arch["stem_stride"], no_max_pool=not arch["max_pool"], shortcut_type="B",
-                 feed_forward=False, norm=_norm(arch["norm"]))
-    if arch["norm"] != "batch":
-        # MONAI 1.6.1 applies `norm` to the stem only; its residual stages keep batch norm
-        for parent in list(net.modules()):
-            for name, child in parent.named_children():
-                if isinstance(child, nn.BatchNorm3d):
-                    setattr(parent, name, get_norm_layer(_norm(arch["norm"]), 3, child.num_features))
-    return net
+    """The per-scan encoder from config.yaml's ``model`` block (depth, widths, stem_kernel,
+    stem_stride, max_pool, norm). depth 18 with widths 64..512, stem stride 1 and batch norm is
+    3D-Neuro-SimCLR's encoder."""
+    return ResNetEncoder(arch["depth"], list(arch["widths"]), arch["stem_kernel"], arch["stem_stride"],
+                         arch["max_pool"], arch["norm"])
 
 
 def feature_dim(arch: dict[str, Any]) -> int:
@@ -106,8 +151,12 @@ class TemporalAggregator(nn.Module):
             pooled = (x * w).sum(1) / w.sum(1).clamp_min(1.0)
             return self.norm(pooled), x + pooled.unsqueeze(1)
         cls = self.cls.to(x.dtype).expand(x.shape[0], 1, -1)
-        pad = torch.cat([torch.zeros_like(valid[:, :1]), ~valid], dim=1)
-        out = self.transformer(torch.cat([cls, x], dim=1), src_key_padding_mask=pad)
+        pad = torch.cat([torch.zeros_like(valid[:, :1]), ~valid], dim=1)  # (B, 1 + K), the CLS is never padding
+        # padding as a per-head attention mask rather than key_padding_mask: the same masking, but
+        # torch's key-padding check imports sympy (~0.7 s), a real cost for short fine-tuning jobs
+        heads = self.transformer.layers[0].self_attn.num_heads
+        mask = pad[:, None, :].expand(-1, pad.shape[1], -1).repeat_interleave(heads, dim=0)
+        out = self.transformer(torch.cat([cls, x], dim=1), mask=mask)
         return self.norm(out[:, 0]), out[:, 1:]
 
     def forward(self, emb: torch.Tensor, months: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

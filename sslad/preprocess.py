@@ -9,6 +9,7 @@ ANTs sees them, so that the message names the file and the problem.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -175,6 +176,23 @@ def refine_mask(image, prior, voxel_mm: float, settings: dict[str, Any]) -> np.n
     return np.stack([ndimage.binary_fill_holes(s) for s in mask])
 
 
+@functools.lru_cache(maxsize=2)
+def _template(template_t1: str, template_mask: str, reg_mm: float, voxel_mm: float,
+              crop: tuple[tuple[float, float], ...]) -> tuple:
+    """Everything a scan needs from the template, prepared once per process (a job's scans share
+    it): template and mask, their registration copies, the model grid and the template on it."""
+    import ants
+
+    fixed, fixed_mask = ants.image_read(template_t1), ants.image_read(template_mask)
+    fixed_small = _coarse(fixed, reg_mm)
+    region = ants.iMath(ants.resample_image_to_target(fixed_mask, fixed_small, interp_type="nearestNeighbor"),
+                        "MD", max(1, int(round(8 / reg_mm))))
+    grid = template_grid(fixed, voxel_mm, dict(zip("xyz", crop)))
+    grid_t1 = ants.resample_image_to_target(fixed, grid, interp_type="linear").numpy()
+    grid_mask = ants.resample_image_to_target(fixed_mask, grid, interp_type="nearestNeighbor").numpy() > 0.5
+    return fixed_mask, fixed_small, region, grid, grid_t1, grid_mask
+
+
 def template_grid(template, voxel_mm: float, crop_mm: dict[str, list[float]]):
     """The model grid: template space at ``voxel_mm`` over the crop box (MNI mm, RAS)."""
     import ants
@@ -229,13 +247,11 @@ def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outp
     corrected = n4(native, head, settings)
     lap("n4")
 
-    fixed = ants.image_read(template_t1)
-    fixed_mask = ants.image_read(template_mask)
+    crop = tuple(tuple(settings["crop_mm"][a]) for a in "xyz")
+    fixed_mask, fixed_small, region, grid, grid_t1, grid_mask = _template(
+        template_t1, template_mask, settings["registration_voxel_mm"], settings["voxel_mm"], crop)
     reg_mm = settings["registration_voxel_mm"]
-    fixed_small = _coarse(fixed, reg_mm)
     moving_small = _coarse(corrected * head, reg_mm)
-    region = ants.iMath(ants.resample_image_to_target(fixed_mask, fixed_small, interp_type="nearestNeighbor"),
-                        "MD", max(1, int(round(8 / reg_mm))))
     reg = ants.registration(fixed=fixed_small, moving=moving_small, type_of_transform=TRANSFORMS[settings["registration"]],
                             mask=region, aff_metric="mattes", aff_sampling=32, aff_random_sampling_rate=0.2,
                             aff_iterations=(200, 100, 50), aff_shrink_factors=(4, 2, 1),
@@ -250,7 +266,6 @@ def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outp
     native_mask = refine_mask(corrected, prior, voxel, settings) if settings["refine_mask"] else prior.numpy() > 0.5
     lap("skull_strip")
 
-    grid = template_grid(fixed, settings["voxel_mm"], settings["crop_mm"])
     warped = ants.apply_transforms(fixed=grid, moving=corrected, transformlist=reg["fwdtransforms"],
                                    interpolator="linear")
     mask_img = corrected.new_image_like(native_mask.astype(np.float32))
@@ -259,9 +274,7 @@ def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outp
     model = normalise(warped.numpy(), warped_mask, settings["normalisation"])
     lap("resample_normalise")
 
-    qc = quality(warped.numpy(), ants.resample_image_to_target(fixed, grid, interp_type="linear").numpy(),
-                 ants.resample_image_to_target(fixed_mask, grid, interp_type="nearestNeighbor").numpy() > 0.5,
-                 native_mask, float(np.prod(corrected.spacing)), settings["qc"])
+    qc = quality(warped.numpy(), grid_t1, grid_mask, native_mask, float(np.prod(corrected.spacing)), settings["qc"])
     with atomic_path(outputs.transform) as tmp:
         Path(reg["fwdtransforms"][-1]).replace(tmp)
     _save(_to_nib(mask_img, np.uint8), outputs.native_mask)

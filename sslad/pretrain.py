@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,15 +24,6 @@ from sslad.io import atomic_path, write_json
 from sslad.methods import Batch, build
 from sslad.networks import build_aggregator, build_encoder, feature_dim, save_encoder
 from sslad.pretrain_data import ScanSet, epoch_batches, load_pretrain_scans, make_batch, step_rng, units
-
-
-def pick_device(setting: str) -> torch.device:
-    """``auto`` takes this process's GPU when there is one (torchrun's LOCAL_RANK), else the CPU."""
-    if setting == "cpu" or not torch.cuda.is_available():
-        if setting == "cuda":
-            raise RuntimeError("pretrain.train.device is 'cuda' but no GPU is visible")
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def fingerprint(settings: dict[str, Any], scans: ScanSet) -> str:
@@ -51,7 +41,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out_dir: str | Path, log=pri
     """Train, checkpointing as it goes; returns the metrics (also written by rank 0)."""
     out_dir = Path(out_dir)
     tr, model_cfg = settings["train"], settings["model"]
-    device = pick_device(tr["device"])
+    device = distributed.pick_device(tr["device"], "pretrain.train.device")
     rank, world = distributed.init(device.type)
     if device.type == "cuda":
         torch.cuda.set_device(device)

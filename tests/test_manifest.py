@@ -9,7 +9,7 @@ import pytest
 
 from sslad.cohort import EXCLUDED_COLUMNS
 from sslad.io import write_tsv
-from sslad.manifest import build, fraction_name, run
+from sslad.manifest import build, fraction_name, fraction_table, run, task_table, write_task
 from sslad.simulate import draw_cohort
 
 
@@ -21,13 +21,21 @@ def cohort_scans(sim_cfg: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def all_tables(scans: pd.DataFrame, qc: pd.DataFrame | None, cfg: dict) -> dict[str, pd.DataFrame]:
+    """Every manifest table the workflow's manifest, task_table and label_fraction jobs write."""
+    tables = build(scans, pd.DataFrame(columns=EXCLUDED_COLUMNS), qc, cfg)
+    for task in cfg["tasks"]:
+        t = tables[f"tasks/{task}.tsv"] = task_table(scans, tables["visits.tsv"], tables["splits.tsv"], task, cfg)
+        for seed in cfg["seeds"]:
+            for f in cfg["label_fractions"]:
+                tables[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"] = fraction_table(t, f, seed, task)
+    return tables
+
+
 @pytest.fixture(scope="module")
 def default_tables(default_config):
     cfg = {**default_config["manifest"], **default_config["study"]}
-    scans = cohort_scans(default_config["simulate"])
-    tables = build(scans, pd.DataFrame(columns=EXCLUDED_COLUMNS), None, cfg, cfg["tasks"],
-                   cfg["label_fractions"], cfg["seeds"])
-    return tables, cfg
+    return all_tables(cohort_scans(default_config["simulate"]), None, cfg), cfg
 
 
 def test_every_task_has_both_classes_in_train_and_test(default_tables):
@@ -76,8 +84,10 @@ def test_same_seed_byte_identical(tmp_path, default_config):
     write_tsv(scans, tmp_path / "scans.tsv")
     write_tsv(pd.DataFrame(columns=EXCLUDED_COLUMNS), tmp_path / "excluded.tsv")
     for out in ("a", "b"):
-        run(tmp_path / "scans.tsv", tmp_path / "excluded.tsv", None, tmp_path / out, cfg,
-            cfg["tasks"], cfg["label_fractions"], cfg["seeds"])
+        run(tmp_path / "scans.tsv", tmp_path / "excluded.tsv", None, tmp_path / out, cfg)
+        for task in cfg["tasks"]:
+            write_task(tmp_path / "scans.tsv", tmp_path / out / "visits.tsv", tmp_path / out / "splits.tsv", task, cfg,
+                       tmp_path / out / "tasks" / f"{task}.tsv")
     cmp = filecmp.dircmp(tmp_path / "a", tmp_path / "b")
     files = [p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.tsv")]
     assert len(files) > 10
@@ -93,7 +103,7 @@ def test_qc_failures_excluded_with_reason(default_tables, default_config):
     qc.loc[failed.index, "qc_pass"] = False
     qc.loc[failed.index, "qc_reason"] = "brain volume 300 ml outside [900, 2200]"
     qc = qc.drop(index=20)  # a scan with no QC result at all
-    tables = build(scans, pd.DataFrame(columns=EXCLUDED_COLUMNS), qc, cfg, cfg["tasks"], cfg["label_fractions"], cfg["seeds"])
+    tables = all_tables(scans, qc, cfg)
     bad = set(zip(failed["participant_id"], failed["session_id"])) | {tuple(scans.loc[20, ["participant_id", "session_id"]])}
     excluded = tables["excluded.tsv"]
     assert set(zip(excluded["participant_id"], excluded["session_id"])) == bad

@@ -78,6 +78,31 @@ def method_batch(method, scans: ScanSet, chosen: list[np.ndarray], aug: dict, se
 # ----------------------------------------------------------------------------------------- NT-Xent
 
 
+@pytest.mark.parametrize("depth,layers", [(10, [1, 1, 1, 1]), (18, [2, 2, 2, 2])])
+def test_encoder_is_monai_resnet(depth, layers):
+    """Same seed, same weights and outputs as MONAI's ResNet: its checkpoints load unchanged."""
+    from monai.networks.nets.resnet import ResNet
+
+    torch.manual_seed(0)
+    ours = build_encoder({"depth": depth, "widths": [8, 8, 16, 16], "stem_kernel": 7, "stem_stride": 2,
+                          "max_pool": True, "norm": "batch"})
+    torch.manual_seed(0)
+    ref = ResNet("basic", layers, [8, 8, 16, 16], spatial_dims=3, n_input_channels=1, conv1_t_size=7,
+                 conv1_t_stride=2, feed_forward=False)
+    mine, theirs = ours.state_dict(), ref.state_dict()
+    assert list(mine) == list(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    x = torch.randn(2, 1, 20, 24, 20)
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+@pytest.mark.parametrize("norm,kind", [("group", torch.nn.GroupNorm), ("instance", torch.nn.InstanceNorm3d)])
+def test_encoder_norm_applies_to_every_stage(norm, kind):
+    encoder = build_encoder({**tiny_arch(norm)})
+    norms = [m for m in encoder.modules() if isinstance(m, (torch.nn.BatchNorm3d, torch.nn.GroupNorm,
+                                                            torch.nn.InstanceNorm3d))]
+    assert norms and all(isinstance(m, kind) for m in norms)
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_nt_xent_hand_computed(n):
     t = 0.5
@@ -339,7 +364,7 @@ def test_top_learns_order_of_progressive_atrophy():
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     after = order_accuracy(method, held_out)
     assert after > 0.75, (before, after, losses)
     assert after > before

@@ -25,7 +25,8 @@ def setup(tmp_path_factory, default_config):
     sim = {**default_config["simulate"], "n_subjects": 2, "resolution_mm": 4, "seed": 11}
     simulate_cohort(sim, root / "bids")
     write_template(root / "tpl.nii.gz", root / "tplmask.nii.gz")
-    settings = {**default_config["preprocess"], "voxel_mm": 4.0}
+    whole_brain = {"x": [-76, 76], "y": [-112, 80], "z": [-64, 88]}  # config/paper.yaml's box (the demo crops)
+    settings = {**default_config["preprocess"], "voxel_mm": 4.0, "crop_mm": whole_brain}
     truth = pd.read_csv(root / "bids/derivatives/simulation/scans.tsv", sep="\t")
     return root, settings, truth
 

@@ -82,7 +82,7 @@ def test_run_writes_every_task_table(study):
         t = (study / "results/manifest/tasks" / f"{task}.tsv").read_text().splitlines()
         assert t[0].startswith("participant_id\tindex_session\tinput_sessions")
         assert len(t) > 1
-    assert (study / "results/logs/manifest.log").read_text().count("samples of") == len(TASKS)
+    assert all("samples of" in (study / f"results/logs/task_table/{t}.log").read_text() for t in TASKS)
     assert planned_rules(study) == set()  # nothing left to do
 
 
@@ -109,15 +109,16 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
 
 def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "finetune", "lr", 0.002)
-    assert planned_jobs(study) == {"finetune": len(TASKS) * len(INITS), "aggregate": 1}
+    assert planned_jobs(study) == {"finetune": len(TASKS) * len(INITS), "track_finetune": 1, "aggregate": 1}
     set_config(study, "finetune", "lr", 0.001)
     set_config(study, "pretrain", "methods.top.hidden", 32)
-    assert planned_jobs(study) == {"pretrain": 1, "finetune": len(TASKS), "aggregate": 1}
+    assert planned_jobs(study) == {"pretrain": 1, "finetune": len(TASKS), "track_finetune": 1, "aggregate": 1}
     set_config(study, "pretrain", "methods.top.hidden", 64)
     # one new fraction and one new seed (the grid comes from .test/config.yaml, so --config it):
     # only the three new (fraction, seed) cells per task x init
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1], label_fractions: [0.5, 1.0]}")
-    assert grown == {"label_fraction": 3 * len(TASKS), "finetune": 3 * len(TASKS) * len(INITS), "aggregate": 1}
+    assert grown == {"label_fraction": 3 * len(TASKS), "finetune": 3 * len(TASKS) * len(INITS),
+                     "track_finetune": 1, "aggregate": 1}
     assert planned_jobs(study) == {}
 
 
@@ -125,6 +126,8 @@ def test_finetuning_is_deterministic_and_the_report_builds(study):
     before = (study / "results/table.csv").read_bytes()
     snakemake(study, "--forcerun", "finetune")
     assert (study / "results/table.csv").read_bytes() == before
+    tracked = (study / "results/mlflow/finetune_runs.tsv").read_text().splitlines()
+    assert len(tracked) == 1 + len(TASKS) * len(INITS) and all("\tFalse\t" in r for r in tracked[1:])  # no duplicates
     snakemake(study, "--report", "results/report.html")
     html = (study / "results/report.html").read_text(errors="replace")
     for name in ("table.csv", "summary.csv", "qc_mosaic.png", "dx_cn_ad.png"):
@@ -135,10 +138,11 @@ def test_config_edit_reruns_only_affected_stages(study):
     bids_files = sorted((study / "results/cohort/bids").rglob("*"))
     mtimes = {p: p.stat().st_mtime_ns for p in bids_files}
     before = (study / "results/manifest/tasks" / f"{TASKS[-1]}.tsv").stat().st_mtime_ns
-    set_config(study, "manifest", "horizon_months", 24)
+    set_config(study, "manifest", "horizon_months", 24)  # a task setting: task tables and what follows only
     planned = planned_rules(study)
-    assert "manifest" in planned and not planned & {"simulate_cohort", "cohort", "preprocess", "qc_table"}
-    snakemake(study, "results/manifest/visits.tsv")
+    assert "task_table" in planned
+    assert not planned & {"simulate_cohort", "cohort", "preprocess", "qc_table", "manifest", "pretrain"}
+    snakemake(study, f"results/manifest/tasks/{TASKS[-1]}.tsv")
     assert (study / "results/manifest/tasks" / f"{TASKS[-1]}.tsv").stat().st_mtime_ns > before
     assert {p: p.stat().st_mtime_ns for p in sorted((study / "results/cohort/bids").rglob("*"))} == mtimes
     set_config(study, "preprocess", "registration", "rigid")

@@ -12,8 +12,10 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   sleep 1
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  if [ -e "$work/slurm.conf.orig" ]; then cp -p "$work/slurm.conf.orig" /etc/slurm/slurm.conf
-  elif [ -e "$work/slurm.conf" ]; then rm -f /etc/slurm/slurm.conf; fi
+  for f in slurm.conf gres.conf; do
+    if [ -e "$work/$f.orig" ]; then cp -p "$work/$f.orig" "/etc/slurm/$f"
+    elif [ -e "$work/$f" ]; then rm -f "/etc/slurm/$f"; fi
+  done
 }
 trap cleanup EXIT
 
@@ -59,14 +61,20 @@ AccountingStorageType=accounting_storage/none
 MpiDefault=none
 ReturnToService=2
 MinJobAge=3600
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+GresTypes=gpu
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
-# Job steps (srun inside each job) read the default path, so the config goes there for the test;
-# a config that was there is put back on exit.
+# Two stand-in GPUs (no devices behind them): GPU jobs must ask SLURM for a GPU to be scheduled
+# at all; they then train on the CPU, as the code does when CUDA is absent.
+printf 'NodeName=%s Name=gpu File=/dev/null\nNodeName=%s Name=gpu File=/dev/zero\n' "$host" "$host" > "$work/gres.conf"
+# Job steps (srun inside each job) read the default path, so the configs go there for the test;
+# configs that were there are put back on exit.
 mkdir -p /etc/slurm
-if [ -e /etc/slurm/slurm.conf ]; then cp -p /etc/slurm/slurm.conf "$work/slurm.conf.orig"; fi
-cp "$work/slurm.conf" /etc/slurm/slurm.conf
+for f in slurm.conf gres.conf; do
+  if [ -e "/etc/slurm/$f" ]; then cp -p "/etc/slurm/$f" "$work/$f.orig"; fi
+  cp "$work/$f" "/etc/slurm/$f"
+done
 export SLURM_CONF=/etc/slurm/slurm.conf
 slurmctld
 slurmd
@@ -75,11 +83,13 @@ pids+=("$(cat "$work/slurmctld.pid")" "$(cat "$work/slurmd.pid")")
 for _ in $(seq 30); do sinfo -h -o %T | grep -q idle && break; sleep 1; done
 sinfo
 
-# the tiny study (fewer subjects still: SSLAD_SLURM_SUBJECTS, default 6), submitted job by job
+# the whole tiny study (.test/config.yaml) to results/table.csv, submitted job by job. The GPU
+# rules keep the profile's gpu=1 but ask for what this one small node has (CPUs, memory).
 for item in Snakefile config.yaml workflow envs profiles .test; do cp -r "$repo/$item" "$work/"; done
 cd "$work"
-snakemake --profile profiles/slurm --configfile .test/config.yaml \
-  --config simulate="{n_subjects: ${SSLAD_SLURM_SUBJECTS:-6}}" --jobs 4 --group-components preprocess=2 \
+small="cpus_per_gpu=1 mem_mb=2000 runtime=30"
+snakemake --profile profiles/slurm --configfile .test/config.yaml --jobs 4 --group-components preprocess=2 \
+  --set-resources $(for r in pretrain finetune; do for kv in gpu=1 $small; do echo "$r:$kv"; done; done) \
   --slurm-status-command squeue --slurm-init-seconds-before-status-checks 2 \
   --default-resources mem_mb=1000 runtime=30 2>&1 | tee "$work/snakemake.log"
 
@@ -95,8 +105,12 @@ for id in $ids; do
   grep -qE "JobId=$id (done|WEXITSTATUS 0)" "$work/slurmctld.log" \
     || { echo "FAIL: SLURM job $id did not complete cleanly"; exit 1; }
 done
-test -s results/manifest/visits.tsv && test -s results/preproc/qc.tsv
-for t in dx_cn_ad det_mci_ad fut_mci_ad; do test -s "results/manifest/tasks/$t.tsv"; done
+test -s results/manifest/visits.tsv && test -s results/preproc/qc.tsv && test -s results/summary.csv
+rows=$(( $(wc -l < results/table.csv) - 1 ))
+[ "$rows" -eq 24 ] || { echo "FAIL: table.csv has $rows rows, not 2 tasks x 6 inits x 2 modes"; exit 1; }
+gpu_jobs=$(grep -cE "JobId=[0-9]+ .*(gres/gpu|TRES.*gpu)" "$work/slurmctld.log" || true)
+echo "slurmctld log lines of jobs that were given a GPU: $gpu_jobs"
+grep -q "gres/gpu" "$work/slurmctld.log" || { echo "FAIL: no job was given a GPU"; exit 1; }
 scans=$(( $(wc -l < results/cohort/scans.tsv) - 1 ))
 qcs=$(find results/preproc -name '*_qc.json' | wc -l)
 [ "$scans" -eq "$qcs" ] || { echo "FAIL: $scans scans but $qcs QC records"; exit 1; }

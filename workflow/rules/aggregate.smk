@@ -4,7 +4,8 @@
 
 rule aggregate:
     input:
-        finetune_metrics(),
+        metrics=finetune_metrics(),
+        tracked=rules.track_finetune.output,  # a finished table means every job is in MLflow too
     output:
         table=report("results/table.csv", caption="../report/table.rst", category="Results"),
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Results"),
@@ -25,6 +26,6 @@ rule aggregate:
     conda:
         "../../envs/learning.yaml"
     shell:
-        "sslad aggregate --settings {params.settings:q} --metrics {input:q} --table {output.table:q}"
+        "sslad aggregate --settings {params.settings:q} --metrics {input.metrics:q} --table {output.table:q}"
         " --summary {output.summary:q} --summary-md {output.summary_md:q} --figures-dir {output.figures:q}"
         " > {log:q} 2>&1"

@@ -67,25 +67,32 @@ def template_space():
 
 
 def cohort_scans():
-    """{(participant, session): raw path} from the cohort checkpoint's scans.tsv, read once per run
-    (a plain dict: input functions run once per scan, 10,000 times in a large study)."""
+    """{participant: [(session, raw path), ...]} from the cohort checkpoint's scans.tsv, read once
+    per run (input functions run once per participant, thousands of times in a large study)."""
     path = checkpoints.cohort.get().output.scans
     key = (path, os.path.getmtime(path))
     if _SCANS_CACHE.get("key") != key:
         scans = pd.read_csv(path, sep="\t", dtype=str, usecols=["participant_id", "session_id", "path"])
-        _SCANS_CACHE.update(key=key, paths=dict(zip(zip(scans["participant_id"], scans["session_id"]), scans["path"])))
-    return _SCANS_CACHE["paths"]
+        subjects = {}
+        for sub, ses, raw in sorted(zip(scans["participant_id"], scans["session_id"], scans["path"])):
+            subjects.setdefault(sub, []).append((ses, raw))
+        _SCANS_CACHE.update(key=key, subjects=subjects)
+    return _SCANS_CACHE["subjects"]
 
 
 _SCANS_CACHE = {}
 
 
-def raw_t1w(wildcards):
-    return cohort_scans()[(wildcards.participant, wildcards.session)]
+def subject_t1w(wildcards):
+    return [raw for _, raw in cohort_scans()[wildcards.participant]]
 
 
-def all_qc_json(wildcards):
-    return [f"results/preproc/{sub}/{ses}/anat/{sub}_{ses}_qc.json" for sub, ses in cohort_scans()]
+def subject_sessions(wildcards):
+    return " ".join(ses for ses, _ in cohort_scans()[wildcards.participant])
+
+
+def all_preprocessed(wildcards):
+    return [f"results/preproc/{sub}" for sub in cohort_scans()]
 
 
 def fraction_name(fraction):
@@ -93,9 +100,13 @@ def fraction_name(fraction):
 
 
 def manifest_outputs():
-    """The manifest job's outputs (label fractions are one job each: see rule label_fraction)."""
-    files = [f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "pretrain", "excluded")]
-    return files + expand("results/manifest/tasks/{task}.tsv", task=config["study"]["tasks"])
+    """The manifest job's outputs (task tables and label fractions are jobs of their own)."""
+    return [f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "pretrain", "excluded")]
+
+
+# manifest settings that shape task tables only: editing them reruns rule task_table, not the
+# manifest job (and so never the pretraining that reads pretrain.tsv)
+TASK_SETTINGS = ("horizon_months", "max_inputs", "exclude_reverters")
 
 
 def pretrain_settings(method):
@@ -120,7 +131,6 @@ def finetune_inputs(wildcards):
         "task": f"results/manifest/tasks/{wildcards.task}.tsv",
         "fraction": f"results/manifest/fractions/{wildcards.task}/seed-{wildcards.seed}/frac-{wildcards.fraction}.tsv",
         "visits": "results/manifest/visits.tsv",
-        "store": ancient(MLFLOW_DB),
     }
     if wildcards.init != "scratch":
         files["encoder"] = f"results/pretrain/{wildcards.init}/encoder.pt"

@@ -31,4 +31,23 @@ rule finetune:
         "sslad finetune --settings {params.settings:q} --task {wildcards.task} --init {wildcards.init}"
         " --fraction {wildcards.fraction} --seed {wildcards.seed} --task-table {input.task:q}"
         " --fraction-table {input.fraction:q} --visits {input.visits:q} {params.encoder} --out-dir {params.out_dir:q}"
-        " --tracking {input.store:q} --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} > {log:q} 2>&1"
+
+
+# One process logs every job's result to MLflow after the jobs (see sslad/tracking.py for why);
+# results already in the store are skipped, so a rerun adds runs only for the jobs that changed.
+rule track_finetune:
+    input:
+        metrics=finetune_metrics(),
+        store=ancient(MLFLOW_DB),
+    output:
+        "results/mlflow/finetune_runs.tsv",
+    log:
+        "results/logs/track_finetune.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/learning.yaml"
+    shell:
+        "sslad track-finetune --db {input.store:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"

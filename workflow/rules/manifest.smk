@@ -1,5 +1,5 @@
-# The longitudinal manifest: labels from the whole record, subject-level splits, task tables,
-# nested label fractions and the pretraining set.
+# The longitudinal manifest: subject-level splits and the pretraining set (one job), the task
+# tables with labels from the whole record (one job per task), nested label fractions (one job each).
 import json
 import os
 
@@ -14,7 +14,9 @@ rule manifest:
     log:
         "results/logs/manifest.log",
     params:
-        settings=json.dumps(dict(config["manifest"], tasks=config["study"]["tasks"]), sort_keys=True),
+        settings=json.dumps(
+            {k: v for k, v in config["manifest"].items() if k not in TASK_SETTINGS}, sort_keys=True
+        ),
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     resources:
         mem_mb=2000,
@@ -24,6 +26,27 @@ rule manifest:
     shell:
         "sslad manifest --settings {params.settings:q} --scans {input.scans:q}"
         " --cohort-excluded {input.excluded:q} --qc {input.qc:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule task_table:
+    input:
+        scans="results/cohort/scans.tsv",
+        visits="results/manifest/visits.tsv",
+        splits="results/manifest/splits.tsv",
+    output:
+        "results/manifest/tasks/{task}.tsv",
+    log:
+        "results/logs/task_table/{task}.log",
+    params:
+        settings=json.dumps({k: config["manifest"][k] for k in TASK_SETTINGS}, sort_keys=True),
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "sslad task-table --settings {params.settings:q} --scans {input.scans:q} --visits {input.visits:q}"
+        " --splits {input.splits:q} --task {wildcards.task} --out {output:q} > {log:q} 2>&1"
 
 
 rule label_fraction:

@@ -1,4 +1,5 @@
-# T1 preprocessing with ANTs, one job per scan, and the QC table that gates the manifest.
+# T1 preprocessing with ANTs, one job per participant (its scans one by one), and the QC table
+# that gates the manifest.
 from pathlib import Path
 
 
@@ -29,28 +30,30 @@ rule template:
 
 
 rule preprocess:
+    """Every scan of one participant, one after the other in one process (as fMRIPrep runs per
+    participant): loading ANTs costs ~2 s per process, more than a demo scan's whole chain."""
     input:
-        t1w=raw_t1w,
+        t1w=subject_t1w,
         template=rules.template.output.t1w,
         mask=rules.template.output.mask,
     output:
-        qc="results/preproc/{participant}/{session}/anat/{participant}_{session}_qc.json",
-        png="results/preproc/{participant}/{session}/anat/{participant}_{session}_qc.png",
+        directory("results/preproc/{participant}"),
     log:
-        "results/logs/preprocess/{participant}_{session}.log",
+        "results/logs/preprocess/{participant}.log",
     params:
         settings=settings("preprocess"),
         space=template_space(),
-        out_dir=lambda wildcards, output: Path(output.qc).parents[3],
+        sessions=subject_sessions,  # a new or removed visit reruns this participant only
+        out_dir=lambda wildcards, output: Path(output[0]).parent,
     threads: 1
     resources:
-        mem_mb=2000,  # measured peak: 1.1 GB at 1 mm
-        runtime=20,
+        mem_mb=2000,  # measured peak: 1.1 GB at 1 mm (scans run one at a time)
+        runtime=lambda wildcards, input: 20 * len(input.t1w),
     conda:
         "../../envs/imaging.yaml"
     shell:
-        "sslad preprocess --settings {params.settings:q} --t1w {input.t1w:q}"
-        " --participant {wildcards.participant} --session {wildcards.session}"
+        "sslad preprocess --settings {params.settings:q} --participant {wildcards.participant}"
+        " --sessions {params.sessions} --t1w {input.t1w:q}"
         " --template {input.template:q} --template-mask {input.mask:q} --space {params.space}"
         " --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
 
@@ -58,7 +61,7 @@ rule preprocess:
 rule qc_table:
     input:
         scans="results/cohort/scans.tsv",
-        qc=all_qc_json,
+        preprocessed=all_preprocessed,
     output:
         "results/preproc/qc.tsv",
     log:
