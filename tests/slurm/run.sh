@@ -108,10 +108,23 @@ done
 test -s results/manifest/visits.tsv && test -s results/preproc/qc.tsv && test -s results/summary.csv
 rows=$(( $(wc -l < results/table.csv) - 1 ))
 [ "$rows" -eq 24 ] || { echo "FAIL: table.csv has $rows rows, not 2 tasks x 6 inits x 2 modes"; exit 1; }
-gpu_jobs=$(grep -cE "JobId=[0-9]+ .*(gres/gpu|TRES.*gpu)" "$work/slurmctld.log" || true)
-echo "slurmctld log lines of jobs that were given a GPU: $gpu_jobs"
-grep -q "gres/gpu" "$work/slurmctld.log" || { echo "FAIL: no job was given a GPU"; exit 1; }
+# every job SLURM ran, with what it was given; a GPU exactly for the pretraining and fine-tuning jobs
+echo; echo "job id | Snakemake job (sbatch comment) | allocated"
+gpu_jobs=0
+for id in $ids; do
+  info=$(scontrol show job "$id")
+  comment=$(grep -oE "Comment=[^ ]*" <<<"$info" | cut -d= -f2-)
+  tres=$(grep -oE "AllocTRES=[^ ]*" <<<"$info" | cut -d= -f2-)
+  echo "$id | $comment | $tres"
+  if grep -qE "^rule_(pretrain|finetune)_" <<<"$comment"; then
+    grep -q "gres/gpu=1" <<<"$tres" || { echo "FAIL: GPU job $id ($comment) got no GPU"; exit 1; }
+    gpu_jobs=$((gpu_jobs + 1))
+  elif grep -q "gres/gpu" <<<"$tres"; then
+    echo "FAIL: CPU job $id ($comment) was given a GPU"; exit 1
+  fi
+done
+[ "$gpu_jobs" -eq 17 ] || { echo "FAIL: $gpu_jobs GPU jobs, expected 5 pretrain + 12 finetune"; exit 1; }
 scans=$(( $(wc -l < results/cohort/scans.tsv) - 1 ))
 qcs=$(find results/preproc -name '*_qc.json' | wc -l)
 [ "$scans" -eq "$qcs" ] || { echo "FAIL: $scans scans but $qcs QC records"; exit 1; }
-echo "SLURM test passed: $(echo "$ids" | wc -w) sbatch submissions (preprocessing grouped), $scans scans, all outputs present"
+echo "SLURM test passed: $(echo "$ids" | wc -w) sbatch submissions (preprocessing grouped, $gpu_jobs on GPUs), $scans scans, table.csv complete"
