@@ -73,7 +73,8 @@ def run_variant(a, cfg: dict, scans: ScanSet, device: torch.device, bf16: bool, 
     """Data-path and training-step rates of one precision / memory-format variant."""
     torch.manual_seed(a.seed)
     model_cfg = dict(cfg["model"], depth=a.depth, widths=a.widths, stem_stride=a.stem_stride)
-    hp, aug = cfg["pretrain"]["methods"][a.method], cfg["pretrain"]["augment"]
+    hp = cfg["pretrain"]["methods"][a.method]
+    aug = cfg["pretrain"]["augment"][hp["augment"]]
     encoder = build_encoder(model_cfg)
     method = build(a.method, encoder, build_aggregator(model_cfg), feature_dim(model_cfg), hp).to(device)
     if channels_last:

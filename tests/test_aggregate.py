@@ -46,7 +46,8 @@ def _write_job(root: Path, task: str, init: str, fraction: float, seed: int) -> 
                   for p, y, s in zip(ids, labels, scores)]
     (job / "metrics.json").write_text(json.dumps(
         {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": "history", "rows": rows,
-         "curves": {"full": {"train_loss": [1.0, 0.5], "val_auc": [0.6, 0.7]}}}))
+         "curves": {"full": {"train_loss": [1.0, 0.5], "val_auc": [0.6, 0.7]}},
+         "settings": {"lr": 0.001, "epochs": 2}, "encoder": f"results/pretrain/{init}/encoder.pt"}))
     pd.DataFrame(preds).to_csv(job / "predictions.tsv", sep="\t", index=False)
     return job / "metrics.json"
 
@@ -186,3 +187,28 @@ def test_qc_mosaic(tmp_path):
     assert list(shown["participant_id"]) == ["sub-002", "sub-009"]  # both failures, no room for passes
     assert list(qc_mosaic.select(pd.read_csv(qc, sep="\t", keep_default_na=False), 3)["participant_id"]) == \
         ["sub-000", "sub-002", "sub-009"]
+
+
+def test_track_finetune_logs_each_result_once_and_names_broken_files(study, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sslad.tracking import create_store, log_finetune_runs, uri
+
+    db, out = tmp_path / "mlflow.db", tmp_path / "runs.tsv"
+    create_store(db)
+    log_finetune_runs(db, study["paths"][:3], out)
+    log_finetune_runs(db, study["paths"][:5], out)  # a rerun: only the two new results are logged
+    runs = pd.read_csv(out, sep="\t")
+    assert runs["new"].tolist() == [False, False, False, True, True]
+    client = MlflowClient(tracking_uri=uri(db))
+    logged = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    assert sorted(r.info.run_id for r in logged) == sorted(runs["run_id"])
+    assert {r.data.tags["init"] for r in logged} <= set(INITS) and all(r.data.params["lr"] == "0.001" for r in logged)
+    broken = tmp_path / "metrics.json"
+    broken.write_text(json.dumps({k: v for k, v in json.loads(Path(study["paths"][0]).read_text()).items()
+                                  if k != "settings"}))
+    with pytest.raises(ValueError, match=f"{broken}: missing key 'settings'"):
+        log_finetune_runs(db, [str(broken)], out)
+    broken.write_text("{ not json")
+    with pytest.raises(ValueError, match=f"{broken}: cannot read metrics"):
+        log_finetune_runs(db, [str(broken)], out)

@@ -42,3 +42,5 @@ def test_paper_config_is_the_paper_scale_grid():
     assert cfg["preprocess"]["voxel_mm"] == 1.0 and cfg["simulate"]["resolution_mm"] == 1
     assert cfg["preprocess"]["crop_mm"] == {"x": [-76, 76], "y": [-112, 80], "z": [-64, 88]}  # whole brain
     assert (cfg["model"]["depth"], cfg["model"]["widths"][-1], cfg["model"]["stem_stride"]) == (18, 512, 1)
+    spatial = cfg["pretrain"]["augment"]["spatial"]  # 3D-Neuro-SimCLR's views
+    assert (spatial["min_crop"], spatial["p_rotate"]) == (0.6, 0.5)

@@ -75,10 +75,13 @@ def test_two_process_ddp_matches_single_process(manifest, tmp_path):
     proc = subprocess.run(pretrain_cmd(manifest, tmp_path / "ddp", s, torchrun), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "batch 4 x 2 process(es)" in proc.stderr
-    # same global batch, negatives gathered across processes: the same loss curve ...
+    # same global batch, negatives gathered across processes: the same loss curve, up to float
+    # noise that Adam amplifies and that depends on the CPU's kernels (0.15% at epoch 2 on an AMD
+    # EPYC, < 0.1% on the CI machine of stop 9); measured with a bug: 44% without the gather of
+    # negatives, 6% without gradient averaging (no DDP wrapper)
     m1 = json.loads((tmp_path / "single/metrics.json").read_text())["loss"]
     m2 = json.loads((tmp_path / "ddp/metrics.json").read_text())["loss"]
-    np.testing.assert_allclose(m2, m1, rtol=1e-3)
+    np.testing.assert_allclose(m2, m1, rtol=1e-2)
     # ... and the same weights up to float noise (Adam turns noise on near-zero gradients into
     # lr-sized steps on a few weights, so compare the whole model, not each weight)
     one, two = weights(tmp_path / "single/encoder.pt"), weights(tmp_path / "ddp/encoder.pt")

@@ -110,11 +110,13 @@ TASK_SETTINGS = ("horizon_months", "max_inputs", "exclude_reverters")
 
 
 def pretrain_settings(method):
-    """Everything one method's pretraining depends on: its own block, the shared training and
-    augmentation settings and the encoder; never another method's block or any resource."""
+    """Everything one method's pretraining depends on: its own block, the shared training
+    settings, the augmentation recipe its block names and the encoder; never another method's block,
+    the other recipe or any resource."""
     pre = config["pretrain"]
-    return json.dumps({"method": method, "hp": pre["methods"][method], "model": config["model"],
-                       "train": pre["train"], "augment": pre["augment"]}, sort_keys=True)
+    hp = pre["methods"][method]
+    return json.dumps({"method": method, "hp": hp, "model": config["model"], "train": pre["train"],
+                       "augment": pre["augment"][hp["augment"]]}, sort_keys=True)
 
 
 def finetune_settings(wildcards):
