@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import yaml
 
-from sslad.augment import apply, draw, masked_zscore
-from sslad.methods import METHODS, Batch, build
+from sslad.augment import apply, masked_zscore
+from sslad.methods import METHODS, Batch, build, draw_views
 from sslad.networks import build_aggregator, build_encoder, feature_dim
 from sslad.pretrain import pick_device
 from sslad.pretrain_data import ScanSet, make_batch
@@ -73,8 +73,7 @@ def run_variant(a, cfg: dict, scans: ScanSet, device: torch.device, bf16: bool, 
     """Data-path and training-step rates of one precision / memory-format variant."""
     torch.manual_seed(a.seed)
     model_cfg = dict(cfg["model"], depth=a.depth, widths=a.widths, stem_stride=a.stem_stride)
-    hp = cfg["pretrain"]["methods"][a.method]
-    aug = cfg["pretrain"]["augment"][hp["augment"]]
+    hp, recipes = cfg["pretrain"]["methods"][a.method], cfg["pretrain"]["augment"]
     encoder = build_encoder(model_cfg)
     method = build(a.method, encoder, build_aggregator(model_cfg), feature_dim(model_cfg), hp).to(device)
     if channels_last:
@@ -86,18 +85,18 @@ def run_variant(a, cfg: dict, scans: ScanSet, device: torch.device, bf16: bool, 
     volumes = host.to(device)
     if channels_last:
         volumes = volumes.contiguous(memory_format=torch.channels_last_3d)
-    views, gen = method.sampling.views, torch.Generator().manual_seed(a.seed)
-    n_vol = len(rows) * views
+    sampling, gen = method.sampling, torch.Generator().manual_seed(a.seed)
+    n_vol = len(rows) * len(sampling.views)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def augment() -> None:
         with torch.no_grad(), autocast:
-            for p in [draw(len(rows), aug, gen) for _ in range(views)]:
+            for p in draw_views(sampling, len(rows), hp, recipes, gen):
                 apply(volumes, p)
 
     def step() -> None:
         batch = Batch(volumes, torch.from_numpy(index).to(device), torch.from_numpy(months).to(device),
-                      torch.from_numpy(valid).to(device), [draw(len(rows), aug, gen) for _ in range(views)], gen)
+                      torch.from_numpy(valid).to(device), draw_views(sampling, len(rows), hp, recipes, gen), gen)
         with autocast:
             loss, _ = method(batch)
         opt.zero_grad(set_to_none=True)

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from sslad import distributed
-from sslad.augment import draw
 from sslad.io import atomic_path, write_json
-from sslad.methods import Batch, build
+from sslad.methods import Batch, build, draw_views
 from sslad.networks import build_aggregator, build_encoder, feature_dim, save_encoder
 from sslad.pretrain_data import ScanSet, epoch_batches, load_pretrain_scans, make_batch, step_rng, units
 
@@ -90,7 +89,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out_dir: str | Path, log=pri
             rows, index, months, valid = make_batch(scans, [pool[i] for i in chosen], sampling.seq_len,
                                                     step_rng(tr["seed"], epoch, step))
             gen = torch.Generator().manual_seed(int(step_rng(tr["seed"], epoch, step).integers(2**62)))
-            views = [draw(len(rows), settings["augment"], gen) for _ in range(sampling.views)]
+            views = draw_views(sampling, len(rows), settings["hp"], settings["augment"], gen)
             # this rank's slice of the global batch: whole sequences, and their volumes and draws
             per = len(chosen) // world
             seq = slice(rank * per, (rank + 1) * per)
@@ -108,7 +107,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out_dir: str | Path, log=pri
             losses.append(distributed.mean(float(loss.detach())))
             for k, v in extra.items():
                 stats.setdefault(k, []).append(distributed.mean(v))
-            seen += len(rows) * sampling.views
+            seen += len(rows) * len(sampling.views)
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
                   **{k: float(np.mean(v)) for k, v in stats.items()}}
         history.append(record)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sslad.augment import AugmentParams, _theta, apply, draw, masked_zscore
-from sslad.methods import Batch, build, sequence_embeddings
+from sslad.methods import Batch, build, draw_views, sequence_embeddings
 from sslad.methods.simclr import nt_xent
 from sslad.methods.tmp import choose_masked, info_nce
 from sslad.methods.top import OrderHead, order_pairs
@@ -70,7 +70,7 @@ def method_batch(method, scans: ScanSet, chosen: list[np.ndarray], aug: dict, se
     sampling = method.sampling
     rows, index, months, valid = make_batch(scans, chosen, sampling.seq_len, step_rng(seed, epoch, step))
     gen = torch.Generator().manual_seed(int(step_rng(seed, epoch, step).integers(2**62)))
-    views = [draw(len(rows), aug, gen) for _ in range(sampling.views)]
+    views = draw_views(sampling, len(rows), {"augment": "a", "spatial_augment": "a"}, {"a": aug}, gen)
     return Batch(scans.volumes[torch.from_numpy(rows)], torch.from_numpy(index), torch.from_numpy(months),
                  torch.from_numpy(valid), views, gen)
 

@@ -20,12 +20,12 @@ from sslad.networks import build_encoder, import_external, load_encoder
 MODEL = {"depth": 10, "widths": [8, 8, 16, 16], "stem_kernel": 3, "stem_stride": 1, "max_pool": True,
          "norm": "group", "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
 AUGMENT = {"min_crop": 0.7, "p_rotate": 0.5, "max_rotate_deg": 10, "p_flip": 0.5, "p_gamma": 0.8, "gamma": [0.7, 1.5]}
-HP = {"simclr": {"temperature": 0.5, "projection_dim": 8}, "top": {"n_scans": 3, "hidden": 8},
-      "tmp": {"n_scans": 3, "temperature": 0.2}}
+HP = {"simclr": {"temperature": 0.5, "projection_dim": 8, "augment": "spatial"},
+      "top": {"n_scans": 3, "hidden": 8, "augment": "spatial"}, "tmp": {"n_scans": 3, "temperature": 0.2, "augment": "spatial"}}
 
 
 def settings(method: str, epochs: int = 2, batch: int = 4, every: int = 1) -> dict:
-    return {"method": method, "hp": HP[method], "model": MODEL, "augment": AUGMENT,
+    return {"method": method, "hp": HP[method], "model": MODEL, "augment": {"spatial": AUGMENT},
             "train": {"epochs": epochs, "batch_size": batch, "lr": 1e-3, "weight_decay": 0.0, "seed": 3,
                       "checkpoint_every": every, "device": "cpu"}}
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslad.augment import AugmentParams
+from sslad.augment import AugmentParams, draw
 
 METHODS = ("simclr", "top", "tcl", "tmp", "topc")
 
@@ -29,11 +29,20 @@ class Batch:
 
 @dataclass(frozen=True)
 class Sampling:
-    """What a method trains on: single scans (seq_len 1) or sequences of subjects with >= min_scans."""
+    """What a method trains on: single scans (seq_len 1) or sequences of subjects with >= min_scans,
+    and its augmented views of each scan, each named by the key of the method's settings that names
+    the view's recipe in ``pretrain.augment`` (e.g. ``("augment", "augment")``)."""
 
     seq_len: int
     min_scans: int
-    views: int
+    views: tuple[str, ...]
+
+
+def draw_views(sampling: Sampling, n: int, hp: dict[str, Any], recipes: dict[str, dict[str, Any]],
+               generator: torch.Generator) -> list[AugmentParams]:
+    """One augmentation draw per view for ``n`` scans, each from the recipe the method's settings
+    ``hp`` name for that view (``recipes``: pretrain.augment)."""
+    return [draw(n, recipes[hp[key]], generator) for key in sampling.views]
 
 
 def sequence_embeddings(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslad.augment import apply
+from sslad.augment import AugmentParams, apply
 from sslad.distributed import gather
 from sslad.methods import Batch, Sampling
 from sslad.networks import ProjectionHead
@@ -27,7 +27,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 
 
 class SimCLR(nn.Module):
-    sampling = Sampling(seq_len=1, min_scans=1, views=2)
+    sampling = Sampling(seq_len=1, min_scans=1, views=("augment", "augment"))
 
     def __init__(self, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> None:
         super().__init__()
@@ -35,13 +35,11 @@ class SimCLR(nn.Module):
         self.projector = ProjectionHead(dim, dim, hp["projection_dim"])
         self.temperature = hp["temperature"]
 
-    def spatial_loss(self, volumes: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """NT-Xent of the two views; also returns both views' encodings for methods that reuse them."""
-        h1 = self.encoder(apply(volumes, batch.views[0]))
-        h2 = self.encoder(apply(volumes, batch.views[1]))
-        z1, z2 = gather(self.projector(h1)), gather(self.projector(h2))
-        return nt_xent(z1, z2, self.temperature), h1, h2
+    def spatial_loss(self, volumes: torch.Tensor, view1: AugmentParams, view2: AugmentParams) -> torch.Tensor:
+        """NT-Xent between two augmented views of every scan."""
+        z1 = gather(self.projector(self.encoder(apply(volumes, view1))))
+        z2 = gather(self.projector(self.encoder(apply(volumes, view2))))
+        return nt_xent(z1, z2, self.temperature)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, _, _ = self.spatial_loss(batch.volumes, batch)
-        return loss, {}
+        return self.spatial_loss(batch.volumes, batch.views[0], batch.views[1]), {}

@@ -17,7 +17,7 @@ from sslad.networks import ProjectionHead, TimeEncoding
 
 
 class TCL(nn.Module):
-    sampling = Sampling(seq_len=2, min_scans=2, views=1)
+    sampling = Sampling(seq_len=2, min_scans=2, views=("augment",))
 
     def __init__(self, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> None:
         super().__init__()

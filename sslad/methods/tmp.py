@@ -32,7 +32,7 @@ def info_nce(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> to
 class TMP(nn.Module):
     def __init__(self, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> None:
         super().__init__()
-        self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2, views=1)
+        self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2, views=("augment",))
         self.encoder = encoder
         self.aggregator = aggregator
         self.predictor = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))

@@ -47,7 +47,7 @@ class OrderHead(nn.Module):
 class TOP(nn.Module):
     def __init__(self, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> None:
         super().__init__()
-        self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2, views=1)
+        self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2, views=("augment",))
         self.encoder = encoder
         self.head = OrderHead(dim, hp["hidden"])
 

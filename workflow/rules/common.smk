@@ -111,12 +111,13 @@ TASK_SETTINGS = ("horizon_months", "max_inputs", "exclude_reverters")
 
 def pretrain_settings(method):
     """Everything one method's pretraining depends on: its own block, the shared training
-    settings, the augmentation recipe its block names and the encoder; never another method's block,
-    the other recipe or any resource."""
+    settings, the augmentation recipes its block names and the encoder; never another method's
+    block, a recipe it does not use or any resource."""
     pre = config["pretrain"]
     hp = pre["methods"][method]
+    recipes = {hp[key] for key in ("augment", "spatial_augment") if key in hp}
     return json.dumps({"method": method, "hp": hp, "model": config["model"], "train": pre["train"],
-                       "augment": pre["augment"][hp["augment"]]}, sort_keys=True)
+                       "augment": {name: pre["augment"][name] for name in recipes}}, sort_keys=True)
 
 
 def finetune_settings(wildcards):
