@@ -27,9 +27,9 @@ import torch
 import yaml
 
 from sslad.augment import apply, masked_zscore
+from sslad.distributed import pick_device
 from sslad.methods import METHODS, Batch, build, draw_views
 from sslad.networks import build_aggregator, build_encoder, feature_dim
-from sslad.pretrain import pick_device
 from sslad.pretrain_data import ScanSet, make_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,8 @@ def run_variant(a, cfg: dict, scans: ScanSet, device: torch.device, bf16: bool, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=[51, 64, 51], help="volume size (voxels)")
+    parser.add_argument("--shape", type=int, nargs=3, default=[24, 26, 21], help="volume size (voxels; default: "
+                        "the demo's model grid)")
     parser.add_argument("--batch", type=int, default=8, help="scans (simclr) or subjects (temporal methods) per step")
     parser.add_argument("--depth", type=int, default=10, choices=[10, 18, 34])
     parser.add_argument("--widths", type=int, nargs=4, default=[16, 32, 64, 128])
@@ -142,7 +143,7 @@ def main() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)  # as `sslad pretrain` runs
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")  # methods' float(loss)
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    device = pick_device(a.device)
+    device = pick_device(a.device, "--device")
     seq_len = 1 if a.method == "simclr" else 2 if a.method == "tcl" else cfg["pretrain"]["methods"][a.method]["n_scans"]
     scans = synthetic_scans(a.batch, seq_len, tuple(a.shape), a.seed)
     variants = [("fp32", False, False)] if device.type == "cpu" else \
