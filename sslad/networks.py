@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -56,11 +56,11 @@ class ResNetEncoder(nn.Module):
     3D-Neuro-SimCLR state dicts load unchanged (tests check outputs against MONAI's class). Built
     here rather than imported because ``import monai`` loads every MONAI submodule (~4 s, paid by each
     of the study's hundreds of fine-tuning jobs), and MONAI 1.6.1 applies a non-batch ``norm`` to the
-    stem only.
+    stem only. The defaults are 3D-Neuro-SimCLR's encoder: ResNet-18, 512-d features, stride-1 stem.
     """
 
-    def __init__(self, depth: int, widths: list[int], stem_kernel: int = 7, stem_stride: int = 1,
-                 max_pool: bool = True, norm: str = "batch") -> None:
+    def __init__(self, depth: int = 18, widths: Sequence[int] = (64, 128, 256, 512), stem_kernel: int = 7,
+                 stem_stride: int = 1, max_pool: bool = True, norm: str = "batch") -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(1, widths[0], stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False)
         self.bn1 = _norm(norm, widths[0])

@@ -95,6 +95,17 @@ def test_encoder_is_monai_resnet(depth, layers):
     torch.testing.assert_close(ours(x), ref(x))
 
 
+def test_encoder_defaults_are_neuro_simclr_resnet18():
+    from monai.networks.nets.resnet import resnet18
+
+    from sslad.networks import ResNetEncoder
+
+    ours = ResNetEncoder().state_dict()
+    ref = resnet18(spatial_dims=3, n_input_channels=1, conv1_t_stride=1, feed_forward=False).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in ref.items()}
+    assert ours["layer4.1.bn2.weight"].shape == (512,)  # 512-d features
+
+
 @pytest.mark.parametrize("norm,kind", [("group", torch.nn.GroupNorm), ("instance", torch.nn.InstanceNorm3d)])
 def test_encoder_norm_applies_to_every_stage(norm, kind):
     encoder = build_encoder({**tiny_arch(norm)})
