@@ -34,12 +34,32 @@ def init(device_type: str) -> tuple[int, int]:
 
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank in rank order, keeping gradients (contrastive negatives
-    come from the whole global batch, so the loss equals the single-process one)."""
-    if world()[1] == 1:
+    come from the whole global batch, so the loss equals the single-process one). Ranks may hold
+    different numbers of rows (per-scan terms of subjects with different scan counts): rows are
+    padded to the largest count for the collective and the padding dropped after."""
+    size = world()[1]
+    if size == 1:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    counts = [torch.zeros(1, dtype=torch.int64, device=x.device) for _ in range(size)]
+    dist.all_gather(counts, torch.tensor([x.shape[0]], device=x.device))
+    rows = [int(c) for c in counts]
+    padded = torch.cat([x, x.new_zeros((max(rows) - x.shape[0], *x.shape[1:]))])
+    return torch.cat([part[:n] for part, n in zip(all_gather(padded), rows)], dim=0)
+
+
+def global_mean(total: torch.Tensor, count: int) -> torch.Tensor:
+    """The mean over the whole global batch of a loss whose terms are split unevenly over ranks, from
+    this rank's ``total`` of ``count`` terms. Scaled so that DDP's averaging of gradients (and
+    ``mean`` of the logged values) over ranks gives the single-process mean; 0 when no rank has a
+    term. Every rank must call it (it is a collective)."""
+    size = world()[1]
+    if size == 1:
+        return total / max(count, 1)
+    n = torch.tensor([float(count)], dtype=torch.float64, device=total.device)
+    dist.all_reduce(n)
+    return total * (size / max(float(n), 1.0))
 
 
 def mean(value: float) -> float:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslad.augment import apply
+from sslad.distributed import global_mean
 from sslad.methods import Batch, Sampling, sequence_embeddings
 
 
@@ -32,16 +33,15 @@ class OrderHead(nn.Module):
         self.score = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, seq: torch.Tensor, months: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(loss, accuracy) over all ordered pairs of the sequences ``seq`` (B, K, D)."""
+        """(loss, accuracy) over all ordered pairs of the sequences ``seq`` (B, K, D): the mean over
+        the pairs of the global batch, however unevenly data-parallel ranks hold them. Without any
+        pair (no two scans with different times) the loss is 0 with no gradient, and accuracy 0.5."""
         s = self.score(seq).squeeze(-1)
         rows, i, j, label = order_pairs(months, valid)
-        if len(rows) == 0:  # no two scans with different times: nothing to order, no gradient
-            zero = s.sum() * 0.0
-            return zero, zero.detach() + 0.5
         logit = s[rows, j] - s[rows, i]
-        loss = F.binary_cross_entropy_with_logits(logit.float(), label)
-        acc = ((logit > 0).float() == label).float().mean().detach()
-        return loss, acc
+        total = F.binary_cross_entropy_with_logits(logit.float(), label, reduction="sum") + s.sum() * 0.0
+        acc = ((logit > 0).float() == label).float().mean().detach() if len(rows) else torch.tensor(0.5)
+        return global_mean(total, len(rows)), acc
 
 
 class TOP(nn.Module):
