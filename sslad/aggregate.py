@@ -40,16 +40,19 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def load_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """One table row per mode of a job's metrics.json; ValueError naming the file and key if malformed."""
+def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str, Any], bytes]:
+    """A fine-tuning job's metrics.json, parsed and checked, and its bytes (for callers that
+    fingerprint it); ValueError naming the file and key if malformed. ``required``: keys a caller
+    needs beyond the table's."""
     path = Path(path)
     try:
-        job = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        raw = path.read_bytes()
+        job = json.loads(raw)
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or UTF-8
         raise ValueError(f"{path}: cannot read metrics ({exc})") from exc
     if not isinstance(job, dict):
         raise ValueError(f"{path}: expected a JSON object")
-    for key in JOB_KEYS:
+    for key in (*JOB_KEYS, *required):
         if key not in job:
             raise ValueError(f"{path}: missing key '{key}'")
     for key in ("task", "init", "inputs"):
@@ -61,7 +64,6 @@ def load_metrics(path: str | Path) -> list[dict[str, Any]]:
         raise ValueError(f"{path}: 'seed' must be an integer, got {job['seed']!r}")
     if not isinstance(job["rows"], list) or not job["rows"]:
         raise ValueError(f"{path}: 'rows' must be a non-empty list")
-    out = []
     for i, row in enumerate(job["rows"]):
         where = f"{path}: rows[{i}]"
         if not isinstance(row, dict):
@@ -79,10 +81,15 @@ def load_metrics(path: str | Path) -> list[dict[str, Any]]:
         for key in COUNT_KEYS:
             if not isinstance(row[key], int) or isinstance(row[key], bool) or row[key] < 0:
                 raise ValueError(f"{where}: '{key}' must be a non-negative integer, got {row[key]!r}")
-        out.append({"task": job["task"], "init": job["init"], "inputs": job["inputs"],
-                    "fraction": float(job["fraction"]), "seed": job["seed"],
-                    **{k: row[k] for k in ("mode", *UNIT_KEYS, "threshold", *COUNT_KEYS)}, "source": str(path)})
-    return out
+    return job, raw
+
+
+def load_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """One table row per mode of a job's metrics.json; ValueError naming the file and key if malformed."""
+    job, _ = read_job(path)
+    return [{"task": job["task"], "init": job["init"], "inputs": job["inputs"], "fraction": float(job["fraction"]),
+             "seed": job["seed"], **{k: row[k] for k in ("mode", *UNIT_KEYS, "threshold", *COUNT_KEYS)},
+             "source": str(path)} for row in job["rows"]]
 
 
 def _sorted(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

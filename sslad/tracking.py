@@ -116,16 +116,11 @@ def log_finetune_runs(db: str | Path, metrics_files: list[str], out: str | Path)
     is weakest. A job result already in the store (same job, same metrics.json bytes) is not logged
     again, so a rerun adds runs for the jobs that changed and keeps the history of earlier ones.
     """
-    from sslad.aggregate import load_metrics
+    from sslad.aggregate import read_job
 
     jobs = []
     for path in metrics_files:
-        load_metrics(path)  # a broken file stops the job naming the file and the key
-        raw = Path(path).read_bytes()
-        m = json.loads(raw)
-        for key in ("settings", "encoder", "curves"):
-            if key not in m:
-                raise ValueError(f"{path}: missing key '{key}'")
+        m, raw = read_job(path, required=("settings", "encoder", "curves"))  # a broken file names itself
         jobs.append((path, hashlib.sha256(raw).hexdigest(), m, f"{m['task']}/{m['init']}/frac-{m['fraction']:g}/seed-{m['seed']}"))
     rows = []
     with _locked(db):
