@@ -1,6 +1,6 @@
 # sslad: longitudinal T1 MRI -> self-supervised pretraining -> Alzheimer's disease prediction.
 # Stages (one .smk each under workflow/rules/): simulate_cohort -> cohort -> template ->
-# preprocess (per participant) -> qc_table -> manifest -> task_table (per task) -> label_fraction ->
+# preprocess (per participant) -> qc_table -> manifest (labels, splits, task tables) -> label_fraction ->
 # pretrain (per method) -> finetune (per task x init x fraction x seed) -> track_finetune -> aggregate.
 from snakemake.utils import min_version
 

@@ -1,10 +1,17 @@
 """From per-job fine-tuning results to the study's table, summary and figures.
 
-Why a paired bootstrap: every init is tested on the same test samples with the same label-fraction
-subset (seed), so the AUC difference to scratch is judged on the same resampled test samples for
-both models; the test-sample noise they share cancels, which an unpaired comparison of two
-intervals would not see. Every output is sorted and formatted stably, so identical inputs give
-byte-identical tables.
+Why a paired bootstrap over subjects and seeds: every init is tested on the same test samples with
+the same label-fraction subset (seed), so the AUC difference to the reference is judged on the same
+resampled test subjects for both models; the test-sample noise they share cancels, which an
+unpaired comparison of two intervals would not see. Subjects, not samples, are resampled because a
+subject's index visits are not independent evidence. Seeds are resampled too, because a
+difference that comes and goes with the training seed is not a property of the init.
+
+Why a pre-specified primary comparison: with several inits, modes, fractions and tasks, some
+comparison looks good by chance; the study's claim rests on one comparison named in the config
+before the results, judged with Holm-adjusted p-values and simultaneous (Bonferroni) intervals
+over the tasks. Everything else is exploratory and labelled so. Every output is sorted and
+formatted stably, so identical inputs give byte-identical files.
 """
 
 from __future__ import annotations
@@ -12,28 +19,46 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
 
 from sslad.io import atomic_path
-from sslad.metrics import METRICS, auc_from_counts, stratified_counts
+from sslad.metrics import (METRICS, auc, auc_from_counts, bootstrap_p, holm, percentile_interval, subject_counts,
+                           subject_strata)
 
 MODES = ("full", "probe")
 # metric keys of a metrics.json row; each must be a finite number in [0, 1]
 UNIT_KEYS = tuple(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")) + ("val_auc",)
-COUNT_KEYS = ("best_epoch", "n_train", "n_val", "n_test", "n_test_pos")
+# n_train, n_val, n_test, n_test_pos count samples; the *_subjects keys count subjects (a subject is
+# "positive" in the test split if it has at least one positive test sample, likewise negative)
+COUNT_KEYS = ("best_epoch", "n_train", "n_val", "n_test", "n_test_pos", "n_train_subjects", "n_val_subjects",
+              "n_test_subjects", "n_test_pos_subjects", "n_test_neg_subjects")
 JOB_KEYS = ("task", "init", "fraction", "seed", "inputs", "rows")
 TABLE_COLUMNS = ["task", "init", "mode", "inputs", "fraction", "seed", *UNIT_KEYS, "threshold", *COUNT_KEYS]
 GROUP = ["task", "init", "mode", "inputs", "fraction"]
+# the family of one Holm adjustment in summary.csv: every task x init compared with the reference there
+FAMILY = ["mode", "inputs", "fraction"]
 SUMMARY_COLUMNS = [*GROUP, "n_seeds", "auc_mean", "auc_sd", "balanced_accuracy_mean", "balanced_accuracy_sd",
-                   "n_paired", "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_p"]
+                   "n_paired", "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_p", "auc_diff_seed_sd",
+                   "auc_diff_p_holm"]
+SKIPPED_COLUMNS = ["task", "init", "inputs", "fraction", "seed", "reason", "source"]
+PRIMARY_KEYS = ("init", "reference", "mode", "inputs", "fraction")
+PRIMARY_COLUMNS = ["task", "n_seeds", "n_test_subjects_pos", "n_test_subjects_neg", "auc_init", "auc_reference",
+                   "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_seed_sd", "auc_diff_p", "auc_diff_p_holm",
+                   "auc_diff_adj_low", "auc_diff_adj_high", "favours", "favours_reference"]
 # fixed colours, so that a method looks the same in every figure and every run
 COLOURS = {"scratch": "black", "simclr": "tab:blue", "top": "tab:orange", "tcl": "tab:green", "tmp": "tab:purple",
            "topc": "tab:red", "external": "tab:brown"}
 SPARE_COLOURS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+PREDICTION_COLUMNS = ("participant_id", "index_session", "mode", "label", "logit")
+# Fewer test subjects than this in either class: no interval, p or claim, only the point difference.
+# A bootstrap over 1-2 subjects per class has (almost) no distinct resamples, so it would report a
+# zero-width interval and p = 0; below ~10 per class percentile intervals are far too narrow.
+MIN_SUBJECTS_PER_CLASS = 10
 
 
 def _is_number(v: Any) -> bool:
@@ -43,7 +68,11 @@ def _is_number(v: Any) -> bool:
 def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str, Any], bytes]:
     """A fine-tuning job's metrics.json, parsed and checked, and its bytes (for callers that
     fingerprint it); ValueError naming the file and key if malformed. ``required``: keys a caller
-    needs beyond the table's."""
+    needs beyond the table's.
+
+    A job whose task could not be evaluated has ``"rows": []`` and the reason in ``"skipped"``; it is
+    a result (the study must say which tasks it could not evaluate), not an error.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -62,8 +91,15 @@ def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str
         raise ValueError(f"{path}: 'fraction' must be in (0, 1], got {job['fraction']!r}")
     if not isinstance(job["seed"], int) or isinstance(job["seed"], bool):
         raise ValueError(f"{path}: 'seed' must be an integer, got {job['seed']!r}")
-    if not isinstance(job["rows"], list) or not job["rows"]:
-        raise ValueError(f"{path}: 'rows' must be a non-empty list")
+    skipped = job.get("skipped")
+    if skipped is not None and (not isinstance(skipped, str) or not skipped.strip()):
+        raise ValueError(f"{path}: 'skipped' must be a non-empty string (the reason), got {skipped!r}")
+    if not isinstance(job["rows"], list):
+        raise ValueError(f"{path}: 'rows' must be a list")
+    if skipped is None and not job["rows"]:
+        raise ValueError(f"{path}: 'rows' must be a non-empty list (or 'skipped' must give the reason)")
+    if skipped is not None and job["rows"]:
+        raise ValueError(f"{path}: 'rows' must be empty in a skipped job, got {len(job['rows'])}")
     for i, row in enumerate(job["rows"]):
         where = f"{path}: rows[{i}]"
         if not isinstance(row, dict):
@@ -84,12 +120,17 @@ def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str
     return job, raw
 
 
-def load_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """One table row per mode of a job's metrics.json; ValueError naming the file and key if malformed."""
-    job, _ = read_job(path)
+def _job_rows(job: dict[str, Any], path: str | Path) -> list[dict[str, Any]]:
     return [{"task": job["task"], "init": job["init"], "inputs": job["inputs"], "fraction": float(job["fraction"]),
              "seed": job["seed"], **{k: row[k] for k in ("mode", *UNIT_KEYS, "threshold", *COUNT_KEYS)},
              "source": str(path)} for row in job["rows"]]
+
+
+def load_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """One table row per mode of a job's metrics.json (none for a skipped job); ValueError naming the
+    file and key if malformed."""
+    job, _ = read_job(path)
+    return _job_rows(job, path)
 
 
 def _sorted(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -99,19 +140,36 @@ def _sorted(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             .drop(columns="_rank").reset_index(drop=True))
 
 
-def build_table(metrics_paths: list[str]) -> pd.DataFrame:
-    """All jobs' rows, sorted; a ``source`` column keeps each row's metrics.json path."""
-    rows = [r for p in metrics_paths for r in load_metrics(p)]
-    if not rows:
+def build_table(metrics_paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table, skipped): all evaluated jobs' rows, sorted, a ``source`` column keeping each row's
+    metrics.json path; and one row per skipped job with its reason (:data:`SKIPPED_COLUMNS`)."""
+    rows, skipped = [], []
+    for path in metrics_paths:
+        job, _ = read_job(path)
+        if job.get("skipped") is not None:
+            skipped.append({"task": job["task"], "init": job["init"], "inputs": job["inputs"],
+                            "fraction": float(job["fraction"]), "seed": job["seed"],
+                            "reason": " ".join(job["skipped"].split()), "source": str(path)})
+        rows += _job_rows(job, path)
+    if not rows and not skipped:
         raise ValueError("no fine-tuning results to aggregate")
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "source"]).astype({"fraction": float})
     key = ["task", "init", "mode", "inputs", "fraction", "seed"]
     dup = df[df.duplicated(key, keep=False)]
     if not dup.empty:
         first = dup.iloc[0]
         same = dup[(dup[key] == first[key]).all(axis=1)]["source"].tolist()
         raise ValueError(f"the same job and mode appear more than once: {dict(first[key])} in {same}")
-    return _sorted(df, ["init", "mode", "inputs", "fraction", "seed"])[TABLE_COLUMNS + ["source"]]
+    skipped_df = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).astype({"fraction": float})
+    job_key = ["task", "init", "inputs", "fraction", "seed"]
+    jobs = pd.concat([df.drop_duplicates("source")[[*job_key, "source"]], skipped_df[[*job_key, "source"]]])
+    dup = jobs[jobs.duplicated(job_key, keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        same = dup[(dup[job_key] == first[job_key]).all(axis=1)]["source"].tolist()
+        raise ValueError(f"the same job appears more than once: {dict(first[job_key])} in {same}")
+    return (_sorted(df, ["init", "mode", "inputs", "fraction", "seed"])[TABLE_COLUMNS + ["source"]],
+            _sorted(skipped_df, ["init", "inputs", "fraction", "seed"]))
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
@@ -120,8 +178,16 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
         df.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6g")
 
 
+class PredictionSource(Protocol):
+    def get(self, source: str, mode: str) -> pd.DataFrame: ...
+
+
 class _Predictions:
-    """Test predictions of each job, read once (predictions.tsv next to metrics.json)."""
+    """Test predictions of each job, read once (predictions.tsv next to metrics.json).
+
+    The logit is read as float64 with pandas' exact parser (the default since pandas 3), so a logit
+    written with %.17g comes back bit for bit: ties and near-ties between logits decide AUCs.
+    """
 
     def __init__(self) -> None:
         self._cache: dict[str, pd.DataFrame] = {}
@@ -131,13 +197,19 @@ class _Predictions:
         if str(path) not in self._cache:
             try:
                 df = pd.read_csv(path, sep="\t", dtype={"participant_id": str, "index_session": str, "mode": str})
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 raise ValueError(f"{path}: cannot read predictions ({exc})") from exc
-            missing = {"participant_id", "index_session", "mode", "label", "score"} - set(df.columns)
+            missing = set(PREDICTION_COLUMNS) - set(df.columns)
             if missing:
-                raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-            if not df["label"].isin([0, 1]).all() or df["score"].isna().any():
-                raise ValueError(f"{path}: 'label' must be 0/1 and 'score' present in every row")
+                hint = (" (a 'score' column is from an older fine-tuning job; rerun it to get raw logits)"
+                        if "logit" in missing and "score" in df.columns else "")
+                raise ValueError(f"{path}: missing column(s) {sorted(missing)}{hint}")
+            try:
+                df["logit"] = df["logit"].astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: 'logit' must be a number in every row ({exc})") from exc
+            if not df["label"].isin([0, 1]).all() or df["logit"].isna().any():
+                raise ValueError(f"{path}: 'label' must be 0/1 and 'logit' present in every row")
             self._cache[str(path)] = df
         df = self._cache[str(path)]
         out = df[df["mode"] == mode].sort_values(["participant_id", "index_session"], kind="mergesort")
@@ -148,34 +220,126 @@ class _Predictions:
         return out.reset_index(drop=True)
 
 
-def paired_auc_diff(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], n_boot: int, seed: int,
-                    level: float = 0.95) -> tuple[float, float, float]:
-    """Bootstrap interval and two-sided p-value of the mean (over seeds) AUC difference a - b.
+class SeedPair(NamedTuple):
+    """One seed's test predictions of an init (a) and the reference (b) on the same test samples."""
 
-    ``pairs`` holds one (a, b) pair of prediction tables per seed, rows aligned on the same test
-    samples. Each resample draws test samples within each label and applies the same draw to a and
-    b. The draws are keyed by the test samples themselves, so seeds that share a test set (the
-    usual case: the split does not depend on the seed) share their draws too, which is what
-    resampling the test samples means for an average over seeds.
+    labels: np.ndarray  # bool
+    groups: np.ndarray  # subject of each sample
+    a: np.ndarray  # logits
+    b: np.ndarray
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """AUC of an init minus the reference's, over seeds: the per-seed AUCs and the bootstrap
+    distribution of the mean difference."""
+
+    auc_a: np.ndarray
+    auc_b: np.ndarray
+    boot: np.ndarray
+    n_pos_subjects: int
+    n_neg_subjects: int
+
+    @property
+    def n_seeds(self) -> int:
+        return int(self.auc_a.size)
+
+    @property
+    def diff(self) -> float:
+        return float(np.mean(self.auc_a - self.auc_b))
+
+    @property
+    def seed_sd(self) -> float:
+        """sd (ddof=1) over seeds of the per-seed difference: how much the answer moves with the seed."""
+        return float(np.std(self.auc_a - self.auc_b, ddof=1)) if self.n_seeds > 1 else math.nan
+
+    @property
+    def testable(self) -> bool:
+        """Enough test subjects in each class for the bootstrap to mean something."""
+        return min(self.n_pos_subjects, self.n_neg_subjects) >= MIN_SUBJECTS_PER_CLASS
+
+    @property
+    def p(self) -> float:
+        return bootstrap_p(self.boot) if self.testable else math.nan
+
+    def interval(self, level: float) -> tuple[float, float]:
+        return percentile_interval(self.boot, level) if self.testable else (math.nan, math.nan)
+
+
+def _key(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0) -> Comparison:
+    """Hierarchical paired bootstrap of the mean (over seeds) AUC difference a - b.
+
+    Each resample draws test subjects within their strata (:func:`sslad.metrics.subject_counts`) and
+    applies the same draw to a and b and to every seed; it also draws the seeds with replacement
+    (not with one seed), so that seed-to-seed variation widens the interval. The subject draws are
+    keyed by the sorted test subject ids, so seeds (and inits) that share a test set share them, and
+    the draws do not depend on how many samples a subject has; the seed draws by the number of seeds.
+
+    Calibration (simulated exchangeable inits, tests/test_aggregate.py): resampling both crossed
+    factors counts their interaction twice, so with 2-3 seeds the intervals are conservative unless
+    seeds differ a lot; with one seed they cover test-subject noise only (somewhat narrow).
     """
-    diffs = np.zeros(n_boot)
-    for a, b in pairs:
-        y = a["label"].to_numpy().astype(bool)
-        ids = "\n".join(a["participant_id"] + "/" + a["index_session"])
-        rng = np.random.default_rng([seed, zlib.crc32(ids.encode())])
-        pos, neg, c_pos, c_neg = stratified_counts(y, n_boot, rng)
-        sa, sb = a["score"].to_numpy(float), b["score"].to_numpy(float)
-        diffs += (auc_from_counts(sa[pos], sa[neg], c_pos, c_neg) - auc_from_counts(sb[pos], sb[neg], c_pos, c_neg))
-    diffs /= len(pairs)
-    low, high = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
-    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
-    return float(low), float(high), p
+    if not pairs:
+        raise ValueError("paired_auc_diff needs at least one seed")
+    counts: dict[tuple[str, bytes], np.ndarray] = {}
+    diffs = np.empty((len(pairs), n_boot))
+    n_pos, n_neg = [], []
+    for j, pair in enumerate(pairs):
+        y = np.asarray(pair.labels).astype(bool)
+        groups = np.asarray(pair.groups).astype(str)
+        subjects, stratum, _ = subject_strata(y, groups)
+        n_pos.append(int(np.isin(stratum, (1, 2)).sum()))
+        n_neg.append(int(np.isin(stratum, (0, 2)).sum()))
+        cache = ("\n".join(groups), y.tobytes())
+        if cache not in counts:
+            rng = np.random.default_rng([seed, _key("\n".join(subjects))])
+            counts[cache] = subject_counts(y, groups, n_boot, rng)
+        c = counts[cache]
+        pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+        a, b = np.asarray(pair.a, np.float64), np.asarray(pair.b, np.float64)
+        diffs[j] = (auc_from_counts(a[pos], a[neg], c[:, pos], c[:, neg])
+                    - auc_from_counts(b[pos], b[neg], c[:, pos], c[:, neg]))
+    k = len(pairs)
+    if k == 1:
+        boot = diffs[0]
+    else:
+        w = np.random.default_rng([seed, 0x5EED, k]).integers(0, k, size=(n_boot, k))
+        boot = diffs[w, np.arange(n_boot)[:, None]].mean(axis=1)
+    return Comparison(auc_a=np.array([auc(p.labels, p.a) for p in pairs]),
+                      auc_b=np.array([auc(p.labels, p.b) for p in pairs]),
+                      boot=boot, n_pos_subjects=min(n_pos), n_neg_subjects=min(n_neg))
 
 
-def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def _seed_pairs(g: pd.DataFrame, ref: pd.DataFrame, seeds: list[int], mode: str,
+                preds: PredictionSource) -> list[SeedPair]:
+    """The prediction pairs of two jobs' tables (indexed by seed), checked to be on the same test samples."""
+    out = []
+    for s in seeds:
+        a, b = preds.get(g.at[s, "source"], mode), preds.get(ref.at[s, "source"], mode)
+        cols = ["participant_id", "index_session", "label"]
+        if not a[cols].equals(b[cols]):
+            raise ValueError(f"test samples or labels differ between {g.at[s, 'source']} and "
+                             f"{ref.at[s, 'source']} (mode {mode}); they cannot be compared")
+        out.append(SeedPair(a["label"].to_numpy().astype(bool), a["participant_id"].to_numpy(str),
+                            a["logit"].to_numpy(np.float64), b["logit"].to_numpy(np.float64)))
+    return out
+
+
+def _floored_holm(p: np.ndarray | list, n_boot: int) -> np.ndarray:
+    """Holm on bootstrap p-values floored at 1/n_boot: a p of 0 only says "below the resolution"."""
+    return holm(np.maximum(np.asarray(p, np.float64), 1.0 / n_boot))
+
+
+def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, reference: str = "scratch",
+              level: float = 0.95, preds: PredictionSource | None = None) -> pd.DataFrame:
     """One row per task x init x mode x inputs x fraction: mean and sd (ddof=1) over seeds, and for
-    each init other than scratch the paired comparison with scratch on the seeds both have."""
-    preds = _Predictions()
+    each init other than the reference the paired comparison with it on the seeds both have, with
+    Holm's adjustment over every task x init compared at the same mode, inputs and fraction."""
+    preds = preds or _Predictions()
     rows = []
     by_job = {k: g.set_index("seed") for k, g in table.groupby(GROUP, sort=False)}
     for key, g in by_job.items():
@@ -185,79 +349,226 @@ def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Data
             row[f"{m}_mean"] = float(g[m].mean())
             row[f"{m}_sd"] = float(g[m].std(ddof=1)) if len(g) > 1 else math.nan
         row.update(n_paired=math.nan, auc_diff=math.nan, auc_diff_low=math.nan, auc_diff_high=math.nan,
-                   auc_diff_p=math.nan)
+                   auc_diff_p=math.nan, auc_diff_seed_sd=math.nan, auc_diff_p_holm=math.nan)
         task, init, mode, inputs, fraction = key
-        ref = by_job.get((task, "scratch", mode, inputs, fraction))
-        seeds = sorted(set(g.index) & set(ref.index)) if ref is not None and init != "scratch" else []
+        ref = by_job.get((task, reference, mode, inputs, fraction))
+        seeds = sorted(set(g.index) & set(ref.index)) if ref is not None and init != reference else []
         if seeds:
-            pairs = []
-            for s in seeds:
-                a = preds.get(g.at[s, "source"], mode)
-                b = preds.get(ref.at[s, "source"], mode)
-                if not (a[["participant_id", "index_session", "label"]]
-                        .equals(b[["participant_id", "index_session", "label"]])):
-                    raise ValueError(f"test samples or labels differ between {g.at[s, 'source']} and "
-                                     f"{ref.at[s, 'source']} (mode {mode}); they cannot be compared")
-                pairs.append((a, b))
-            low, high, p = paired_auc_diff(pairs, n_boot, seed)
-            row.update(n_paired=len(seeds), auc_diff=float(np.mean([g.at[s, "auc"] - ref.at[s, "auc"] for s in seeds])),
-                       auc_diff_low=low, auc_diff_high=high, auc_diff_p=p)
+            c = paired_auc_diff(_seed_pairs(g, ref, seeds, mode, preds), n_boot, seed)
+            low, high = c.interval(level)
+            row.update(n_paired=len(seeds), auc_diff=c.diff, auc_diff_low=low, auc_diff_high=high, auc_diff_p=c.p,
+                       auc_diff_seed_sd=c.seed_sd)
         rows.append(row)
-    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"n_paired": "Int64"})
-    return _sorted(df, ["init", "mode", "inputs", "fraction"])
+    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    for _, idx in df.groupby(FAMILY, sort=False).groups.items():
+        df.loc[idx, "auc_diff_p_holm"] = _floored_holm(df.loc[idx, "auc_diff_p"], n_boot)
+    return _sorted(df.astype({"n_paired": "Int64"}), ["init", "mode", "inputs", "fraction"])
 
 
-def ssl_wins(summary_df: pd.DataFrame) -> tuple[int, int, float]:
-    """(wins, tasks, lowest fraction): at the lowest label fraction with full fine-tuning, on how many
-    tasks the best self-supervised init has a higher mean AUC than scratch.
+def _at(table: pd.DataFrame, primary: dict[str, Any], init: str) -> pd.DataFrame:
+    return table[(table["init"] == init) & (table["mode"] == primary["mode"]) & (table["inputs"] == primary["inputs"])
+                 & np.isclose(table["fraction"].astype(float), float(primary["fraction"]))]
 
-    A task counts only if it has scratch and at least one other init there; with several ``inputs``
-    settings each (task, inputs) pair counts as one task.
+
+def primary_rows(comparisons: dict[str, Comparison], n_boot: int, level: float = 0.95) -> pd.DataFrame:
+    """The primary comparison's verdict, one row per task, from its per-task comparisons.
+
+    m = number of tasks compared with enough test subjects (:data:`MIN_SUBJECTS_PER_CLASS`; the others
+    get their point difference only). p_holm: Holm over those m tasks. The adjusted interval is the
+    simultaneous (Bonferroni) one at level 1 - (1 - level) / m. A task favours the init when that
+    interval lies above 0 and the Holm p is below 1 - level (the two agree except where the
+    bootstrap is too short to resolve the adjusted tails), the reference when it lies below 0.
     """
-    full = summary_df[summary_df["mode"] == "full"]
-    if full.empty:
-        return 0, 0, math.nan
-    lowest = float(full["fraction"].min())
-    at = full[np.isclose(full["fraction"], lowest)]
-    wins = tasks = 0
-    for _, g in at.groupby(["task", "inputs"], sort=True):
-        scratch, ssl = g[g["init"] == "scratch"], g[g["init"] != "scratch"]
-        if scratch.empty or ssl.empty:
-            continue
-        tasks += 1
-        wins += int(ssl["auc_mean"].max() > scratch["auc_mean"].iloc[0])
-    return wins, tasks, lowest
+    tasks = sorted(comparisons)
+    if not tasks:
+        return pd.DataFrame(columns=PRIMARY_COLUMNS)
+    m = sum(comparisons[t].testable for t in tasks)
+    p_holm = _floored_holm([comparisons[t].p for t in tasks], n_boot)
+    rows = []
+    for task, ph in zip(tasks, p_holm):
+        c = comparisons[task]
+        low, high = c.interval(level)
+        adj_low, adj_high = c.interval(1 - (1 - level) / max(m, 1))
+        rows.append({"task": task, "n_seeds": c.n_seeds, "n_test_subjects_pos": c.n_pos_subjects,
+                     "n_test_subjects_neg": c.n_neg_subjects, "auc_init": float(np.mean(c.auc_a)),
+                     "auc_reference": float(np.mean(c.auc_b)), "auc_diff": c.diff, "auc_diff_low": low,
+                     "auc_diff_high": high, "auc_diff_seed_sd": c.seed_sd, "auc_diff_p": c.p,
+                     "auc_diff_p_holm": float(ph), "auc_diff_adj_low": adj_low, "auc_diff_adj_high": adj_high,
+                     "favours": bool(adj_low > 0 and ph < 1 - level),
+                     "favours_reference": bool(adj_high < 0 and ph < 1 - level)})
+    return pd.DataFrame(rows, columns=PRIMARY_COLUMNS)
+
+
+def primary_comparison(table: pd.DataFrame, primary: dict[str, Any], n_boot: int, seed: int = 0,
+                       level: float = 0.95, preds: PredictionSource | None = None) -> pd.DataFrame:
+    """The pre-specified comparison (``primary``: init, reference, mode, inputs, fraction), one row per
+    task that has both at that setting with a common seed (:func:`primary_rows`); empty if none.
+
+    Draws are keyed as in :func:`summarise`, so a task's interval here equals its summary.csv row.
+    """
+    preds = preds or _Predictions()
+    init = {t: g.set_index("seed") for t, g in _at(table, primary, primary["init"]).groupby("task")}
+    ref = {t: g.set_index("seed") for t, g in _at(table, primary, primary["reference"]).groupby("task")}
+    comparisons = {}
+    for task in sorted(set(init) & set(ref)):
+        seeds = sorted(set(init[task].index) & set(ref[task].index))
+        if seeds:
+            pairs = _seed_pairs(init[task], ref[task], seeds, primary["mode"], preds)
+            comparisons[task] = paired_auc_diff(pairs, n_boot, seed)
+    return primary_rows(comparisons, n_boot, level)
 
 
 def _pm(mean: float, sd: float) -> str:
     return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
-def summary_markdown(summary_df: pd.DataFrame, n_boot: int) -> str:
-    """A short markdown report: the headline, then one table line per summary row."""
-    wins, tasks, lowest = ssl_wins(summary_df)
-    if tasks:
-        headline = (f"At the lowest label fraction ({lowest:g}), the best SSL init beats scratch (higher mean AUC, "
-                    f"full fine-tuning) on {wins} of {tasks} tasks.")
+def _p(p: float, n_boot: int) -> str:
+    return "" if pd.isna(p) else f"< {1 / n_boot:.2g}" if p == 0 else f"{p:.3g}"
+
+
+def _ci(low: float, high: float) -> str:
+    return "n/a" if pd.isna(low) else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def _pct(level: float) -> str:
+    return f"{100 * level:.4g}%"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _setting(primary: dict[str, Any]) -> str:
+    mode = "full fine-tuning" if primary["mode"] == "full" else f"{primary['mode']} mode"
+    return f"{mode}, {primary['inputs']} inputs, label fraction {float(primary['fraction']):g}"
+
+
+def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.DataFrame, n_boot: int,
+                     level: float) -> list[str]:
+    init, reference = primary["init"], primary["reference"]
+    lines = ["## Primary comparison (pre-specified)", "",
+             f"Pre-specified comparison: test AUC of **{init}** vs **{reference}**, {_setting(primary)}.", ""]
+    missing = [name for name in (init, reference) if _at(table, primary, name).empty]
+    if missing:
+        return lines + [f"**Not made: no results of {' and '.join(missing)} at this setting**, so this study "
+                        f"makes no primary claim.", ""]
+    if prim.empty:
+        return lines + [f"**Not made: no task has results of both {init} and {reference} with a common seed at "
+                        f"this setting**, so this study makes no primary claim.", ""]
+    testable = prim["auc_diff_p"].notna()
+    m, k, j = int(testable.sum()), int(prim["favours"].sum()), int(prim["favours_reference"].sum())
+    few = (f"{len(prim) - m} of {len(prim)} tasks have fewer than {MIN_SUBJECTS_PER_CLASS} positive or negative test "
+           f"subjects: too few for an interval, so they show the point difference only and do not count.")
+    if m:
+        lines += [f"**The primary comparison favours {init} on {k} of {m} tasks** (Holm-adjusted; simultaneous "
+                  f"{_pct(level)} intervals above 0), and {reference} on {j} of {m}."
+                  + (f" {few}" if m < len(prim) else ""), ""]
     else:
-        headline = "No task has both scratch and a self-supervised init with full fine-tuning to compare."
+        lines += [f"**No primary claim: every task compared has fewer than {MIN_SUBJECTS_PER_CLASS} positive or "
+                  f"negative test subjects**, too few for an interval.", ""]
+    head = ["task", f"ΔAUC {init} − {reference}", f"{_pct(level)} CI (subjects)", f"simultaneous {_pct(level)} CI",
+            "p", "Holm p", "seed sd", "seeds", "test subjects +/−", f"AUC {init}", f"AUC {reference}", "favours"]
+    rows = []
+    for r in prim.itertuples(index=False):
+        rows.append([r.task, f"{r.auc_diff:+.3f}", _ci(r.auc_diff_low, r.auc_diff_high),
+                     _ci(r.auc_diff_adj_low, r.auc_diff_adj_high), _p(r.auc_diff_p, n_boot),
+                     "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}",
+                     "" if pd.isna(r.auc_diff_seed_sd) else f"{r.auc_diff_seed_sd:.3f}",
+                     str(r.n_seeds), f"{r.n_test_subjects_pos}/{r.n_test_subjects_neg}", f"{r.auc_init:.3f}",
+                     f"{r.auc_reference:.3f}", init if r.favours else reference if r.favours_reference else "–"])
+    lines += _table(head, rows)
+    not_compared = sorted(set(table["task"]) - set(prim["task"]))
+    if not_compared:
+        lines += ["", f"Not in the comparison (no results of both at this setting with a common seed): "
+                      f"{', '.join(not_compared)}."]
+    adj = 1 - (1 - level) / max(m, 1)
+    lines += ["", f"ΔAUC: mean over seeds of the per-seed AUC difference on the same test samples. Intervals: "
+                  f"paired bootstrap ({n_boot} resamples) that draws test subjects with all their samples "
+                  f"(stratified: only negative, only positive, both) and seeds with replacement. Simultaneous: "
+                  f"Bonferroni over the {m} tasks with an interval (each at {_pct(adj)}). p two-sided; Holm over "
+                  f"the same {m} tasks (p below 1/{n_boot} set to 1/{n_boot} first). A task favours an init when "
+                  f"its simultaneous interval excludes 0 and its Holm p is below {1 - level:.2g}. Test subjects "
+                  f"+/−: with at least one positive / negative test sample (intervals need "
+                  f"{MIN_SUBJECTS_PER_CLASS} of each)."]
+    tail = n_boot * (1 - adj) / 2
+    if m and tail < 10:
+        lines += ["", f"Note: each tail of the simultaneous intervals holds {tail:.1f} resamples; raise "
+                      f"n_bootstrap for stable bounds."]
+    return lines + [""]
+
+
+def _skipped_section(skipped: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    if skipped.empty:
+        return []
+    lines = ["## Tasks not evaluated", ""]
+    for task, g in skipped.groupby("task", sort=True):
+        reasons = list(dict.fromkeys(g["reason"]))
+        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} other reasons" if len(reasons) > 3 else "")
+        total = len(g) + table.loc[table["task"] == task, "source"].nunique()
+        lines.append(f"- {task}: {shown} ({len(g)} of {total} jobs)")
+    return lines + [""]
+
+
+def _exploratory_section(summary_df: pd.DataFrame, reference: str, n_boot: int, level: float) -> list[str]:
+    lines = ["## Exploratory: every init, mode and fraction", "",
+             f"Not adjusted for choosing among inits, modes or fractions: a good-looking row here is a hypothesis, "
+             f"not a finding. Holm p adjusts over every task × init compared with {reference} at the same mode, "
+             f"inputs and fraction.", ""]
+    if summary_df.empty:
+        return lines + ["No evaluated jobs.", ""]
     show_inputs = summary_df["inputs"].nunique() > 1
     head = ["task", "init", "mode", *(["inputs"] if show_inputs else []), "fraction", "seeds", "AUC mean ± sd",
-            "BA mean ± sd", "ΔAUC vs scratch [95% CI]", "p"]
-    lines = ["# Fine-tuning results", "", headline, "", "| " + " | ".join(head) + " |",
-             "|" + "|".join("---" for _ in head) + "|"]
+            "BA mean ± sd", f"ΔAUC vs {reference} [{_pct(level)} CI]", "p", "Holm p"]
+    rows = []
     for r in summary_df.itertuples(index=False):
-        if pd.isna(r.auc_diff):
-            diff = p = ""
-        else:
-            diff = f"{r.auc_diff:+.3f} [{r.auc_diff_low:+.3f}, {r.auc_diff_high:+.3f}]"
-            p = f"< {1 / n_boot:.2g}" if r.auc_diff_p == 0 else f"{r.auc_diff_p:.3g}"
-        cells = [r.task, r.init, r.mode, *([r.inputs] if show_inputs else []), f"{r.fraction:g}", str(r.n_seeds),
-                 _pm(r.auc_mean, r.auc_sd), _pm(r.balanced_accuracy_mean, r.balanced_accuracy_sd), diff, p]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Mean ± sd over seeds (label-fraction subsets). ΔAUC: paired bootstrap over test samples "
-                  f"({n_boot} resamples, stratified by label), same seeds for both inits; p two-sided."]
-    return "\n".join(lines) + "\n"
+        diff = "" if pd.isna(r.auc_diff) else f"{r.auc_diff:+.3f} {_ci(r.auc_diff_low, r.auc_diff_high)}"
+        rows.append([r.task, r.init, r.mode, *([r.inputs] if show_inputs else []), f"{r.fraction:g}", str(r.n_seeds),
+                     _pm(r.auc_mean, r.auc_sd), _pm(r.balanced_accuracy_mean, r.balanced_accuracy_sd), diff,
+                     _p(r.auc_diff_p, n_boot), "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}"])
+    return lines + _table(head, rows) + [
+        "", f"Mean ± sd over seeds (label-fraction subsets). ΔAUC: paired bootstrap over test subjects and seeds "
+            f"({n_boot} resamples), same seeds for both inits; p two-sided; n/a: fewer than "
+            f"{MIN_SUBJECTS_PER_CLASS} positive or negative test subjects.", ""]
+
+
+def summary_markdown(summary_df: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, Any], table: pd.DataFrame,
+                     skipped: pd.DataFrame, n_boot: int, level: float = 0.95) -> str:
+    """The report: the pre-specified primary comparison first, then the tasks not evaluated, then the
+    exploratory table of everything."""
+    lines = ["# Fine-tuning results", "", *_primary_section(prim, primary, table, n_boot, level),
+             *_skipped_section(skipped, table), *_exploratory_section(summary_df, primary["reference"], n_boot, level)]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def check_settings(settings: dict[str, Any]) -> tuple[int, int, float, dict[str, Any]]:
+    """(n_bootstrap, seed, level, primary) of the aggregate settings; ValueError naming the bad key."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"aggregate settings must be an object, got {settings!r}")
+    n_boot, seed, level = settings.get("n_bootstrap", 1000), settings.get("seed", 0), settings.get("level", 0.95)
+    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 1:
+        raise ValueError(f"aggregate settings: 'n_bootstrap' must be a positive integer, got {n_boot!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"aggregate settings: 'seed' must be a non-negative integer, got {seed!r}")
+    if not _is_number(level) or not 0 < level < 1:
+        raise ValueError(f"aggregate settings: 'level' must be in (0, 1), got {level!r}")
+    primary = settings.get("primary")
+    if not isinstance(primary, dict):
+        raise ValueError("aggregate settings need 'primary': {init, reference, mode, inputs, fraction}, the "
+                         f"pre-specified comparison; got {primary!r}")
+    for key in PRIMARY_KEYS:
+        if key not in primary:
+            raise ValueError(f"aggregate settings: 'primary' is missing '{key}'")
+    for key in ("init", "reference", "inputs"):
+        if not isinstance(primary[key], str) or not primary[key]:
+            raise ValueError(f"aggregate settings: 'primary.{key}' must be a non-empty string, got {primary[key]!r}")
+    if primary["mode"] not in MODES:
+        raise ValueError(f"aggregate settings: 'primary.mode' must be one of {MODES}, got {primary['mode']!r}")
+    if not _is_number(primary["fraction"]) or not 0 < primary["fraction"] <= 1:
+        raise ValueError(f"aggregate settings: 'primary.fraction' must be in (0, 1], got {primary['fraction']!r}")
+    if primary["init"] == primary["reference"]:
+        raise ValueError(f"aggregate settings: 'primary.init' and 'primary.reference' are both {primary['init']!r}")
+    return n_boot, seed, float(level), primary
 
 
 def _colours(inits: list[str]) -> dict[str, str]:
@@ -310,15 +621,22 @@ def plot_task(table: pd.DataFrame, task: str, out_png: str | Path, colours: dict
 
 
 def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: str, figures_dir: str,
-        n_boot: int = 1000, seed: int = 0) -> None:
+        settings: dict[str, Any]) -> None:
     """Read every job's metrics.json (and predictions.tsv), write the table, summary, markdown and
-    one figure per task (``{figures_dir}/{task}.png``)."""
-    table = build_table(metrics_paths)
-    summary = summarise(table, n_boot, seed)
+    one figure per evaluated task (``{figures_dir}/{task}.png``).
+
+    ``settings``: n_bootstrap, seed (default 0), level (default 0.95) and primary (init, reference,
+    mode, inputs, fraction), the pre-specified comparison that summary.md leads with.
+    """
+    n_boot, seed, level, primary = check_settings(settings)
+    table, skipped = build_table(metrics_paths)
+    preds = _Predictions()
+    summary = summarise(table, n_boot, seed, primary["reference"], level, preds)
+    prim = primary_comparison(table, primary, n_boot, seed, level, preds)
     write_csv(table.drop(columns="source"), table_csv)
     write_csv(summary, summary_csv)
     with atomic_path(summary_md) as tmp:
-        tmp.write_text(summary_markdown(summary, n_boot))
+        tmp.write_text(summary_markdown(summary, prim, primary, table, skipped, n_boot, level))
     colours = _colours(sorted(table["init"].unique()))
     Path(figures_dir).mkdir(parents=True, exist_ok=True)
     for task in sorted(table["task"].unique()):

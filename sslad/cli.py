@@ -35,25 +35,19 @@ def _cmd_cohort(a: argparse.Namespace) -> None:
     from sslad.cohort import run
 
     s = a.settings
-    run(a.bids, s["diagnosis_aliases"], s["name"], s["strict"], a.scans, a.excluded)
+    run(a.bids, s["diagnosis_aliases"], s["name"], s["strict"], a.scans, a.record, a.excluded)
 
 
 def _cmd_manifest(a: argparse.Namespace) -> None:
     from sslad.manifest import run
 
-    run(a.scans, a.cohort_excluded, a.qc, a.out_dir, a.settings)
-
-
-def _cmd_task_table(a: argparse.Namespace) -> None:
-    from sslad.manifest import write_task
-
-    write_task(a.scans, a.visits, a.splits, a.task, a.settings, a.out)
+    run(a.scans, a.record, a.cohort_excluded, a.qc, a.out_dir, a.settings)
 
 
 def _cmd_label_fraction(a: argparse.Namespace) -> None:
     from sslad.manifest import write_fraction
 
-    write_fraction(a.task_table, a.task, a.fraction, a.seed, a.out)
+    write_fraction(a.task_table, a.task, a.fraction, a.seed, a.settings.get("subsample_validation", True), a.out)
 
 
 def _cmd_template(a: argparse.Namespace) -> None:
@@ -115,7 +109,7 @@ def _cmd_track_finetune(a: argparse.Namespace) -> None:
 def _cmd_aggregate(a: argparse.Namespace) -> None:
     from sslad.aggregate import run
 
-    run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, n_boot=a.settings.get("n_bootstrap", 1000))
+    run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, a.settings)
 
 
 def _cmd_qc_mosaic(a: argparse.Namespace) -> None:
@@ -141,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("cohort", _cmd_cohort, "Ingest a Clinica-style BIDS tree into scans.tsv and excluded.tsv.")
     p.add_argument("--bids", required=True, help="BIDS directory")
-    p.add_argument("--scans", required=True, help="output: one row per usable scan")
+    p.add_argument("--scans", required=True, help="output: one row per scan that can be a model input")
+    p.add_argument("--record", required=True, help="output: every visit with a diagnosis, imaged or not")
     p.add_argument("--excluded", required=True, help="output: scans left out, with the reason")
 
     p = add("template", _cmd_template, "Write the registration template and its brain mask (nilearn's MNI152 by default).")
@@ -165,20 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", required=True)
     p.add_argument("--out", required=True)
 
-    p = add("manifest", _cmd_manifest, "Build visits, subjects, subject-level splits, pretrain.tsv and exclusions.")
+    p = add("manifest", _cmd_manifest,
+            "Build visits, subjects, the seven task tables, subject-level splits, pretrain.tsv and exclusions.")
     p.add_argument("--scans", required=True, help="scans.tsv from the cohort stage")
+    p.add_argument("--record", required=True, help="record.tsv from the cohort stage (every clinical visit)")
     p.add_argument("--cohort-excluded", required=True, help="excluded.tsv from the cohort stage")
     p.add_argument("--qc", default=None, help="optional QC table (participant_id, session_id, qc_pass, qc_reason)")
     p.add_argument("--out-dir", required=True, help="manifest directory")
 
-    p = add("task-table", _cmd_task_table, "Build one task's samples (labels from the whole record, inputs, split).")
-    p.add_argument("--scans", required=True, help="scans.tsv from the cohort stage (the whole record)")
-    p.add_argument("--visits", required=True, help="visits.tsv of the manifest (usable scans)")
-    p.add_argument("--splits", required=True, help="splits.tsv of the manifest")
-    p.add_argument("--task", required=True)
-    p.add_argument("--out", required=True)
-
-    p = add("label-fraction", _cmd_label_fraction, "Write one nested, stratified label-fraction subset of a task's training split.")
+    p = add("label-fraction", _cmd_label_fraction,
+            "Write one nested, stratified label-fraction subset of a task's training (and validation) split.")
     p.add_argument("--task-table", required=True, help="results/manifest/tasks/<task>.tsv")
     p.add_argument("--task", required=True)
     p.add_argument("--fraction", type=float, required=True)

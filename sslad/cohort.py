@@ -1,12 +1,15 @@
-"""Read a Clinica-style BIDS tree into one table of scans, listing every scan it cannot use.
+"""Read a Clinica-style BIDS tree into the clinical record and the table of scans, listing every
+scan it cannot use.
 
-Why: every later stage trusts ``scans.tsv``; problems in the raw data (missing images, broken
-TSVs, duplicate or unlabelled sessions) must surface here with a reason, not disappear.
+Why: every later stage trusts these tables; problems in the raw data (missing images, broken
+TSVs, duplicate or unlabelled sessions) must surface here with a reason, not disappear. Two tables,
+because labels and inputs need different things: ``record.tsv`` holds every visit with a usable
+diagnosis and time, imaged or not (a conversion seen only at a visit without a scan is still a
+conversion); ``scans.tsv`` holds the visits with a T1w image, the candidates for model inputs.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,12 +17,13 @@ from typing import Any
 import pandas as pd
 
 from sslad.io import write_tsv
-from sslad.labels import DAYS_PER_MONTH
+from sslad.visit_time import DAYS_PER_MONTH, code_months, schedule_months
 
 SCAN_COLUMNS = ["participant_id", "session_id", "path", "sex", "age", "days_from_baseline",
                 "diagnosis", "diagnosis_raw", "cohort"]
+RECORD_COLUMNS = ["participant_id", "session_id", "days_from_baseline", "months", "diagnosis", "diagnosis_raw",
+                  "age", "has_image", "cohort"]
 EXCLUDED_COLUMNS = ["participant_id", "session_id", "stage", "file", "reason"]
-SESSION_MONTHS = re.compile(r"^ses-M(\d+)$")
 
 
 class CohortError(ValueError):
@@ -41,15 +45,21 @@ def _t1w_images(bids: Path, sub: str, ses: str) -> list[Path]:
 
 
 def ingest(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: str = "bids",
-           strict: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (scans, excluded) for a BIDS tree; in strict mode the first problem raises."""
+           strict: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Return (scans, record, excluded) for a BIDS tree; in strict mode the first problem raises.
+
+    A visit without an image is not a problem of the data (ADNI has many): it joins the record and
+    is listed in ``excluded`` as a scan that cannot be an input, even in strict mode. A missing age
+    is kept as missing: nothing downstream needs it, and it must not remove a diagnosis.
+    """
     bids = Path(bids_dir)
     alias = {k.upper(): v for k, v in aliases.items()}
     scans: list[dict[str, Any]] = []
+    record: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
 
-    def reject(sub: str, ses: str, file: Path, reason: str) -> None:
-        if strict:
+    def reject(sub: str, ses: str, file: Path, reason: str, problem: bool = True) -> None:
+        if strict and problem:
             raise CohortError(f"{file}: {reason} ({sub} {ses})")
         excluded.append({"participant_id": sub, "session_id": ses, "stage": "cohort",
                          "file": str(file), "reason": reason})
@@ -90,10 +100,6 @@ def ingest(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: st
             if counts[ses] > 1:
                 reject(sub, ses, sessions_tsv, "duplicate session_id in sessions.tsv")
                 continue
-            images = _t1w_images(bids, sub, ses)
-            if not images:
-                reject(sub, ses, bids / sub / ses / "anat", "no T1w image")
-                continue
             raw_dx = row.get("diagnosis")
             if pd.isna(raw_dx) or str(raw_dx).upper() not in alias:
                 reject(sub, ses, sessions_tsv, f"unknown diagnosis {raw_dx!r}")
@@ -102,34 +108,43 @@ def ingest(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: st
             if dx is None:
                 reject(sub, ses, sessions_tsv, f"diagnosis {raw_dx!r} excluded by cohort.diagnosis_aliases")
                 continue
-            age = pd.to_numeric(row.get("age"), errors="coerce")
-            if pd.isna(age):
-                reject(sub, ses, sessions_tsv, "missing age")
-                continue
             days = pd.to_numeric(row.get("days_from_baseline"), errors="coerce")
             if pd.isna(days):
-                match = SESSION_MONTHS.match(ses)
-                if not match:
+                code = code_months(ses)
+                if code is None:
                     reject(sub, ses, sessions_tsv, "no days_from_baseline and session_id is not ses-M<months>")
                     continue
-                days = round(int(match.group(1)) * DAYS_PER_MONTH)
+                days = round(code * DAYS_PER_MONTH)
+            age = pd.to_numeric(row.get("age"), errors="coerce")
+            images = _t1w_images(bids, sub, ses)
+            visit = {"participant_id": sub, "session_id": ses, "days_from_baseline": int(days),
+                     "months": float(schedule_months([ses], [days])[0]), "diagnosis": dx, "diagnosis_raw": raw_dx,
+                     "age": float(age), "has_image": bool(images), "cohort": cohort_name}
+            record.append(visit)
+            if not images:
+                reject(sub, ses, bids / sub / ses / "anat",
+                       "no T1w image (clinical visit: its diagnosis counts for labels)", problem=False)
+                continue
             scans.append({"participant_id": sub, "session_id": ses, "path": str(images[0]),
                           "sex": listed[sub].get("sex"), "age": float(age), "days_from_baseline": int(days),
                           "diagnosis": dx, "diagnosis_raw": raw_dx, "cohort": cohort_name})
     scan_df = pd.DataFrame(scans, columns=SCAN_COLUMNS).sort_values(["participant_id", "days_from_baseline"])
+    record_df = pd.DataFrame(record, columns=RECORD_COLUMNS).sort_values(["participant_id", "months",
+                                                                          "days_from_baseline"])
     excl_df = pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS).sort_values(["participant_id", "session_id"])
-    return scan_df.reset_index(drop=True), excl_df.reset_index(drop=True)
+    return scan_df.reset_index(drop=True), record_df.reset_index(drop=True), excl_df.reset_index(drop=True)
 
 
 def run(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: str, strict: bool,
-        scans_out: str | Path, excluded_out: str | Path) -> None:
-    """Ingest and write ``scans.tsv`` and ``excluded.tsv``."""
-    scans, excluded = ingest(bids_dir, aliases, cohort_name, strict)
+        scans_out: str | Path, record_out: str | Path, excluded_out: str | Path) -> None:
+    """Ingest and write ``scans.tsv``, ``record.tsv`` and ``excluded.tsv``."""
+    scans, record, excluded = ingest(bids_dir, aliases, cohort_name, strict)
     for row in excluded.itertuples():
         print(f"excluded {row.participant_id} {row.session_id}: {row.reason} ({row.file})", file=sys.stderr)
-    print(f"{len(scans)} scans of {scans['participant_id'].nunique()} participants; {len(excluded)} excluded",
-          file=sys.stderr)
+    print(f"{len(scans)} scans of {scans['participant_id'].nunique()} participants; {len(record)} clinical visits "
+          f"({int((~record['has_image']).sum())} without an image); {len(excluded)} excluded", file=sys.stderr)
     if scans.empty:
         raise CohortError(f"{bids_dir}: no usable scan ({len(excluded)} excluded; see {excluded_out})")
     write_tsv(scans, scans_out)
+    write_tsv(record, record_out)
     write_tsv(excluded, excluded_out)

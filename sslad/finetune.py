@@ -4,7 +4,12 @@ full: encoder, temporal aggregator and a linear head trained together. probe: th
 (its features computed once), a linear head on the pretrained aggregator's output, or on the mean
 of the scan features when the aggregator was not pretrained. Both select the epoch with the best
 validation AUC, weight positives by the class ratio, set the decision threshold on validation
-(Youden) and report test metrics with bootstrap intervals. No augmentation, as in 3D-Neuro-SimCLR.
+(Youden) and report test metrics with bootstrap intervals over test subjects. No augmentation, as
+in 3D-Neuro-SimCLR. Scores are logits, kept in float64 and written so that they round-trip: a
+sigmoid saturates to 1.0 for large logits and ties what the model ranked apart.
+
+A task whose label-fraction subset, validation or test samples lack a class cannot be trained or
+evaluated: the job says why in metrics.json (``skipped``) and the study goes on without it.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslad.aggregate import PREDICTION_COLUMNS
 from sslad.distributed import pick_device
 from sslad.io import read_tsv, write_json, write_tsv
-from sslad.labels import DAYS_PER_MONTH
 from sslad.metrics import auc, binary_metrics, bootstrap, youden_threshold
 from sslad.networks import build_aggregator, build_encoder, feature_dim, load_encoder
 from sslad.optim import Adam
+from sslad.visit_time import acquisition_months
 from sslad.volumes import load_arrays, read_visits
 
 
@@ -45,21 +51,29 @@ class Samples:
         return Samples(self.table, *(t.to(device) for t in (self.labels, self.index, self.months, self.valid)))
 
 
+class NotEvaluable(ValueError):
+    """A split of the task lacks a class: the cell is reported as skipped, not failed."""
+
+
 def select_samples(task_tsv: str, fraction_tsv: str) -> dict[str, pd.DataFrame]:
-    """Training rows = the label-fraction subset; validation and test = the task's val/test splits."""
+    """Training and validation rows = the label-fraction subset (validation subsampled with it or
+    whole, as the label_fraction job wrote it); test = the task's whole test split."""
     task = read_tsv(task_tsv)
     frac = read_tsv(fraction_tsv)
-    keys = set(zip(frac["participant_id"], frac["index_session"]))
-    train = task[[k in keys for k in zip(task["participant_id"], task["index_session"])]]
-    if len(train) != len(frac) or set(train["split"]) - {"train"}:
-        raise ValueError(f"{fraction_tsv}: rows that are not training samples of {task_tsv}")
-    parts = {"train": train, "val": task[task["split"] == "val"], "test": task[task["split"] == "test"]}
+    parts = {}
+    for split in ("train", "val"):
+        keys = set(zip(*(frac.loc[frac["split"] == split, c] for c in ("participant_id", "index_session"))))
+        rows = task[[k in keys for k in zip(task["participant_id"], task["index_session"])]]
+        if len(rows) != len(keys) or set(rows["split"]) - {split}:
+            raise ValueError(f"{fraction_tsv}: rows that are not {split} samples of {task_tsv}")
+        parts[split] = rows
+    parts["test"] = task[task["split"] == "test"]
     for name, part in parts.items():
         counts = part["label"].value_counts()
         if counts.get(0, 0) == 0 or counts.get(1, 0) == 0:
-            source = fraction_tsv if name == "train" else task_tsv
-            raise ValueError(f"{source}: the {name} samples need both classes, got {counts.get(1, 0)} positive "
-                             f"and {counts.get(0, 0)} negative; the cohort is too small for this task")
+            where = "of the task table" if name == "test" else "of the label-fraction subset"
+            raise NotEvaluable(f"the {name} samples {where} need both classes, got {counts.get(1, 0)} positive and "
+                               f"{counts.get(0, 0)} negative")
     return {k: v.reset_index(drop=True) for k, v in parts.items()}
 
 
@@ -85,7 +99,7 @@ def build_samples(parts: dict[str, pd.DataFrame], inputs: str) -> tuple[list[tup
         months = torch.zeros((len(seqs), k))
         for i, ((sessions, days), pid) in enumerate(zip(seqs, part["participant_id"])):
             index[i, :len(sessions)] = torch.tensor([row_of[(pid, s)] for s in sessions])
-            months[i, :len(days)] = torch.tensor(days) / DAYS_PER_MONTH
+            months[i, :len(days)] = torch.from_numpy(acquisition_months(days)).float()
         out[name] = Samples(part, torch.tensor(part["label"].to_numpy(), dtype=torch.float32), index, months,
                             index >= 0)
     return keys, out
@@ -162,9 +176,10 @@ def encode_scans(encoder: nn.Module, volumes: torch.Tensor, s: Samples, chunk: i
 
 @torch.no_grad()
 def predict(model: Classifier, volumes: torch.Tensor, s: Samples) -> np.ndarray:
+    """Logits of every sample, as float64."""
     model.eval()
     logits = model.sequence_logits(encode_scans(model.encoder, volumes, s), s.months, s.valid)
-    return torch.sigmoid(logits).cpu().numpy()
+    return logits.double().cpu().numpy()
 
 
 @torch.no_grad()
@@ -193,26 +208,40 @@ def train_probe(reps: dict[str, torch.Tensor], data: dict[str, Samples], cfg: di
         loss.backward()
         opt.step()
         with torch.no_grad():
-            val = auc(data["val"].labels.cpu().numpy(), torch.sigmoid(head(x["val"]).squeeze(-1)).cpu().numpy())
+            val = auc(data["val"].labels.cpu().numpy(), head(x["val"]).squeeze(-1).double().cpu().numpy())
         curves["train_loss"].append(loss.item())
         curves["val_auc"].append(val)
         if val > best:
             best, best_state, curves["best_epoch"] = val, copy.deepcopy(head.state_dict()), epoch + 1
     head.load_state_dict(best_state)
     with torch.no_grad():
-        return {k: torch.sigmoid(head(v).squeeze(-1)).cpu().numpy() for k, v in x.items()}, curves
+        return {k: head(v).squeeze(-1).double().cpu().numpy() for k, v in x.items()}, curves
 
 
 def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples], cfg: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Threshold from validation, test metrics and their bootstrap intervals."""
+    """Threshold from validation, test metrics and their bootstrap intervals over test subjects."""
     yv, yt = data["val"].labels.cpu().numpy(), data["test"].labels.cpu().numpy()
+    test = data["test"].table
     threshold = youden_threshold(yv, scores["val"])
     row: dict[str, Any] = dict(binary_metrics(yt, scores["test"], threshold))
-    for metric, (lo, hi) in bootstrap(yt, scores["test"], threshold, n=cfg["n_bootstrap"], seed=seed).items():
+    intervals = bootstrap(yt, scores["test"], threshold, groups=test["participant_id"].to_numpy(),
+                          n=cfg["n_bootstrap"], seed=seed)
+    for metric, (lo, hi) in intervals.items():
         row[f"{metric}_low"], row[f"{metric}_high"] = lo, hi
     row.update(val_auc=auc(yv, scores["val"]), threshold=float(threshold), n_train=len(data["train"].labels),
                n_val=len(yv), n_test=len(yt), n_test_pos=int(yt.sum()))
+    for name in ("train", "val", "test"):
+        row[f"n_{name}_subjects"] = int(data[name].table["participant_id"].nunique())
+    row["n_test_pos_subjects"] = int(test.loc[test["label"] == 1, "participant_id"].nunique())
+    row["n_test_neg_subjects"] = int(test.loc[test["label"] == 0, "participant_id"].nunique())
     return row
+
+
+def write_outputs(metrics: dict[str, Any], predictions: pd.DataFrame, out_dir: str) -> None:
+    """metrics.json and predictions.tsv (logits at full precision: %.17g round-trips a float64)."""
+    out = Path(out_dir)
+    write_tsv(predictions, out / "predictions.tsv", float_format="%.17g")
+    write_json(metrics, out / "metrics.json")
 
 
 def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: int, task_tsv: str,
@@ -223,7 +252,15 @@ def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: i
     if device.type == "cuda":  # CPU kernels here are deterministic already; asking imports TorchInductor (~1.4 s)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-    parts = select_samples(task_tsv, fraction_tsv)
+    job = {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": settings["inputs"],
+           "encoder": encoder_pt or "", "settings": settings}
+    try:
+        parts = select_samples(task_tsv, fraction_tsv)
+    except NotEvaluable as exc:
+        print(f"{task} {init} frac {fraction:g} seed {seed}: not evaluated: {exc}", file=sys.stderr)
+        metrics = {**job, "rows": [], "curves": {}, "skipped": str(exc)}
+        write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), out_dir)
+        return metrics
     keys, data = build_samples(parts, settings["inputs"])
     data = {k: s.to(device) for k, s in data.items()}
     volumes = load_arrays(read_visits(visits_tsv), keys, task_tsv).to(device)
@@ -252,13 +289,10 @@ def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: i
         test = data["test"].table
         predictions.append(pd.DataFrame({"participant_id": test["participant_id"],
                                          "index_session": test["index_session"], "mode": mode,
-                                         "label": test["label"], "score": scores["test"]}))
+                                         "label": test["label"], "logit": scores["test"]}))
         print(f"{task} {init} frac {fraction:g} seed {seed} {mode}: test AUC {row['auc']:.3f} "
               f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}], balanced accuracy {row['balanced_accuracy']:.3f}, "
               f"val AUC {row['val_auc']:.3f} at epoch {row['best_epoch']}", file=sys.stderr)
-    metrics = {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": settings["inputs"],
-               "encoder": encoder_pt or "", "settings": settings, "rows": rows, "curves": curves}
-    out = Path(out_dir)
-    write_tsv(pd.concat(predictions), out / "predictions.tsv")
-    write_json(metrics, out / "metrics.json")
+    metrics = {**job, "rows": rows, "curves": curves}
+    write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], out_dir)
     return metrics

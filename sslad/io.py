@@ -57,10 +57,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_tsv(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a tab-separated table atomically, without index, with stable float formatting."""
+def write_tsv(df: pd.DataFrame, path: str | Path, float_format: str = "%.6g") -> None:
+    """Write a tab-separated table atomically, without index, with stable float formatting
+    (``"%.17g"`` where floats must round-trip exactly, e.g. model scores)."""
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format="%.6g")
+        df.to_csv(tmp, sep="\t", index=False, lineterminator="\n", float_format=float_format)
 
 
 def read_tsv(path: str | Path, **kwargs: Any) -> pd.DataFrame:

@@ -1,8 +1,9 @@
-"""Build the longitudinal manifest: visits, subjects, splits, pretraining set, task tables, label fractions.
+"""Build the longitudinal manifest: visits, subjects, task tables, splits, pretraining set, label fractions.
 
-Order matters and is fixed here: labels from the whole record first, then the subject-level split,
-then the QC filter on model inputs, then fractions of each task's training split, and last the
-pretraining set, which can only draw on subjects outside the test split.
+Order matters and is fixed here: labels from the whole clinical record first (every visit with a
+diagnosis, imaged or not), samples only at usable (QC-passed) scans, then the subject-level split,
+stratified on what the tasks need, then fractions of each task's training (and validation) split,
+and last the pretraining set, which can only draw on subjects outside the test split.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import pandas as pd
 
 from sslad.cohort import EXCLUDED_COLUMNS
 from sslad.io import read_tsv, write_tsv
-from sslad.labels import RANK, is_reverter, task_samples, visit_months
+from sslad.labels import RANK, TASKS, is_reverter, task_samples
 from sslad.splits import label_fractions, split_subjects
+from sslad.visit_time import acquisition_months, chronological
+
+SPLITS = ("train", "val", "test")
 
 
 def fraction_name(fraction: float) -> str:
@@ -31,23 +35,33 @@ def trajectory(dx: list[str]) -> str:
     return "converter" if RANK[dx[-1]] > RANK[dx[0]] else "stable"
 
 
-def subjects_table(scans: pd.DataFrame, usable: set[tuple[str, str]]) -> pd.DataFrame:
+def subjects_table(record: pd.DataFrame, usable: set[tuple[str, str]]) -> pd.DataFrame:
+    """One row per subject of the clinical record, with its trajectory over every visit."""
     rows = []
-    for sub, v in scans.sort_values(["participant_id", "days_from_baseline"]).groupby("participant_id"):
+    for sub, v in chronological(record).groupby("participant_id", sort=True):
         dx = v["diagnosis"].tolist()
-        n_ok = sum((sub, s) in usable for s in v["session_id"])
-        rows.append({"participant_id": sub, "sex": v["sex"].iloc[0], "baseline_age": v["age"].iloc[0],
-                     "baseline_diagnosis": dx[0], "last_diagnosis": dx[-1], "n_visits": len(dx),
-                     "n_usable_visits": n_ok, "followup_months": int(visit_months(v["days_from_baseline"])[-1]),
-                     "trajectory": trajectory(dx), "reverter": is_reverter(dx)})
+        rows.append({"participant_id": sub, "baseline_age": v["age"].iloc[0], "baseline_diagnosis": dx[0],
+                     "last_diagnosis": dx[-1], "n_visits": len(dx), "n_imaged_visits": int(v["has_image"].sum()),
+                     "n_usable_visits": sum((sub, s) in usable for s in v["session_id"]),
+                     "followup_months": float(v["months"].iloc[-1]), "trajectory": trajectory(dx),
+                     "reverter": is_reverter(dx)})
     return pd.DataFrame(rows)
 
 
-def build(scans: pd.DataFrame, cohort_excluded: pd.DataFrame, qc: pd.DataFrame | None,
+def subject_strata(subjects: pd.DataFrame, tasks: dict[str, pd.DataFrame]) -> dict[str, set[str]]:
+    """What each subject brings to the split: its trajectory and every (task, class) it has samples of."""
+    strata = {sub: {f"base:{dx}/{traj}"} for sub, dx, traj in
+              zip(subjects["participant_id"], subjects["baseline_diagnosis"], subjects["trajectory"])}
+    for task, t in tasks.items():
+        for sub, label in set(zip(t["participant_id"], t["label"])):
+            strata[sub].add(f"{task}:{int(label)}")
+    return strata
+
+
+def build(scans: pd.DataFrame, record: pd.DataFrame, cohort_excluded: pd.DataFrame, qc: pd.DataFrame | None,
           cfg: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    """The study-wide tables (visits, subjects, splits, pretraining set, exclusions), keyed by file
-    name. Task tables are built from them by ``task_table``, one job per task, so that a task
-    setting (horizon, inputs) reruns those and never the pretraining that reads pretrain.tsv."""
+    """Every manifest table (visits, subjects, splits, pretraining set, exclusions and the seven task
+    tables), keyed by file name."""
     excluded = [cohort_excluded[EXCLUDED_COLUMNS]]
     if qc is not None:
         qc = qc.astype({"qc_pass": str})
@@ -66,17 +80,17 @@ def build(scans: pd.DataFrame, cohort_excluded: pd.DataFrame, qc: pd.DataFrame |
         usable_df = scans
     usable = set(zip(usable_df["participant_id"], usable_df["session_id"]))
 
-    subjects = subjects_table(scans, usable)
+    tasks = {task: task_samples(record, usable, task, cfg["horizon_months"], cfg["max_inputs"],
+                                cfg["exclude_reverters"], cfg["visit_window_months"]) for task in TASKS}
+    subjects = subjects_table(record, usable)
     subjects = subjects[subjects["n_usable_visits"] > 0].reset_index(drop=True)
-    strata = pd.Series((subjects["baseline_diagnosis"] + "/" + subjects["trajectory"]).values,
-                       index=subjects["participant_id"])
-    splits = split_subjects(strata, cfg["split"]["val"], cfg["split"]["test"], cfg["seed"])
+    splits = split_subjects(subject_strata(subjects, tasks), cfg["split"]["val"], cfg["split"]["test"], cfg["seed"])
     subjects["split"] = subjects["participant_id"].map(splits)
-    split_df = splits.rename_axis("participant_id").reset_index()
+    split_df = splits.reset_index()
 
     out: dict[str, pd.DataFrame] = {}
-    visits = usable_df.sort_values(["participant_id", "days_from_baseline"]).copy()
-    visits["months"] = visit_months(visits["days_from_baseline"])
+    visits = chronological(usable_df)
+    visits["months"] = acquisition_months(visits["days_from_baseline"])
     visits["split"] = visits["participant_id"].map(splits)
     out["visits.tsv"] = visits[["participant_id", "session_id", "days_from_baseline", "months", "age",
                                 "diagnosis", "split", "path"] + (["array"] if "array" in visits else [])]
@@ -84,59 +98,77 @@ def build(scans: pd.DataFrame, cohort_excluded: pd.DataFrame, qc: pd.DataFrame |
     out["splits.tsv"] = split_df
     pretrain = visits[visits["split"].isin(cfg["pretrain_splits"])]
     out["pretrain.tsv"] = pretrain[["participant_id", "session_id", "days_from_baseline"]]
-
+    for task, t in tasks.items():
+        out[f"tasks/{task}.tsv"] = t.assign(split=t["participant_id"].map(splits))
     out["excluded.tsv"] = pd.concat([e for e in excluded if len(e)] or [excluded[0]]).sort_values(
         ["participant_id", "session_id", "stage"])
     return out
 
 
-def task_table(scans: pd.DataFrame, visits: pd.DataFrame, splits: pd.DataFrame, task: str,
-               cfg: dict[str, Any]) -> pd.DataFrame:
-    """One task's samples: labels from the whole record (``scans``), inputs from the usable scans
-    (``visits``), the split of each subject."""
-    usable = set(zip(visits["participant_id"], visits["session_id"]))
-    samples = task_samples(scans, usable, task, cfg["horizon_months"], cfg["max_inputs"], cfg["exclude_reverters"])
-    samples["split"] = samples["participant_id"].map(splits.set_index("participant_id")["split"])
-    return samples
+def evaluable(t: pd.DataFrame) -> str | None:
+    """Why a task table cannot be trained and evaluated (a split without both classes), or None."""
+    for split in SPLITS:
+        labels = set(t.loc[t["split"] == split, "label"])
+        if labels != {0, 1}:
+            lacking = "any" if not labels else ("negative" if 1 in labels else "positive")
+            n_pos = t.loc[t["label"] == 1, "participant_id"].nunique()
+            n_neg = t.loc[t["label"] == 0, "participant_id"].nunique()
+            return (f"its {split} split has no {lacking} samples (the cohort has {n_pos} subjects with positive "
+                    f"and {n_neg} with negative samples; each split needs one of each)")
+    return None
 
 
-def fraction_table(samples: pd.DataFrame, fraction: float, seed: int, task: str) -> pd.DataFrame:
-    """The training samples of one label fraction. Depends only on the task table, the fraction and
-    the seed, so each subset is its own job and adding a seed or a fraction touches no other file."""
-    train = samples[samples["split"] == "train"]
-    chosen = label_fractions(train, [fraction], seed, task)[fraction]
-    return train[train["participant_id"].isin(chosen)][["participant_id", "index_session", "label"]]
+def fraction_table(samples: pd.DataFrame, fraction: float, seed: int, task: str,
+                   subsample_validation: bool = True) -> pd.DataFrame:
+    """The training (and, when ``subsample_validation``, validation) samples of one label fraction.
+
+    Both are nested, stratified subject subsets drawn the same way (each split from its own seeded
+    permutation), so that a model is selected and thresholded on validation labels in proportion
+    to the labels it trained on. Depends only on the task table, the fraction and the seed."""
+    parts = []
+    for split in ("train", "val"):
+        rows = samples[samples["split"] == split]
+        if split == "train" or subsample_validation:
+            key = task if split == "train" else f"{task}/val"
+            rows = rows[rows["participant_id"].isin(label_fractions(rows, [fraction], seed, key)[fraction])]
+        parts.append(rows)
+    return pd.concat(parts)[["participant_id", "index_session", "label", "split"]]
 
 
-def write_fraction(task_tsv: str, task: str, fraction: float, seed: int, out: str) -> None:
-    table = fraction_table(read_tsv(task_tsv), fraction, seed, task)
+def write_fraction(task_tsv: str, task: str, fraction: float, seed: int, subsample_validation: bool,
+                   out: str) -> None:
+    """The label_fraction job."""
+    table = fraction_table(read_tsv(task_tsv), fraction, seed, task, subsample_validation)
     write_tsv(table, out)
-    print(f"{task} seed {seed} fraction {fraction_name(fraction)}: {len(table)} training samples of "
-          f"{table['participant_id'].nunique()} subjects ({int(table['label'].sum())} positive)", file=sys.stderr)
+    for split, part in table.groupby("split", sort=False):
+        print(f"{task} seed {seed} fraction {fraction_name(fraction)} {split}: {len(part)} samples of "
+              f"{part['participant_id'].nunique()} subjects ({int(part['label'].sum())} positive)", file=sys.stderr)
 
 
 def summary(task: str, t: pd.DataFrame) -> str:
-    """Counts per split, for the job log."""
-    counts = t.groupby(["split", "label"]).size().unstack(fill_value=0)
-    cells = ", ".join(f"{s}: {int(r.get(1, 0))}+/{int(r.get(0, 0))}-" for s, r in counts.iterrows())
-    return f"{task}: {len(t)} samples of {t['participant_id'].nunique()} subjects ({cells})"
+    """Samples and subjects per split and class, for the job log."""
+    cells = []
+    for split in SPLITS:
+        part = t[t["split"] == split]
+        n = [part.loc[part["label"] == c, "participant_id"].nunique() for c in (1, 0)]
+        cells.append(f"{split}: {int((part['label'] == 1).sum())}+/{int((part['label'] == 0).sum())}- samples, "
+                     f"{n[0]}+/{n[1]}- subjects")
+    why = evaluable(t)
+    note = f"; CANNOT BE EVALUATED: {why}" if why else ""
+    return f"{task}: {len(t)} samples of {t['participant_id'].nunique()} subjects ({'; '.join(cells)}){note}"
 
 
-def run(scans_tsv: str, cohort_excluded_tsv: str, qc_tsv: str | None, out_dir: str, cfg: dict[str, Any]) -> None:
-    """The manifest job: read the inputs, write the study-wide tables atomically under ``out_dir``."""
+def run(scans_tsv: str, record_tsv: str, cohort_excluded_tsv: str, qc_tsv: str | None, out_dir: str,
+        cfg: dict[str, Any]) -> None:
+    """The manifest job: read the inputs, write every table atomically under ``out_dir``."""
     qc = read_tsv(qc_tsv) if qc_tsv else None
-    tables = build(read_tsv(scans_tsv), read_tsv(cohort_excluded_tsv), qc, cfg)
+    tables = build(read_tsv(scans_tsv), read_tsv(record_tsv), read_tsv(cohort_excluded_tsv), qc, cfg)
     for rel, df in tables.items():
         write_tsv(df, Path(out_dir) / rel)
     splits = tables["splits.tsv"]["split"].value_counts()
     print(f"{len(tables['visits.tsv'])} usable scans of {len(tables['subjects.tsv'])} subjects; split "
-          + ", ".join(f"{k} {splits.get(k, 0)}" for k in ("train", "val", "test"))
+          + ", ".join(f"{k} {splits.get(k, 0)}" for k in SPLITS)
           + f"; {len(tables['pretrain.tsv'])} scans for pretraining; {len(tables['excluded.tsv'])} excluded",
           file=sys.stderr)
-
-
-def write_task(scans_tsv: str, visits_tsv: str, splits_tsv: str, task: str, cfg: dict[str, Any], out: str) -> None:
-    """The task_table job."""
-    t = task_table(read_tsv(scans_tsv), read_tsv(visits_tsv), read_tsv(splits_tsv), task, cfg)
-    write_tsv(t, out)
-    print(summary(task, t), file=sys.stderr)
+    for task in TASKS:
+        print(summary(task, tables[f"tasks/{task}.tsv"]), file=sys.stderr)

@@ -1,10 +1,13 @@
 """Test metrics of a binary classifier, with stratified bootstrap intervals.
 
 Why numpy only: every fine-tuning job imports this module, and scikit-learn's import alone costs
-more than all of these computations together. Resampling is stratified by label so that every
-resample has both classes (AUC, sensitivity and specificity are defined in each one), and the
-bootstrap is written on per-sample counts, so that a paired comparison can apply one set of draws
-to the scores of two models.
+more than all of these computations together. Resampling is stratified so that every resample has
+both classes (AUC, sensitivity and specificity are defined in each one), and the bootstrap is
+written on per-sample counts, so that a paired comparison can apply one set of draws to the scores
+of two models. Why subjects: a subject's test samples (index visits) share its brain and its
+diagnosis trajectory, so they are not independent; resampling samples would treat a subject with
+four visits as four pieces of evidence and give intervals that are too narrow. With ``groups``, the
+unit of resampling is the subject.
 """
 
 from __future__ import annotations
@@ -79,6 +82,12 @@ def youden_threshold(labels: np.ndarray | list, scores: np.ndarray | list) -> fl
     return float(values[0]) if k == 0 else float((values[k - 1] + values[k]) / 2.0)
 
 
+def _resample_counts(m: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, m) counts: how often each of m items is drawn in each of n resamples of size m."""
+    draws = rng.integers(0, max(m, 1), size=(n, m)) + (np.arange(n) * m)[:, None]
+    return np.bincount(draws.ravel(), minlength=n * m).reshape(n, m).astype(np.float64)
+
+
 def stratified_counts(labels: np.ndarray | list, n: int,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Bootstrap draws as counts: (positive indices, negative indices, counts_pos, counts_neg).
@@ -88,12 +97,40 @@ def stratified_counts(labels: np.ndarray | list, n: int,
     """
     y = np.asarray(labels).astype(bool)
     pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-    out = []
-    for idx in (pos, neg):
-        m = idx.size
-        draws = rng.integers(0, max(m, 1), size=(n, m)) + (np.arange(n) * m)[:, None]
-        out.append(np.bincount(draws.ravel(), minlength=n * m).reshape(n, m).astype(np.float64))
-    return pos, neg, out[0], out[1]
+    return pos, neg, _resample_counts(pos.size, n, rng), _resample_counts(neg.size, n, rng)
+
+
+def subject_strata(labels: np.ndarray | list, groups: np.ndarray | list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct subjects sorted, stratum of each subject, subject index of each sample).
+
+    Stratum 0: only negative samples, 1: only positive, 2: both (a subject can be a negative sample
+    at one index visit and a positive one at a later visit in some tasks).
+    """
+    y = np.asarray(labels).astype(bool)
+    g = np.asarray(groups).astype(str)
+    if g.shape != y.shape:
+        raise ValueError(f"groups must give one subject per sample, got {g.shape} for {y.shape} labels")
+    subjects, inverse = np.unique(g, return_inverse=True)
+    has_pos = np.bincount(inverse, weights=y, minlength=subjects.size) > 0
+    has_neg = np.bincount(inverse, weights=~y, minlength=subjects.size) > 0
+    return subjects, np.where(has_pos & has_neg, 2, has_pos.astype(int)), inverse
+
+
+def subject_counts(labels: np.ndarray | list, groups: np.ndarray | list, n: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Per-sample counts (n, n_samples) of a bootstrap that draws subjects with replacement.
+
+    A drawn subject brings all its samples, so every sample of a subject gets the subject's count.
+    Subjects are drawn within their stratum (:func:`subject_strata`), each stratum keeping its number
+    of subjects, so both classes are in every resample. The draws depend only on the sorted distinct
+    subjects and their strata, not on how many samples each has or in which order they come.
+    """
+    subjects, stratum, inverse = subject_strata(labels, groups)
+    per_subject = np.zeros((n, subjects.size))
+    for k in range(3):
+        members = np.flatnonzero(stratum == k)
+        per_subject[:, members] = _resample_counts(members.size, n, rng)
+    return per_subject[:, inverse]
 
 
 def auc_from_counts(s_pos: np.ndarray, s_neg: np.ndarray, c_pos: np.ndarray, c_neg: np.ndarray) -> np.ndarray:
@@ -125,17 +162,57 @@ def metrics_from_counts(s_pos: np.ndarray, s_neg: np.ndarray, c_pos: np.ndarray,
             "sensitivity": sens, "specificity": spec}
 
 
-def bootstrap(labels: np.ndarray | list, scores: np.ndarray | list, threshold: float, n: int = 1000,
-              seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of every metric of :func:`binary_metrics`, resampling samples with
-    replacement within each label (NaN bounds where a class is missing)."""
-    y, s = _check(labels, scores)
-    pos, neg, c_pos, c_neg = stratified_counts(y, n, np.random.default_rng(seed))
-    values = metrics_from_counts(s[pos], s[neg], c_pos, c_neg, threshold)
-    q = [(1.0 - level) / 2.0, 1.0 - (1.0 - level) / 2.0]
-    out = {}
-    for name in METRICS:
-        v = values[name]
-        low, high = np.quantile(v, q) if np.isfinite(v).all() else (np.nan, np.nan)
-        out[name] = (float(low), float(high))
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Central percentile interval of bootstrap values; NaN bounds if any value is undefined."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or not np.isfinite(v).all():
+        return float("nan"), float("nan")
+    low, high = np.quantile(v, [(1.0 - level) / 2.0, 1.0 - (1.0 - level) / 2.0])
+    return float(low), float(high)
+
+
+def bootstrap_p(values: np.ndarray) -> float:
+    """Two-sided bootstrap p-value for "the statistic is 0": twice the smaller tail at 0, at most 1.
+
+    It is 0 when no resample reaches 0; callers that report or adjust it floor it at 1/len(values).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or not np.isfinite(v).all():
+        return float("nan")
+    return min(1.0, 2.0 * min(float(np.mean(v <= 0)), float(np.mean(v >= 0))))
+
+
+def holm(p: np.ndarray | list) -> np.ndarray:
+    """Holm's step-down adjusted p-values; NaN entries stay NaN and do not count in the family.
+
+    Why Holm: it controls the family-wise error rate under any dependence between the comparisons
+    (comparisons with one reference share its predictions), and it rejects everything Bonferroni does.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = order.size
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     return out
+
+
+def bootstrap(labels: np.ndarray | list, scores: np.ndarray | list, threshold: float,
+              groups: np.ndarray | list | None = None, n: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of every metric of :func:`binary_metrics` (NaN bounds where a class is
+    missing).
+
+    ``groups``: the subject of each sample; subjects are resampled (:func:`subject_counts`). Without
+    it, samples are resampled within each label, which is right only when every subject has one sample.
+    """
+    y, s = _check(labels, scores)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    if groups is None:
+        _, _, c_pos, c_neg = stratified_counts(y, n, rng)
+    else:
+        counts = subject_counts(y, groups, n, rng)
+        c_pos, c_neg = counts[:, pos], counts[:, neg]
+    values = metrics_from_counts(s[pos], s[neg], c_pos, c_neg, threshold)
+    return {name: percentile_interval(values[name], level) for name in METRICS}

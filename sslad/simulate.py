@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import ndimage
 
 from sslad.io import atomic_dir, write_tsv
-from sslad.labels import DAYS_PER_MONTH
+from sslad.visit_time import DAYS_PER_MONTH
 
 GROUPS = ("cn", "cn_mci", "mci", "mci_ad", "ad")
 DX_BY_STAGE = ("CN", "MCI", "AD")
@@ -106,8 +106,8 @@ class Subject:
     group: str
     sex: str
     age: float  # at baseline, years
-    months: tuple[int, ...]  # visit times from baseline
-    days: tuple[int, ...]
+    months: tuple[int, ...]  # scheduled visit times from baseline (the session codes)
+    days: tuple[int, ...]  # when each visit took place (off schedule by up to visits.jitter_days)
     stage0: float
     rate: float  # stage units per year
     diagnoses: tuple[str, ...]
@@ -115,6 +115,7 @@ class Subject:
     head_scale: float
     anatomy_seed: int
     layers: tuple[float, ...]  # csf, skull, scalp thickness (mm); csf, skull, scalp, neck intensity
+    imaged: tuple[bool, ...]  # per visit: False = a clinical visit with a diagnosis but no T1w image
 
     def stage(self, visit: int) -> float:
         return self.stage0 + self.rate * self.months[visit] / 12.0
@@ -132,7 +133,8 @@ def _draw_subject(index: int, group: str, rng: np.random.Generator, cfg: dict[st
     lo, hi = vcfg["gap_months"]
     gaps = rng.choice(np.arange(lo, hi + 1, 6), size=n_visits - 1)
     months = np.concatenate([[0], np.cumsum(gaps)]).astype(int)
-    days = np.round(months * DAYS_PER_MONTH + np.concatenate([[0], rng.integers(-14, 15, n_visits - 1)]))
+    jitter = int(vcfg["jitter_days"])
+    days = np.round(months * DAYS_PER_MONTH + np.concatenate([[0], rng.integers(-jitter, jitter + 1, n_visits - 1)]))
     years = months / 12.0
     if group == "cn":
         rate, stage0 = rng.uniform(0.0, 0.04), rng.uniform(0.0, 0.5)
@@ -160,13 +162,15 @@ def _draw_subject(index: int, group: str, rng: np.random.Generator, cfg: dict[st
     age_mu = {"cn": 71, "cn_mci": 73, "mci": 73, "mci_ad": 74, "ad": 75}[group]
     layers = (rng.uniform(1.5, 3.0), rng.uniform(4.0, 7.0), rng.uniform(3.0, 6.0),
               rng.uniform(0.12, 0.22), rng.uniform(0.03, 0.10), rng.uniform(0.85, 1.25), rng.uniform(0.4, 0.55))
+    # follow-up visits without an image (as in ADNI): their diagnosis still counts for labels
+    imaged = [True] + [bool(rng.random() >= vcfg["clinical_only_fraction"]) for _ in range(n_visits - 1)]
     return Subject(
         participant_id=f"sub-SIM{index + 1:03d}", group=group, sex=str(rng.choice(["F", "M"])),
         age=float(np.round(np.clip(rng.normal(age_mu, 6.0), 55, 92), 1)),
         months=tuple(int(m) for m in months), days=tuple(int(d) for d in days),
         stage0=float(stage0), rate=float(rate), diagnoses=tuple(dx), reverter=bool(reverter),
         head_scale=float(np.clip(rng.normal(1.0, 0.04), 0.9, 1.1)),
-        anatomy_seed=int(rng.integers(2**31)), layers=tuple(float(x) for x in layers),
+        anatomy_seed=int(rng.integers(2**31)), layers=tuple(float(x) for x in layers), imaged=tuple(imaged),
     )
 
 
@@ -297,7 +301,8 @@ def simulate_cohort(cfg: dict[str, Any], out_dir: str | Path, threads: int = 1) 
     subjects = draw_cohort(cfg)
     seeds = np.random.SeedSequence(cfg["seed"]).spawn(sum(len(s.months) for s in subjects))
     with atomic_dir(out_dir) as tmp:
-        jobs = [(s, v, cfg, str(tmp), seeds.pop(0)) for s in subjects for v in range(len(s.months))]
+        jobs = [(s, v, cfg, str(tmp), seed) for s in subjects for v in range(len(s.months))
+                for seed in [seeds.pop(0)] if s.imaged[v]]
         if threads > 1:
             with ProcessPoolExecutor(threads) as pool:
                 poses = list(pool.map(_render_job, jobs))

@@ -137,7 +137,8 @@ def log_finetune_runs(db: str | Path, metrics_files: list[str], out: str | Path)
             rid, new = logged.get(sha), sha not in logged
             if new:
                 tags = {"stage": "finetune", "task": m["task"], "init": m["init"], "fraction": f"{m['fraction']:g}",
-                        "seed": str(m["seed"]), "encoder": m["encoder"], "metrics": path, "metrics_sha256": sha}
+                        "seed": str(m["seed"]), "encoder": m["encoder"], "metrics": path, "metrics_sha256": sha,
+                        **({"skipped": m["skipped"]} if m.get("skipped") else {})}
                 final = {f"{r['mode']}_{k}": r[k] for r in m["rows"] for k in ("auc", "balanced_accuracy", "val_auc")}
                 curves = {f"{mode}_{k}": v for mode, c in m["curves"].items() for k, v in c.items()}
                 rid = _log(client, exp_id, job, tags, m["settings"], curves, final)

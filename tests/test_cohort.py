@@ -45,16 +45,21 @@ def messy_bids(tmp_path: Path) -> Path:
 
 
 def test_messy_bids_everything_accounted_for(messy_bids: Path):
-    scans, excluded = ingest(messy_bids, ALIASES, "test")
+    scans, record, excluded = ingest(messy_bids, ALIASES, "test")
     got = dict(zip(scans["participant_id"] + "/" + scans["session_id"], scans["diagnosis"]))
-    assert got == {"sub-01/ses-M000": "CN", "sub-01/ses-M006": "MCI", "sub-01/ses-M012": "AD", "sub-02/ses-M000": "CN"}
+    assert got == {"sub-01/ses-M000": "CN", "sub-01/ses-M006": "MCI", "sub-01/ses-M012": "AD", "sub-01/ses-M024": "AD",
+                   "sub-02/ses-M000": "CN"}
+    # the record keeps every visit with a diagnosis, imaged or not; a missing age removes nothing
+    visits = dict(zip(record["participant_id"] + "/" + record["session_id"], record["has_image"]))
+    assert visits == {**{k: True for k in got}, "sub-02/ses-M012": False}
+    assert record.set_index("session_id").loc["ses-M012", "months"].tolist() == [12.0, 12.0]
     reasons = {f"{r.participant_id}/{r.session_id}": r.reason for r in excluded.itertuples()}
     assert reasons["sub-01/ses-M018"] == "unknown diagnosis 'Weird'"
-    assert reasons["sub-01/ses-M024"] == "missing age"
+    assert "sub-01/ses-M024" not in reasons
     assert "excluded by cohort.diagnosis_aliases" in reasons["sub-01/ses-M030"]
     assert reasons["sub-01/ses-M036"] == "duplicate session_id in sessions.tsv"
     assert reasons["sub-01/ses-M048"] == "session on disk but not listed in sessions.tsv"
-    assert reasons["sub-02/ses-M012"] == "no T1w image"
+    assert reasons["sub-02/ses-M012"].startswith("no T1w image (clinical visit")
     assert reasons["sub-03/ses-M000"].startswith("unreadable TSV")
     assert reasons["sub-99/ses-M000"] == "participant not listed in participants.tsv"
     # days from the visit code when the column is missing; from the column when present
@@ -70,6 +75,14 @@ def test_strict_mode_names_the_file(messy_bids: Path):
     shutil.rmtree(messy_bids / "sub-01" / "ses-M048")
     with pytest.raises(CohortError, match=r"sub-01_sessions\.tsv: unknown diagnosis 'Weird'"):
         ingest(messy_bids, ALIASES, "test", strict=True)
+    # a clinical visit without an image is not a data problem: strict mode keeps it in the record
+    (messy_bids / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tage\tdiagnosis\nses-M000\t70\tCN\n")
+    shutil.rmtree(messy_bids / "sub-03")
+    (messy_bids / "participants.tsv").write_text("participant_id\tsex\tage\nsub-01\tF\t70\nsub-02\tM\t71\n")
+    for ses in ("ses-M006", "ses-M012", "ses-M018", "ses-M024", "ses-M030", "ses-M036"):
+        shutil.rmtree(messy_bids / "sub-01" / ses)
+    _, record, _ = ingest(messy_bids, ALIASES, "test", strict=True)
+    assert ("sub-02", "ses-M012") in set(zip(record["participant_id"], record["session_id"]))
 
 
 def test_not_a_bids_dataset(tmp_path: Path):

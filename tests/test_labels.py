@@ -83,3 +83,79 @@ def test_input_window(k):
 def test_reverter():
     assert is_reverter(["MCI", "AD", "MCI"]) and is_reverter(["CN", "MCI", "CN"])
     assert not is_reverter(["CN", "CN", "MCI", "AD"])
+
+
+# A BIDS tree on a real schedule: follow-ups up to +-60 days off their visit code, conversions and a
+# reversion seen only at visits without an image, and two subjects whose sessions have no code.
+# (participant, session, days from baseline, diagnosis, has an image)
+OFF_SCHEDULE = [
+    ("sub-A", "ses-M000", 0, "MCI", True), ("sub-A", "ses-M012", 415, "MCI", True),
+    ("sub-A", "ses-M024", 675, "MCI", True), ("sub-A", "ses-M036", 1154, "AD", False),  # day 1154 = month 37.9
+    ("sub-A", "ses-M048", 1440, "AD", True),
+    ("sub-B", "ses-M000", 0, "MCI", True), ("sub-B", "ses-M012", 330, "MCI", True),
+    ("sub-B", "ses-M036", 1036, "MCI", True),  # day 1036 = month 34.0: still the month-36 visit
+    ("sub-C", "ses-M000", 0, "CN", True), ("sub-C", "ses-M006", 243, "CN", True),
+    ("sub-C", "ses-M012", 305, "MCI", False), ("sub-C", "ses-M024", 790, "MCI", True),
+    ("sub-D", "ses-M000", 0, "MCI", True), ("sub-D", "ses-M012", 400, "AD", False),  # reverts, seen without image
+    ("sub-D", "ses-M024", 700, "MCI", True), ("sub-D", "ses-M048", 1490, "MCI", True),
+    ("sub-E", "ses-M000", 0, "CN", True), ("sub-E", "ses-M036", 1037, "CN", True),
+    ("sub-F", "ses-01", 0, "MCI", True), ("sub-F", "ses-02", 1040, "MCI", True),  # 34.2 months: within the window
+    ("sub-G", "ses-01", 0, "MCI", True), ("sub-G", "ses-02", 900, "MCI", True),  # 29.6 months: censored
+]
+EXPECTED = {
+    "fut_mci_ad": {"sub-A/ses-M000": 1, "sub-A/ses-M012": 1, "sub-A/ses-M024": 1, "sub-B/ses-M000": 0,
+                   "sub-F/ses-01": 0},
+    "fut_cn_mci": {"sub-C/ses-M000": 1, "sub-C/ses-M006": 1, "sub-E/ses-M000": 0},
+    "det_mci_ad": {"sub-A/ses-M012": 0, "sub-A/ses-M024": 0, "sub-A/ses-M048": 1, "sub-B/ses-M012": 0,
+                   "sub-B/ses-M036": 0, "sub-F/ses-02": 0, "sub-G/ses-02": 0},
+    "det_cn_mci": {"sub-C/ses-M006": 0, "sub-C/ses-M024": 1, "sub-E/ses-M036": 0},
+}
+
+
+def test_labels_follow_visit_codes_and_the_whole_record(tmp_path):
+    """Through ingestion and the manifest, as the workflow runs them (images are stand-ins: only
+    their presence matters here)."""
+    from sslad.cohort import ingest
+    from sslad.manifest import build
+
+    bids = tmp_path / "bids"
+    subjects = sorted({v[0] for v in OFF_SCHEDULE})
+    bids.mkdir()
+    (bids / "participants.tsv").write_text("participant_id\tsex\tage\n" + "".join(f"{s}\tF\t70\n" for s in subjects))
+    for sub in subjects:
+        visits = [v for v in OFF_SCHEDULE if v[0] == sub]
+        (bids / sub).mkdir()
+        (bids / sub / f"{sub}_sessions.tsv").write_text("session_id\tdiagnosis\tdays_from_baseline\n" + "".join(
+            f"{ses}\t{dx}\t{days}\n" for _, ses, days, dx, _ in visits))
+        for _, ses, _, _, imaged in visits:
+            if imaged:
+                (bids / sub / ses / "anat").mkdir(parents=True)
+                (bids / sub / ses / "anat" / f"{sub}_{ses}_T1w.nii.gz").write_bytes(b"stand-in")
+    scans, record, excluded = ingest(bids, {"CN": "CN", "MCI": "MCI", "AD": "AD"}, "test", strict=True)
+    assert len(record) == len(OFF_SCHEDULE) and len(scans) == sum(v[4] for v in OFF_SCHEDULE)
+    cfg = {"seed": 0, "horizon_months": 36, "visit_window_months": 3, "max_inputs": 3, "exclude_reverters": True,
+           "split": {"val": 0.2, "test": 0.25}, "pretrain_splits": ["train", "val"]}
+    tables = build(scans, record, excluded, None, cfg)
+    for task, expected in EXPECTED.items():
+        t = tables[f"tasks/{task}.tsv"]
+        assert dict(zip(t["participant_id"] + "/" + t["index_session"], t["label"])) == expected, task
+    # rounding days to months (the old rule) would have called sub-A's conversion late and sub-B censored
+    assert round(1154 / M) == 38 and round(1036 / M) == 34
+
+
+def test_window_applies_to_uncoded_sessions_only():
+    rec = pd.DataFrame([
+        {"participant_id": "u", "session_id": "ses-a", "days_from_baseline": 0, "diagnosis": "MCI"},
+        {"participant_id": "u", "session_id": "ses-b", "days_from_baseline": 1040, "diagnosis": "MCI"},
+        {"participant_id": "c", "session_id": "ses-M000", "days_from_baseline": 0, "diagnosis": "MCI"},
+        {"participant_id": "c", "session_id": "ses-M030", "days_from_baseline": 1040, "diagnosis": "MCI"},
+    ])
+    usable = set(zip(rec["participant_id"], rec["session_id"]))
+    assert labels_w(rec, usable, 3) == {"u/ses-a": 0}  # uncoded: 34.2 months meets 36 within 3
+    assert labels_w(rec, usable, 1) == {}  # ... but not within 1
+    # coded: ses-M030 is the month-30 visit whatever its day: censored
+
+
+def labels_w(rec: pd.DataFrame, usable: set, window: float) -> dict[str, int]:
+    t = task_samples(rec, usable, "fut_mci_ad", 36, 3, True, window)
+    return {f"{r.participant_id}/{r.index_session}": r.label for r in t.itertuples()}

@@ -9,42 +9,58 @@ import pytest
 
 from sslad.cohort import EXCLUDED_COLUMNS
 from sslad.io import write_tsv
-from sslad.manifest import build, fraction_name, fraction_table, run, task_table, write_task
+from sslad.manifest import build, evaluable, fraction_name, fraction_table, run
 from sslad.simulate import draw_cohort
 
 
-def cohort_scans(sim_cfg: dict) -> pd.DataFrame:
-    """scans.tsv for a simulated cohort, straight from its record (no images needed)."""
-    rows = [{"participant_id": s.participant_id, "session_id": f"ses-M{m:03d}", "path": "x.nii.gz", "sex": s.sex,
-             "age": s.age + d / 365.25, "days_from_baseline": d, "diagnosis": dx, "diagnosis_raw": dx, "cohort": "sim"}
-            for s in draw_cohort(sim_cfg) for m, d, dx in zip(s.months, s.days, s.diagnoses)]
-    return pd.DataFrame(rows)
+def cohort_tables(sim_cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """scans.tsv and record.tsv for a simulated cohort, straight from its record (no images needed)."""
+    record = pd.DataFrame([
+        {"participant_id": s.participant_id, "session_id": f"ses-M{m:03d}", "days_from_baseline": d,
+         "months": float(m), "diagnosis": dx, "diagnosis_raw": dx, "age": s.age + d / 365.25, "has_image": img,
+         "cohort": "sim"}
+        for s in draw_cohort(sim_cfg) for m, d, dx, img in zip(s.months, s.days, s.diagnoses, s.imaged)])
+    scans = record[record["has_image"]].assign(path="x.nii.gz", sex="F")
+    return scans.drop(columns=["months", "has_image"]).reset_index(drop=True), record
 
 
-def all_tables(scans: pd.DataFrame, qc: pd.DataFrame | None, cfg: dict) -> dict[str, pd.DataFrame]:
-    """Every manifest table the workflow's manifest, task_table and label_fraction jobs write."""
-    tables = build(scans, pd.DataFrame(columns=EXCLUDED_COLUMNS), qc, cfg)
+def all_tables(scans: pd.DataFrame, record: pd.DataFrame, qc: pd.DataFrame | None, cfg: dict) -> dict[str, pd.DataFrame]:
+    """Every manifest table the workflow's manifest and label_fraction jobs write."""
+    tables = build(scans, record, pd.DataFrame(columns=EXCLUDED_COLUMNS), qc, cfg)
     for task in cfg["tasks"]:
-        t = tables[f"tasks/{task}.tsv"] = task_table(scans, tables["visits.tsv"], tables["splits.tsv"], task, cfg)
+        t = tables[f"tasks/{task}.tsv"]
         for seed in cfg["seeds"]:
             for f in cfg["label_fractions"]:
-                tables[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"] = fraction_table(t, f, seed, task)
+                tables[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"] = fraction_table(
+                    t, f, seed, task, cfg["subsample_validation"])
     return tables
 
 
 @pytest.fixture(scope="module")
 def default_tables(default_config):
     cfg = {**default_config["manifest"], **default_config["study"]}
-    return all_tables(cohort_scans(default_config["simulate"]), None, cfg), cfg
+    return all_tables(*cohort_tables(default_config["simulate"]), None, cfg), cfg
 
 
-def test_every_task_has_both_classes_in_train_and_test(default_tables):
+def test_every_task_has_both_classes_in_every_split(default_tables):
     tables, cfg = default_tables
     for task in cfg["tasks"]:
         t = tables[f"tasks/{task}.tsv"]
-        for split in ("train", "test"):
+        assert evaluable(t) is None, (task, evaluable(t))
+        for split in ("train", "val", "test"):
             labels = set(t.loc[t["split"] == split, "label"])
             assert labels == {0, 1}, (task, split, labels)
+
+
+@pytest.mark.parametrize("sim_seed, split_seed", [(20261130, 7), (1, 1), (2, 3), (3, 11)])
+def test_splits_serve_every_task_on_other_seeds(default_config, sim_seed, split_seed):
+    """Other cohorts and splits of the default size: every task keeps both classes in every split
+    (the split seed 7 with cohort 20261130 once left fut_mci_ad's test split without a negative)."""
+    cfg = {**default_config["manifest"], **default_config["study"], "seed": split_seed}
+    tables = build(*cohort_tables({**default_config["simulate"], "seed": sim_seed}),
+                   pd.DataFrame(columns=EXCLUDED_COLUMNS), None, cfg)
+    for task in cfg["tasks"]:
+        assert evaluable(tables[f"tasks/{task}.tsv"]) is None, (task, evaluable(tables[f"tasks/{task}.tsv"]))
 
 
 def test_splits_by_subject_and_pretraining_never_sees_test(default_tables):
@@ -63,15 +79,23 @@ def test_splits_by_subject_and_pretraining_never_sees_test(default_tables):
 def test_fractions_nested_stratified_and_train_only(default_tables):
     tables, cfg = default_tables
     fractions = sorted(cfg["label_fractions"])
+    assert fractions[0] < 1
     for task in cfg["tasks"]:
-        train = tables[f"tasks/{task}.tsv"].query("split == 'train'")
+        table = tables[f"tasks/{task}.tsv"]
         for seed in cfg["seeds"]:
-            subsets = [tables[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"] for f in fractions]
-            keys = [set(zip(s["participant_id"], s["index_session"])) for s in subsets]
-            for small, large in zip(keys, keys[1:]):
-                assert small <= large
-            assert keys[-1] == set(zip(train["participant_id"], train["index_session"]))  # 100% = all of train
-            assert set(subsets[0]["label"]) == {0, 1}  # stratified: both classes even at the smallest
+            for split in ("train", "val"):  # validation follows the fraction as training does
+                whole = table.query(f"split == '{split}'")
+                subsets = [tables[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"].query(f"split == '{split}'")
+                           for f in fractions]
+                keys = [set(zip(s["participant_id"], s["index_session"])) for s in subsets]
+                for small, large in zip(keys, keys[1:]):
+                    assert small <= large
+                assert keys[-1] == set(zip(whole["participant_id"], whole["index_session"]))  # 100% = the split
+                assert set(subsets[0]["label"]) == {0, 1}  # stratified: both classes even at the smallest
+                if whole["participant_id"].nunique() >= 10:
+                    assert subsets[0]["participant_id"].nunique() < whole["participant_id"].nunique()
+        full_val = fraction_table(table, fractions[0], 0, task, subsample_validation=False).query("split == 'val'")
+        assert len(full_val) == (table["split"] == "val").sum()
     # seeds draw different subsets (checked on the largest training set, where they must differ)
     small = [{s: set(tables[f"fractions/dx_cn_mci/seed-{s}/frac-{fraction_name(fractions[0])}.tsv"]["participant_id"])
               for s in cfg["seeds"]}][0]
@@ -80,14 +104,12 @@ def test_fractions_nested_stratified_and_train_only(default_tables):
 
 def test_same_seed_byte_identical(tmp_path, default_config):
     cfg = {**default_config["manifest"], **default_config["study"]}
-    scans = cohort_scans({**default_config["simulate"], "n_subjects": 30})
+    scans, record = cohort_tables({**default_config["simulate"], "n_subjects": 30})
     write_tsv(scans, tmp_path / "scans.tsv")
+    write_tsv(record, tmp_path / "record.tsv")
     write_tsv(pd.DataFrame(columns=EXCLUDED_COLUMNS), tmp_path / "excluded.tsv")
     for out in ("a", "b"):
-        run(tmp_path / "scans.tsv", tmp_path / "excluded.tsv", None, tmp_path / out, cfg)
-        for task in cfg["tasks"]:
-            write_task(tmp_path / "scans.tsv", tmp_path / out / "visits.tsv", tmp_path / out / "splits.tsv", task, cfg,
-                       tmp_path / out / "tasks" / f"{task}.tsv")
+        run(tmp_path / "scans.tsv", tmp_path / "record.tsv", tmp_path / "excluded.tsv", None, tmp_path / out, cfg)
     cmp = filecmp.dircmp(tmp_path / "a", tmp_path / "b")
     files = [p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.tsv")]
     assert len(files) > 10
@@ -97,13 +119,13 @@ def test_same_seed_byte_identical(tmp_path, default_config):
 
 def test_qc_failures_excluded_with_reason(default_tables, default_config):
     _, cfg = default_tables
-    scans = cohort_scans(default_config["simulate"])
+    scans, record = cohort_tables(default_config["simulate"])
     failed = scans.iloc[[3, 10]]
     qc = scans[["participant_id", "session_id"]].assign(qc_pass=True, qc_reason="")
     qc.loc[failed.index, "qc_pass"] = False
     qc.loc[failed.index, "qc_reason"] = "brain volume 300 ml outside [900, 2200]"
     qc = qc.drop(index=20)  # a scan with no QC result at all
-    tables = all_tables(scans, qc, cfg)
+    tables = all_tables(scans, record, qc, cfg)
     bad = set(zip(failed["participant_id"], failed["session_id"])) | {tuple(scans.loc[20, ["participant_id", "session_id"]])}
     excluded = tables["excluded.tsv"]
     assert set(zip(excluded["participant_id"], excluded["session_id"])) == bad

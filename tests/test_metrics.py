@@ -97,3 +97,84 @@ def test_one_class_gives_nan_interval():
     for name in ("auc", "specificity", "balanced_accuracy"):
         assert np.isnan(ci[name]).all(), name
     assert 0 <= ci["sensitivity"][0] <= ci["sensitivity"][1] <= 1
+
+
+def _clustered(seed: int = 0, n_subjects: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, subject ids and scores of subjects with 1-4 samples each (a few with both labels)."""
+    rng = np.random.default_rng(seed)
+    n = rng.integers(1, 5, size=n_subjects)
+    sub = np.repeat(np.arange(n_subjects), n)
+    visit = np.concatenate([np.arange(k) for k in n])
+    both = (np.arange(n_subjects) % 9 == 0) & (n > 1)
+    y = np.where(both[sub], visit >= n[sub] // 2, (rng.random(n_subjects) < 0.4)[sub]).astype(int)
+    s = y + rng.normal(size=n_subjects)[sub] + 0.3 * rng.normal(size=y.size)
+    return y, np.char.add("sub-", sub.astype(str)), s
+
+
+def test_subject_counts_keep_strata_and_subjects_whole():
+    y, g, _ = _clustered(1)
+    subjects, stratum, inverse = metrics.subject_strata(y, g)
+    assert set(stratum) == {0, 1, 2}  # the data have every stratum
+    c = metrics.subject_counts(y, g, 50, np.random.default_rng(0))
+    assert c.shape == (50, y.size)
+    per_subject = np.zeros((50, subjects.size))
+    per_subject[:, inverse] = c
+    assert (per_subject[:, inverse] == c).all()  # every sample of a subject has the subject's count
+    for k in range(3):
+        assert (per_subject[:, stratum == k].sum(axis=1) == (stratum == k).sum()).all()
+    assert ((c @ y) > 0).all() and ((c @ (1 - y)) > 0).all()  # both classes in every resample
+    # draws depend on the subjects and strata only: not on sample order or sample multiplicity
+    perm = np.random.default_rng(2).permutation(y.size)
+    again = metrics.subject_counts(y[perm], g[perm], 50, np.random.default_rng(0))
+    assert (again == c[:, perm]).all()
+    double = metrics.subject_counts(np.r_[y, y], np.r_[g, g], 50, np.random.default_rng(0))
+    assert (double == np.c_[c, c]).all()
+
+
+def test_duplicating_samples_leaves_subject_interval_unchanged():
+    y, g, s = _clustered(3)
+    subject = metrics.bootstrap(y, s, 0.5, groups=g, n=500, seed=1)
+    assert metrics.bootstrap(np.r_[y, y], np.r_[s, s], 0.5, groups=np.r_[g, g], n=500, seed=1) == subject  # exactly
+    sample = metrics.bootstrap(y, s, 0.5, n=500, seed=1)
+    sample2 = metrics.bootstrap(np.r_[y, y], np.r_[s, s], 0.5, n=500, seed=1)
+    width = lambda ci: ci["auc"][1] - ci["auc"][0]
+    assert width(sample2) < 0.8 * width(sample)  # per-sample resampling takes copies for evidence (~1/sqrt 2)
+    assert width(subject) > width(sample)  # and is too narrow already on clustered data
+    assert metrics.bootstrap(y, s, 0.5, groups=g, n=500, seed=2) != subject
+
+
+def test_subject_bootstrap_counts_agree_with_direct_metrics():
+    y, g, s = _clustered(4, 12)
+    c = metrics.subject_counts(y, g, 10, np.random.default_rng(0))
+    pos, neg = np.flatnonzero(y), np.flatnonzero(1 - y)
+    many = metrics.metrics_from_counts(s[pos], s[neg], c[:, pos], c[:, neg], 0.5)
+    for b in range(10):
+        reps = c[b].astype(int)
+        for name, value in metrics.binary_metrics(np.repeat(y, reps), np.repeat(s, reps), 0.5).items():
+            assert many[name][b] == pytest.approx(value, abs=1e-12), name
+
+
+def test_holm_hand_case_and_nan():
+    # sorted p 0.01, 0.02, 0.04, 0.2 with m = 4: 0.04, 0.06, max(0.06, 0.08), max(0.08, 0.2)
+    adj = metrics.holm([0.2, 0.01, np.nan, 0.04, 0.02])
+    assert np.isnan(adj[2])
+    assert adj[[1, 4, 3, 0]] == pytest.approx([0.04, 0.06, 0.08, 0.2])
+    assert metrics.holm([0.5, 0.9]).tolist() == [1.0, 1.0]  # capped at 1
+    assert metrics.holm([]).size == 0
+
+
+def test_holm_matches_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    rng = np.random.default_rng(6)
+    for m in (1, 2, 7, 42):
+        p = rng.uniform(0, 0.2, m) ** 2
+        p[: m // 3] = p[0]  # ties
+        assert metrics.holm(p) == pytest.approx(multitest.multipletests(p, method="holm")[1], abs=1e-15)
+
+
+def test_bootstrap_p_and_interval():
+    assert metrics.bootstrap_p(np.array([0.1, 0.2, 0.3, -0.1])) == 0.5
+    assert metrics.bootstrap_p(np.array([0.1, 0.2])) == 0.0
+    assert metrics.bootstrap_p(np.array([0.0, 0.0])) == 1.0
+    assert metrics.percentile_interval(np.arange(101.0), 0.9) == pytest.approx((5.0, 95.0))
+    assert np.isnan(metrics.percentile_interval(np.array([0.1, np.nan]))).all()

@@ -1,8 +1,9 @@
-"""Pretraining jobs as the workflow runs them: DDP equivalence, resume after a kill, leakage guard,
-external checkpoints."""
+"""Pretraining jobs as the workflow runs them: DDP equivalence, resume after a kill (and only on the
+same inputs), leakage guard, external checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -15,7 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
+from sslad import pretrain
 from sslad.networks import build_encoder, import_external, load_encoder
+from sslad.pretrain_data import load_pretrain_scans
 
 MODEL = {"depth": 10, "widths": [8, 8, 16, 16], "stem_kernel": 3, "stem_stride": 1, "max_pool": True,
          "norm": "group", "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
@@ -71,6 +74,32 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["encoder"]
 
 
+def renormalised(manifest: Path, root: Path) -> Path:
+    """The same scans under the same names after another normalisation (every array changes, as
+    when the preprocessing is edited): the visits.tsv that points at them."""
+    visits = pd.read_csv(manifest / "visits.tsv", sep="\t")
+    (root / "arrays").mkdir(parents=True)
+    for i, path in enumerate(visits["array"]):
+        arr = np.load(path).astype(np.float32)
+        new = root / "arrays" / Path(path).name
+        np.save(new, np.where(arr != 0, 0.8 * arr + 0.1, 0).astype(np.float16))
+        visits.loc[i, "array"] = str(new)
+    visits.to_csv(root / "visits.tsv", sep="\t", index=False)
+    return root / "visits.tsv"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(line: str):
+    """A ``log`` that kills the job (in process) when it reports ``line``."""
+    def log(msg: str) -> None:
+        if msg.startswith(line):
+            raise Interrupted(msg)
+    return log
+
+
 @pytest.mark.parametrize("method", ["simclr", "topc"])
 def test_two_process_ddp_matches_single_process(manifest, tmp_path, method):
     # sub-00 keeps two of its three scans, so topc's two processes hold different numbers of scans
@@ -121,18 +150,86 @@ def test_killed_job_resumes_from_its_checkpoint_and_matches(manifest, tmp_path):
         torch.testing.assert_close(weights(out / "encoder.pt")[key], value, msg=key)
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(1, 31))
+    assert not (out / "state").exists() and not (reference / "state").exists()
 
 
-def test_changed_settings_do_not_resume(manifest, tmp_path):
-    subprocess.run(pretrain_cmd(manifest, tmp_path, settings("top", epochs=1)), check=True, capture_output=True)
-    rerun = subprocess.run(pretrain_cmd(manifest, tmp_path, settings("top", epochs=2)), capture_output=True, text=True,
-                           check=True)
-    assert "ignoring" in rerun.stderr and "resumed" not in rerun.stderr
+def test_rerun_on_renormalised_arrays_trains_afresh(manifest, tmp_path, capsys):
+    # the workflow's case: pretrain, edit the preprocessing's normalisation, rerun the job (same scan
+    # names, new array contents); it once resumed the finished run and trained nothing
+    s, out = settings("simclr", epochs=2), tmp_path / "out"
+    paths = [str(manifest / "pretrain.tsv"), str(manifest / "visits.tsv"), str(manifest / "splits.tsv")]
+    pretrain.run(s, *paths, str(out), None, 1)
+    assert not (out / "state").exists(), "a completed run leaves no checkpoint to resume"
+    first = weights(out / "encoder.pt")
+    capsys.readouterr()
+    paths[1] = str(renormalised(manifest, tmp_path))
+    metrics = pretrain.run(s, *paths, str(out), None, 1)
+    log = capsys.readouterr().err
+    assert metrics["resumed_after_epoch"] == 0 and "resumed" not in log and "epochs 1..2" in log
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert not (out / "state").exists()
+    second = weights(out / "encoder.pt")
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_interrupted_run_resumes_only_on_the_same_inputs(manifest, tmp_path):
+    s = settings("simclr", epochs=4, every=1)
+    tables = str(manifest / "pretrain.tsv"), str(manifest / "splits.tsv")
+    scans = load_pretrain_scans(tables[0], str(manifest / "visits.tsv"), tables[1])
+    pretrain.train(s, scans, tmp_path / "reference", log=lambda msg: None)
+    out = tmp_path / "out"
+    state = out / "state/last.pt"
+    with pytest.raises(Interrupted):  # dies while reporting epoch 3, after epoch 2 was checkpointed
+        pretrain.train(s, scans, out, interrupt_at("epoch 3/4"))
+    assert torch.load(state, weights_only=False)["epoch"] == 2 and not (out / "encoder.pt").exists()
+    saved = state.read_bytes()
+
+    def rerun(s: dict, scans) -> tuple[dict, list[str]]:
+        state.parent.mkdir(exist_ok=True)
+        state.write_bytes(saved)
+        log: list[str] = []
+        metrics = pretrain.train(s, scans, out, log.append)
+        assert not state.parent.exists(), "a completed run leaves no checkpoint to resume"
+        assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
+        return metrics, log
+
+    # same inputs: continues the interrupted run and ends where an uninterrupted one does
+    metrics, log = rerun(s, scans)
+    assert log[0] == f"resumed from {state} after epoch 2" and metrics["resumed_after_epoch"] == 2
+    for key, value in weights(tmp_path / "reference/encoder.pt").items():
+        torch.testing.assert_close(weights(out / "encoder.pt")[key], value, rtol=0, atol=0, msg=key)
+    # the same names with re-normalised arrays: the checkpoint is not theirs
+    changed = load_pretrain_scans(tables[0], str(renormalised(manifest, tmp_path)), tables[1])
+    metrics, log = rerun(s, changed)
+    assert log[0] == f"ignoring {state}: the input arrays changed (content hash); training from scratch"
+    assert metrics["resumed_after_epoch"] == 0
+    # other settings: neither
+    metrics, log = rerun(settings("simclr", epochs=4, every=2), scans)
+    assert log[0] == f"ignoring {state}: the settings changed; training from scratch"
+    assert metrics["resumed_after_epoch"] == 0
+
+
+def test_what_a_checkpoint_must_match(manifest):
+    scans = load_pretrain_scans(str(manifest / "pretrain.tsv"), str(manifest / "visits.tsv"),
+                                str(manifest / "splits.tsv"))
+    s = settings("top", epochs=4)
+    key = pretrain.fingerprint(s, scans)
+    assert pretrain._not_resumable({"fingerprint": key, "epoch": 3}, key, 4) is None
+    # a finished run (as older versions left it) is not an interrupted one
+    assert "completed run (epoch 4 of 4)" in pretrain._not_resumable({"fingerprint": key, "epoch": 4}, key, 4)
+    assert "older sslad" in pretrain._not_resumable({"fingerprint": "0123456789abcdef", "epoch": 1}, key, 4)
+    # each input is covered: times, array contents (one value of one scan), settings
+    later = dataclasses.replace(scans, months=scans.months + (np.arange(len(scans.months)) == 5))
+    assert pretrain.fingerprint(s, later)["scans"] != key["scans"]
+    volumes = scans.volumes.clone()
+    volumes[7, 0, 8, 8, 8] += 1
+    other = pretrain.fingerprint(s, dataclasses.replace(scans, volumes=volumes))
+    assert other["arrays"] != key["arrays"] and other["scans"] == key["scans"]
+    assert pretrain._not_resumable({"fingerprint": other, "epoch": 1}, key, 4) == "the input arrays changed (content hash)"
+    assert pretrain.fingerprint(settings("top", epochs=5), scans)["settings"] != key["settings"]
 
 
 def test_no_test_participant_is_ever_loaded(manifest, tmp_path, monkeypatch):
-    from sslad import pretrain
-
     loaded: list[str] = []
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda path, *a, **k: loaded.append(str(path)) or real_load(path, *a, **k))

@@ -82,7 +82,12 @@ def test_run_writes_every_task_table(study):
         t = (study / "results/manifest/tasks" / f"{task}.tsv").read_text().splitlines()
         assert t[0].startswith("participant_id\tindex_session\tinput_sessions")
         assert len(t) > 1
-    assert all("samples of" in (study / f"results/logs/task_table/{t}.log").read_text() for t in TASKS)
+    log = (study / "results/logs/manifest.log").read_text()
+    assert all(f"{t}: " in log and "subjects (train: " in log for t in TASKS)
+    # the record keeps the simulated visits without an image; they are no model input
+    record = (study / "results/cohort/record.tsv").read_text().splitlines()
+    scans = (study / "results/cohort/scans.tsv").read_text().splitlines()
+    assert len(record) > len(scans) and "no T1w image (clinical visit" in (study / "results/cohort/excluded.tsv").read_text()
     assert planned_rules(study) == set()  # nothing left to do
 
 
@@ -107,6 +112,27 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
 
 
+def test_scores_are_full_precision_logits_and_counts_are_reported(study):
+    import json
+
+    import pandas as pd
+
+    from sslad.metrics import auc
+
+    table = pd.read_csv(study / "results/table.csv")
+    for col in ("n_train", "n_val", "n_test", "n_train_subjects", "n_val_subjects", "n_test_subjects"):
+        assert (table[col] > 0).all(), col
+    assert (table["n_test_subjects"] <= table["n_test"]).all()
+    job = study / "results/finetune" / TASKS[0] / "topc/frac-1/seed-0"
+    text = (job / "predictions.tsv").read_text()
+    preds = pd.read_csv(job / "predictions.tsv", sep="\t", dtype={"logit": "float64"})
+    assert "logit" in preds.columns and "score" not in preds.columns
+    assert all(repr(float(v)) in text or f"{v:.17g}" in text for v in preds["logit"])  # round-trips
+    rows = {r["mode"]: r for r in json.loads((job / "metrics.json").read_text())["rows"]}
+    for mode, part in preds.groupby("mode"):
+        assert auc(part["label"], part["logit"]) == pytest.approx(rows[mode]["auc"], abs=1e-12)
+
+
 def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "finetune", "lr", 0.002)
     assert planned_jobs(study) == {"finetune": len(TASKS) * len(INITS), "track_finetune": 1, "aggregate": 1}
@@ -118,6 +144,14 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.5)
     assert planned_jobs(study) == {"pretrain": 4, "finetune": 4 * len(TASKS), "track_finetune": 1, "aggregate": 1}
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.8)
+    # validation subsampling: the fractions and what follows; the primary comparison: aggregation only
+    set_config(study, "study", "subsample_validation", False)
+    assert planned_jobs(study) == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(INITS),
+                                   "track_finetune": 1, "aggregate": 1}
+    set_config(study, "study", "subsample_validation", True)
+    set_config(study, "study", "primary.init", "top")
+    assert planned_jobs(study) == {"aggregate": 1}
+    set_config(study, "study", "primary.init", "topc")
     # one new fraction and one new seed (the grid comes from .test/config.yaml, so --config it):
     # only the three new (fraction, seed) cells per task x init
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1], label_fractions: [0.5, 1.0]}")
@@ -142,10 +176,12 @@ def test_config_edit_reruns_only_affected_stages(study):
     bids_files = sorted((study / "results/cohort/bids").rglob("*"))
     mtimes = {p: p.stat().st_mtime_ns for p in bids_files}
     before = (study / "results/manifest/tasks" / f"{TASKS[-1]}.tsv").stat().st_mtime_ns
-    set_config(study, "manifest", "horizon_months", 24)  # a task setting: task tables and what follows only
+    # a label setting: the splits are stratified on the labels, so the manifest, and pretraining
+    # (which must not see the test split), rerun; never the cohort or preprocessing
+    set_config(study, "manifest", "horizon_months", 24)
     planned = planned_rules(study)
-    assert "task_table" in planned
-    assert not planned & {"simulate_cohort", "cohort", "preprocess", "qc_table", "manifest", "pretrain"}
+    assert {"manifest", "label_fraction", "pretrain", "finetune"} <= planned
+    assert not planned & {"simulate_cohort", "cohort", "preprocess", "qc_table"}
     snakemake(study, f"results/manifest/tasks/{TASKS[-1]}.tsv")
     assert (study / "results/manifest/tasks" / f"{TASKS[-1]}.tsv").stat().st_mtime_ns > before
     assert {p: p.stat().st_mtime_ns for p in sorted((study / "results/cohort/bids").rglob("*"))} == mtimes
@@ -164,7 +200,9 @@ def test_manifest_rerun_is_byte_identical(study):
     snakemake(study, "results/manifest/visits.tsv")
     first = study / "first"
     shutil.copytree(study / "results/manifest", first)
-    snakemake(study, "--forcerun", "manifest", "results/manifest/visits.tsv")
+    # the target first: --forcerun takes every name after it, and would leave the default target
+    snakemake(study, "results/manifest/visits.tsv", "--forcerun", "manifest")
+    assert not (study / "results/table.csv").stat().st_mtime_ns > (first / "visits.tsv").stat().st_mtime_ns
     files = [str(p.relative_to(first)) for p in first.rglob("*.tsv")]
     _, mismatch, errors = filecmp.cmpfiles(first, study / "results/manifest", files, shallow=False)
     assert files and not mismatch and not errors

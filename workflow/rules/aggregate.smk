@@ -19,7 +19,9 @@ rule aggregate:
     log:
         "results/logs/aggregate.log",
     params:
-        settings=json.dumps({"n_bootstrap": config["finetune"]["n_bootstrap"]}),
+        settings=json.dumps(
+            {"n_bootstrap": config["finetune"]["n_bootstrap"], "primary": config["study"]["primary"]}, sort_keys=True
+        ),
     resources:
         mem_mb=2000,
         runtime=10,

@@ -1,4 +1,5 @@
-# Raw data: the simulated cohort (default) and the ingestion of any Clinica-style BIDS tree.
+# Raw data: the simulated cohort (default) and the ingestion of any Clinica-style BIDS tree into the
+# clinical record (every visit with a diagnosis) and the scans (visits with a T1w image).
 
 
 rule simulate_cohort:
@@ -23,6 +24,7 @@ checkpoint cohort:
         bids_dir(),
     output:
         scans="results/cohort/scans.tsv",
+        record="results/cohort/record.tsv",
         excluded="results/cohort/excluded.tsv",
     log:
         "results/logs/cohort.log",
@@ -35,4 +37,4 @@ checkpoint cohort:
         "../../envs/core.yaml"
     shell:
         "sslad cohort --settings {params.settings:q} --bids {input:q}"
-        " --scans {output.scans:q} --excluded {output.excluded:q} > {log:q} 2>&1"
+        " --scans {output.scans:q} --record {output.record:q} --excluded {output.excluded:q} > {log:q} 2>&1"

@@ -99,14 +99,20 @@ def fraction_name(fraction):
     return f"{fraction:g}"
 
 
+def schema_tasks():
+    """Every task the package defines (the schema's list of valid study.tasks)."""
+    with open(workflow.source_path("../schemas/config.schema.yaml")) as fh:
+        return yaml.safe_load(fh)["properties"]["study"]["properties"]["tasks"]["items"]["enum"]
+
+
+ALL_TASKS = schema_tasks()
+
+
 def manifest_outputs():
-    """The manifest job's outputs (task tables and label fractions are jobs of their own)."""
-    return [f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "pretrain", "excluded")]
-
-
-# manifest settings that shape task tables only: editing them reruns rule task_table, not the
-# manifest job (and so never the pretraining that reads pretrain.tsv)
-TASK_SETTINGS = ("horizon_months", "max_inputs", "exclude_reverters")
+    """The manifest job's outputs: the study-wide tables and all seven task tables (the splits are
+    stratified on every task's labels, whichever tasks the study fine-tunes)."""
+    tables = [f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "pretrain", "excluded")]
+    return tables + [f"results/manifest/tasks/{task}.tsv" for task in ALL_TASKS]
 
 
 def pretrain_settings(method):
@@ -154,12 +160,32 @@ def finetune_metrics():
 MLFLOW_DB = "results/mlflow/mlflow.db"
 
 
-def check_external(cfg):
-    if "external" in cfg["study"]["inits"] and not cfg["pretrain"]["external"]["checkpoint"]:
+def check_study(cfg):
+    """Cross-key checks the schema cannot express."""
+    study = cfg["study"]
+    if "external" in study["inits"] and not cfg["pretrain"]["external"]["checkpoint"]:
         raise ValueError(
             "invalid configuration: study.inits lists 'external' but pretrain.external.checkpoint is empty"
+        )
+    primary = study["primary"]
+    for key in ("init", "reference"):
+        if primary[key] not in study["inits"]:
+            raise ValueError(
+                f"invalid configuration: study.primary.{key} is {primary[key]!r}, not one of study.inits "
+                f"{study['inits']}"
+            )
+    if primary["mode"] not in cfg["finetune"]["modes"]:
+        raise ValueError(f"invalid configuration: study.primary.mode {primary['mode']!r} is not in finetune.modes")
+    if primary["inputs"] != cfg["finetune"]["inputs"]:
+        raise ValueError(
+            f"invalid configuration: study.primary.inputs {primary['inputs']!r} is not finetune.inputs "
+            f"{cfg['finetune']['inputs']!r}"
+        )
+    if not any(abs(primary["fraction"] - f) < 1e-9 for f in study["label_fractions"]):
+        raise ValueError(
+            f"invalid configuration: study.primary.fraction {primary['fraction']} is not in study.label_fractions"
         )
 
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
-check_external(config)
+check_study(config)

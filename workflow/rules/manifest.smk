@@ -1,5 +1,6 @@
-# The longitudinal manifest: subject-level splits and the pretraining set (one job), the task
-# tables with labels from the whole record (one job per task), nested label fractions (one job each).
+# The longitudinal manifest (one job): labels of all seven tasks from the whole clinical record,
+# subject-level splits stratified on what the tasks need, the pretraining set; then nested label
+# fractions (one job each).
 import json
 import os
 
@@ -7,6 +8,7 @@ import os
 rule manifest:
     input:
         scans="results/cohort/scans.tsv",
+        record="results/cohort/record.tsv",
         excluded="results/cohort/excluded.tsv",
         qc="results/preproc/qc.tsv",
     output:
@@ -14,9 +16,8 @@ rule manifest:
     log:
         "results/logs/manifest.log",
     params:
-        settings=json.dumps(
-            {k: v for k, v in config["manifest"].items() if k not in TASK_SETTINGS}, sort_keys=True
-        ),
+        # every label setting: the splits are stratified on the labels of every task
+        settings=settings("manifest"),
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     resources:
         mem_mb=2000,
@@ -24,29 +25,8 @@ rule manifest:
     conda:
         "../../envs/core.yaml"
     shell:
-        "sslad manifest --settings {params.settings:q} --scans {input.scans:q}"
+        "sslad manifest --settings {params.settings:q} --scans {input.scans:q} --record {input.record:q}"
         " --cohort-excluded {input.excluded:q} --qc {input.qc:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
-
-
-rule task_table:
-    input:
-        scans="results/cohort/scans.tsv",
-        visits="results/manifest/visits.tsv",
-        splits="results/manifest/splits.tsv",
-    output:
-        "results/manifest/tasks/{task}.tsv",
-    log:
-        "results/logs/task_table/{task}.log",
-    params:
-        settings=json.dumps({k: config["manifest"][k] for k in TASK_SETTINGS}, sort_keys=True),
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        "../../envs/core.yaml"
-    shell:
-        "sslad task-table --settings {params.settings:q} --scans {input.scans:q} --visits {input.visits:q}"
-        " --splits {input.splits:q} --task {wildcards.task} --out {output:q} > {log:q} 2>&1"
 
 
 rule label_fraction:
@@ -56,11 +36,13 @@ rule label_fraction:
         "results/manifest/fractions/{task}/seed-{seed}/frac-{fraction}.tsv",
     log:
         "results/logs/label_fraction/{task}_seed-{seed}_frac-{fraction}.log",
+    params:
+        settings=json.dumps({"subsample_validation": config["study"]["subsample_validation"]}),
     resources:
         mem_mb=1000,
         runtime=5,
     conda:
         "../../envs/core.yaml"
     shell:
-        "sslad label-fraction --task-table {input:q} --task {wildcards.task} --fraction {wildcards.fraction}"
-        " --seed {wildcards.seed} --out {output:q} > {log:q} 2>&1"
+        "sslad label-fraction --settings {params.settings:q} --task-table {input:q} --task {wildcards.task}"
+        " --fraction {wildcards.fraction} --seed {wildcards.seed} --out {output:q} > {log:q} 2>&1"
