@@ -55,10 +55,11 @@ COLOURS = {"scratch": "black", "simclr": "tab:blue", "top": "tab:orange", "tcl":
            "topc": "tab:red", "external": "tab:brown"}
 SPARE_COLOURS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
 PREDICTION_COLUMNS = ("participant_id", "index_session", "mode", "label", "logit")
-# Fewer test subjects than this in either class: no interval, p or claim, only the point difference.
-# A bootstrap over 1-2 subjects per class has (almost) no distinct resamples, so it would report a
-# zero-width interval and p = 0; below ~10 per class percentile intervals are far too narrow.
-MIN_SUBJECTS_PER_CLASS = 10
+# Fewer test subjects than this in either class: no interval or p, only the point difference (a
+# bootstrap over one subject per class has a single distinct resample). A claim needs more:
+# study.primary.min_test_subjects (default 10), below which percentile intervals are far too narrow.
+MIN_RESAMPLABLE = 2
+MIN_CLAIM_SUBJECTS = 10
 
 
 def _is_number(v: Any) -> bool:
@@ -253,17 +254,16 @@ class Comparison:
         """sd (ddof=1) over seeds of the per-seed difference: how much the answer moves with the seed."""
         return float(np.std(self.auc_a - self.auc_b, ddof=1)) if self.n_seeds > 1 else math.nan
 
-    @property
-    def testable(self) -> bool:
-        """Enough test subjects in each class for the bootstrap to mean something."""
-        return min(self.n_pos_subjects, self.n_neg_subjects) >= MIN_SUBJECTS_PER_CLASS
+    def has_at_least(self, n: int) -> bool:
+        """At least ``n`` test subjects in each class."""
+        return min(self.n_pos_subjects, self.n_neg_subjects) >= n
 
     @property
     def p(self) -> float:
-        return bootstrap_p(self.boot) if self.testable else math.nan
+        return bootstrap_p(self.boot) if self.has_at_least(MIN_RESAMPLABLE) else math.nan
 
     def interval(self, level: float) -> tuple[float, float]:
-        return percentile_interval(self.boot, level) if self.testable else (math.nan, math.nan)
+        return percentile_interval(self.boot, level) if self.has_at_least(MIN_RESAMPLABLE) else (math.nan, math.nan)
 
 
 def _key(text: str) -> int:
@@ -370,11 +370,13 @@ def _at(table: pd.DataFrame, primary: dict[str, Any], init: str) -> pd.DataFrame
                  & np.isclose(table["fraction"].astype(float), float(primary["fraction"]))]
 
 
-def primary_rows(comparisons: dict[str, Comparison], n_boot: int, level: float = 0.95) -> pd.DataFrame:
+def primary_rows(comparisons: dict[str, Comparison], n_boot: int, level: float = 0.95,
+                 min_subjects: int = MIN_CLAIM_SUBJECTS) -> pd.DataFrame:
     """The primary comparison's verdict, one row per task, from its per-task comparisons.
 
-    m = number of tasks compared with enough test subjects (:data:`MIN_SUBJECTS_PER_CLASS`; the others
-    get their point difference only). p_holm: Holm over those m tasks. The adjusted interval is the
+    m = number of tasks with at least ``min_subjects`` test subjects of each class: only they can
+    carry a claim (the others show their interval, unadjusted, and no verdict). p_holm: Holm over
+    those m tasks. The adjusted interval is the
     simultaneous (Bonferroni) one at level 1 - (1 - level) / m. A task favours the init when that
     interval lies above 0 and the Holm p is below 1 - level (the two agree except where the
     bootstrap is too short to resolve the adjusted tails), the reference when it lies below 0.
@@ -382,13 +384,14 @@ def primary_rows(comparisons: dict[str, Comparison], n_boot: int, level: float =
     tasks = sorted(comparisons)
     if not tasks:
         return pd.DataFrame(columns=PRIMARY_COLUMNS)
-    m = sum(comparisons[t].testable for t in tasks)
-    p_holm = _floored_holm([comparisons[t].p for t in tasks], n_boot)
+    claims = [comparisons[t].has_at_least(min_subjects) for t in tasks]
+    m = sum(claims)
+    p_holm = _floored_holm([comparisons[t].p if ok else math.nan for t, ok in zip(tasks, claims)], n_boot)
     rows = []
-    for task, ph in zip(tasks, p_holm):
+    for task, ph, ok in zip(tasks, p_holm, claims):
         c = comparisons[task]
         low, high = c.interval(level)
-        adj_low, adj_high = c.interval(1 - (1 - level) / max(m, 1))
+        adj_low, adj_high = c.interval(1 - (1 - level) / max(m, 1)) if ok else (math.nan, math.nan)
         rows.append({"task": task, "n_seeds": c.n_seeds, "n_test_subjects_pos": c.n_pos_subjects,
                      "n_test_subjects_neg": c.n_neg_subjects, "auc_init": float(np.mean(c.auc_a)),
                      "auc_reference": float(np.mean(c.auc_b)), "auc_diff": c.diff, "auc_diff_low": low,
@@ -415,7 +418,7 @@ def primary_comparison(table: pd.DataFrame, primary: dict[str, Any], n_boot: int
         if seeds:
             pairs = _seed_pairs(init[task], ref[task], seeds, primary["mode"], preds)
             comparisons[task] = paired_auc_diff(pairs, n_boot, seed)
-    return primary_rows(comparisons, n_boot, level)
+    return primary_rows(comparisons, n_boot, level, primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS))
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -456,17 +459,19 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
     if prim.empty:
         return lines + [f"**Not made: no task has results of both {init} and {reference} with a common seed at "
                         f"this setting**, so this study makes no primary claim.", ""]
-    testable = prim["auc_diff_p"].notna()
-    m, k, j = int(testable.sum()), int(prim["favours"].sum()), int(prim["favours_reference"].sum())
-    few = (f"{len(prim) - m} of {len(prim)} tasks have fewer than {MIN_SUBJECTS_PER_CLASS} positive or negative test "
-           f"subjects: too few for an interval, so they show the point difference only and do not count.")
+    need = primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS)
+    claimable = prim["auc_diff_p_holm"].notna()
+    m, k, j = int(claimable.sum()), int(prim["favours"].sum()), int(prim["favours_reference"].sum())
+    few = (f"{len(prim) - m} of {len(prim)} tasks have fewer than {need} positive or negative test subjects: too "
+           f"few for a claim, so they show their unadjusted interval and do not count.")
     if m:
         lines += [f"**The primary comparison favours {init} on {k} of {m} tasks** (Holm-adjusted; simultaneous "
                   f"{_pct(level)} intervals above 0), and {reference} on {j} of {m}."
                   + (f" {few}" if m < len(prim) else ""), ""]
     else:
-        lines += [f"**No primary claim: every task compared has fewer than {MIN_SUBJECTS_PER_CLASS} positive or "
-                  f"negative test subjects**, too few for an interval.", ""]
+        lines += [f"**No primary claim: every task compared has fewer than {need} positive or negative test "
+                  f"subjects** (`study.primary.min_test_subjects`); the intervals below are unadjusted and "
+                  f"describe this cohort's test split only.", ""]
     head = ["task", f"ΔAUC {init} − {reference}", f"{_pct(level)} CI (subjects)", f"simultaneous {_pct(level)} CI",
             "p", "Holm p", "seed sd", "seeds", "test subjects +/−", f"AUC {init}", f"AUC {reference}", "favours"]
     rows = []
@@ -476,7 +481,8 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
                      "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}",
                      "" if pd.isna(r.auc_diff_seed_sd) else f"{r.auc_diff_seed_sd:.3f}",
                      str(r.n_seeds), f"{r.n_test_subjects_pos}/{r.n_test_subjects_neg}", f"{r.auc_init:.3f}",
-                     f"{r.auc_reference:.3f}", init if r.favours else reference if r.favours_reference else "–"])
+                     f"{r.auc_reference:.3f}", init if r.favours else reference if r.favours_reference
+                     else "–" if pd.notna(r.auc_diff_p_holm) else "too few subjects"])
     lines += _table(head, rows)
     not_compared = sorted(set(table["task"]) - set(prim["task"]))
     if not_compared:
@@ -486,11 +492,11 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
     lines += ["", f"ΔAUC: mean over seeds of the per-seed AUC difference on the same test samples. Intervals: "
                   f"paired bootstrap ({n_boot} resamples) that draws test subjects with all their samples "
                   f"(stratified: only negative, only positive, both) and seeds with replacement. Simultaneous: "
-                  f"Bonferroni over the {m} tasks with an interval (each at {_pct(adj)}). p two-sided; Holm over "
+                  f"Bonferroni over the {m} tasks that can carry a claim (each at {_pct(adj)}). p two-sided; Holm over "
                   f"the same {m} tasks (p below 1/{n_boot} set to 1/{n_boot} first). A task favours an init when "
                   f"its simultaneous interval excludes 0 and its Holm p is below {1 - level:.2g}. Test subjects "
-                  f"+/−: with at least one positive / negative test sample (intervals need "
-                  f"{MIN_SUBJECTS_PER_CLASS} of each)."]
+                  f"+/−: with at least one positive / negative test sample (a claim needs {need} of each, an "
+                  f"interval {MIN_RESAMPLABLE})."]
     tail = n_boot * (1 - adj) / 2
     if m and tail < 10:
         lines += ["", f"Note: each tail of the simultaneous intervals holds {tail:.1f} resamples; raise "
@@ -529,7 +535,7 @@ def _exploratory_section(summary_df: pd.DataFrame, reference: str, n_boot: int, 
     return lines + _table(head, rows) + [
         "", f"Mean ± sd over seeds (label-fraction subsets). ΔAUC: paired bootstrap over test subjects and seeds "
             f"({n_boot} resamples), same seeds for both inits; p two-sided; n/a: fewer than "
-            f"{MIN_SUBJECTS_PER_CLASS} positive or negative test subjects.", ""]
+            f"{MIN_RESAMPLABLE} positive or negative test subjects.", ""]
 
 
 def summary_markdown(summary_df: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, Any], table: pd.DataFrame,
@@ -566,6 +572,10 @@ def check_settings(settings: dict[str, Any]) -> tuple[int, int, float, dict[str,
         raise ValueError(f"aggregate settings: 'primary.mode' must be one of {MODES}, got {primary['mode']!r}")
     if not _is_number(primary["fraction"]) or not 0 < primary["fraction"] <= 1:
         raise ValueError(f"aggregate settings: 'primary.fraction' must be in (0, 1], got {primary['fraction']!r}")
+    need = primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS)
+    if not isinstance(need, int) or isinstance(need, bool) or need < MIN_RESAMPLABLE:
+        raise ValueError(f"aggregate settings: 'primary.min_test_subjects' must be an integer >= {MIN_RESAMPLABLE}, "
+                         f"got {need!r}")
     if primary["init"] == primary["reference"]:
         raise ValueError(f"aggregate settings: 'primary.init' and 'primary.reference' are both {primary['init']!r}")
     return n_boot, seed, float(level), primary

@@ -216,19 +216,26 @@ def test_settings_are_checked(study, tmp_path, settings, key):
     assert not (tmp_path / "table.csv").exists()
 
 
-def test_too_few_test_subjects_give_no_interval_and_no_claim(tmp_path):
-    """2 positive and 4 negative test subjects: a bootstrap over them would give p = 0 for any nonzero
-    difference (there are hardly any distinct resamples); the report shows the point difference only."""
+def test_too_few_test_subjects_give_no_claim(tmp_path):
+    """2 positive and 4 negative test subjects: the report shows the unadjusted subject-level interval
+    (wide, as it must be) but no adjusted interval, Holm p or verdict; one subject of a class gives
+    no interval at all (a bootstrap over it has one distinct resample)."""
     small = TEST[TEST["participant_id"].isin([f"sub-{i:03d}" for i in (0, 1, 20, 21, 22, 23)])]
     paths = [str(_write_job(tmp_path / "jobs", t, i, 1.0, s, small)) for t in TASKS for i in INITS for s in SEEDS]
     out = _outputs(tmp_path / "results")
     _run(paths, out)
     text = out["summary_md"].read_text()
     assert "**No primary claim: every task compared has fewer than 10 positive or negative test subjects**" in text
-    assert "| 2/4 |" in text and "favours topc" not in text
+    assert "| 2/4 |" in text and "favours topc" not in text and "too few subjects |" in text
     summary = pd.read_csv(out["summary_csv"])
     topc = summary[summary.init == "topc"]
-    assert topc.auc_diff.notna().all() and topc.auc_diff_seed_sd.notna().all()
+    assert topc[["auc_diff", "auc_diff_seed_sd", "auc_diff_low", "auc_diff_high", "auc_diff_p"]].notna().all().all()
+    assert (topc["auc_diff_high"] - topc["auc_diff_low"] > 0.3).all()  # honest width for six subjects
+    single = TEST[TEST["participant_id"].isin([f"sub-{i:03d}" for i in (0, 20, 21, 22)])]
+    paths = [str(_write_job(tmp_path / "jobs1", t, i, 1.0, s, single)) for t in TASKS for i in INITS for s in SEEDS]
+    out = _outputs(tmp_path / "results1")
+    _run(paths, out)
+    topc = pd.read_csv(out["summary_csv"]).query("init == 'topc'")
     assert topc[["auc_diff_low", "auc_diff_high", "auc_diff_p", "auc_diff_p_holm"]].isna().all().all()
 
 
@@ -351,12 +358,15 @@ def test_primary_rows_adjust_for_the_number_of_tasks():
     assert rows.auc_diff_p_holm.to_numpy() == pytest.approx(metrics.holm(np.maximum(rows.auc_diff_p, 1e-3)))
     assert (rows.auc_diff_seed_sd == 0).all() and (rows.n_test_subjects_pos == 10).all()
     assert aggregate.primary_rows({}, 1000).empty
-    # a task with too few test subjects: point difference only, not counted in the family
+    # a task with too few test subjects for a claim: its unadjusted interval, no verdict, not in the family
     comps["d"] = aggregate.Comparison(np.array([0.9]), np.array([0.6]), np.full(1000, 0.3), 3, 12)
     rows4 = aggregate.primary_rows(comps, 1000).set_index("task")
     assert rows4.at["d", "auc_diff"] == pytest.approx(0.3) and not rows4.at["d", "favours"]
-    assert rows4.loc["d", ["auc_diff_low", "auc_diff_adj_low", "auc_diff_p", "auc_diff_p_holm"]].isna().all()
+    assert rows4.loc["d", ["auc_diff_low", "auc_diff_p"]].notna().all()
+    assert rows4.loc["d", ["auc_diff_adj_low", "auc_diff_p_holm"]].isna().all()
     assert rows4.drop(index="d").equals(rows)  # m stays 3
+    # the threshold is the study's (study.primary.min_test_subjects)
+    assert aggregate.primary_rows(comps, 1000, min_subjects=3).at[3, "favours"]
 
 
 def test_duplicating_samples_leaves_paired_interval_unchanged():
