@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -395,7 +394,6 @@ def test_planted_null_rarely_claims_a_task():
     (32%), so the design can expose an invalid rule. Takes ~12 s.
     """
     rng, n_boot, n_draws = np.random.default_rng(11), 400, 200
-    start = time.perf_counter()
     claims = naive_claims = 0
     for d in range(n_draws):
         tasks = {f"task{t}": _clustered_pairs(rng, 3, f"d{d}t{t}-") for t in range(7)}
@@ -405,7 +403,6 @@ def test_planted_null_rarely_claims_a_task():
         naive_claims += bool(naive["favours"].any())
     assert claims / n_draws <= 0.05
     assert naive_claims / n_draws > 0.1
-    assert time.perf_counter() - start < 30
 
 
 def test_planted_effect_is_claimed():

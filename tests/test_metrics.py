@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -66,15 +65,12 @@ def test_bootstrap_contains_estimate_and_is_deterministic():
     y = np.r_[np.ones(40, int), np.zeros(60, int)]
     s = rng.normal(size=100) + y
     point = metrics.binary_metrics(y, s, 0.5)
-    start = time.perf_counter()
     ci = metrics.bootstrap(y, s, 0.5, n=1000, seed=3)
-    elapsed = time.perf_counter() - start
     assert set(ci) == set(point)
     for name, (low, high) in ci.items():
         assert 0 <= low <= point[name] <= high <= 1, name
     assert metrics.bootstrap(y, s, 0.5, n=1000, seed=3) == ci
     assert metrics.bootstrap(y, s, 0.5, n=1000, seed=4) != ci
-    assert elapsed < 0.5  # typically a few ms; generous for loaded machines
 
 
 def test_bootstrap_counts_agree_with_direct_metrics():
