@@ -47,7 +47,9 @@ def _cmd_manifest(a: argparse.Namespace) -> None:
 def _cmd_label_fraction(a: argparse.Namespace) -> None:
     from sslad.manifest import write_fraction
 
-    write_fraction(a.task_table, a.task, a.fraction, a.seed, a.settings.get("subsample_validation", True), a.out)
+    for fraction, out in a.cell:
+        write_fraction(a.task_table, a.task, float(fraction), a.seed, a.settings.get("subsample_validation", True),
+                       out)
 
 
 def _cmd_template(a: argparse.Namespace) -> None:
@@ -94,10 +96,10 @@ def _cmd_import_external(a: argparse.Namespace) -> None:
 
 
 def _cmd_finetune(a: argparse.Namespace) -> None:
-    from sslad.finetune import run
+    from sslad.finetune import Cell, run
 
-    run(a.settings, a.task, a.init, a.fraction, a.seed, a.task_table, a.fraction_table, a.visits, a.encoder,
-        a.out_dir, a.threads)
+    cells = [Cell(float(fraction), table, metrics, predictions) for fraction, table, metrics, predictions in a.cell]
+    run(a.settings, a.task, a.init, a.seed, cells, a.task_table, a.visits, a.encoder, a.threads)
 
 
 def _cmd_track_finetune(a: argparse.Namespace) -> None:
@@ -169,12 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="manifest directory")
 
     p = add("label-fraction", _cmd_label_fraction,
-            "Write one nested, stratified label-fraction subset of a task's training (and validation) split.")
+            "Write the nested, stratified label-fraction subsets of one seed of a task's training (and validation) "
+            "split.")
     p.add_argument("--task-table", required=True, help="results/manifest/tasks/<task>.tsv")
     p.add_argument("--task", required=True)
-    p.add_argument("--fraction", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--cell", nargs=2, action="append", required=True, metavar=("FRACTION", "OUT"),
+                   help="one label fraction and the table to write; repeat for each fraction")
 
     p = add("mlflow-store", _cmd_mlflow_store, "Create the MLflow SQLite store and its experiments (once per study).")
     p.add_argument("--db", required=True, help="SQLite file, e.g. results/mlflow/mlflow.db")
@@ -192,16 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="the released .tar / .pt file")
     p.add_argument("--out", required=True, help="encoder.pt to write")
 
-    p = add("finetune", _cmd_finetune, "Fine-tune and evaluate one task x init x label fraction x seed (all modes).")
+    p = add("finetune", _cmd_finetune,
+            "Fine-tune and evaluate one task x init x seed at each of its label fractions (all modes).")
     p.add_argument("--task", required=True)
     p.add_argument("--init", required=True, help="scratch or a pretraining method / external")
-    p.add_argument("--fraction", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--cell", nargs=4, action="append", required=True,
+                   metavar=("FRACTION", "FRACTION_TABLE", "METRICS", "PREDICTIONS"),
+                   help="one label fraction: its subset table (from label-fraction) and the metrics.json and "
+                        "predictions.tsv to write; repeat for each fraction")
     p.add_argument("--task-table", required=True, help="results/manifest/tasks/<task>.tsv")
-    p.add_argument("--fraction-table", required=True, help="the label-fraction subset of the training split")
     p.add_argument("--visits", required=True, help="visits.tsv (array paths)")
     p.add_argument("--encoder", default=None, help="encoder.pt of a pretrained init (none for scratch)")
-    p.add_argument("--out-dir", required=True)
     p.add_argument("--threads", type=int, default=1)
 
     p = add("track-finetune", _cmd_track_finetune,

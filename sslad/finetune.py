@@ -1,4 +1,4 @@
-"""Fine-tuning on one task x initialisation x label fraction x seed, in every configured mode.
+"""Fine-tuning on one task x initialisation x seed: every label fraction, in every configured mode.
 
 full: encoder, temporal aggregator and a linear head trained together. probe: the encoder frozen
 (its features computed once), a linear head on the pretrained aggregator's output, or on the mean
@@ -8,6 +8,10 @@ validation AUC, weight positives by the class ratio, set the decision threshold 
 in 3D-Neuro-SimCLR. Scores are logits, kept in float64 and written so that they round-trip: a
 sigmoid saturates to 1.0 for large logits and ties what the model ranked apart.
 
+One job runs the seed's label fractions one after the other on arrays loaded once: starting Python and
+torch costs more CPU than a demo cell's training, and a new seed still adds jobs without rerunning
+the old ones.
+
 A task whose label-fraction subset, validation or test samples lack a class cannot be trained or
 evaluated: the job says why in metrics.json (``skipped``) and the study goes on without it.
 """
@@ -15,11 +19,12 @@ evaluated: the job says why in metrics.json (``skipped``) and the study goes on 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -55,10 +60,9 @@ class NotEvaluable(ValueError):
     """A split of the task lacks a class: the cell is reported as skipped, not failed."""
 
 
-def select_samples(task_tsv: str, fraction_tsv: str) -> dict[str, pd.DataFrame]:
+def select_samples(task: pd.DataFrame, task_tsv: str, fraction_tsv: str) -> dict[str, pd.DataFrame]:
     """Training and validation rows = the label-fraction subset (validation subsampled with it or
     whole, as the label_fraction job wrote it); test = the task's whole test split."""
-    task = read_tsv(task_tsv)
     frac = read_tsv(fraction_tsv)
     parts = {}
     for split in ("train", "val"):
@@ -77,23 +81,30 @@ def select_samples(task_tsv: str, fraction_tsv: str) -> dict[str, pd.DataFrame]:
     return {k: v.reset_index(drop=True) for k, v in parts.items()}
 
 
-def build_samples(parts: dict[str, pd.DataFrame], inputs: str) -> tuple[list[tuple[str, str]], dict[str, Samples]]:
-    """Input sequences of every split (whole history, or the index scan alone) over one list of scans."""
-    keys: list[tuple[str, str]] = []
-    row_of: dict[tuple[str, str], int] = {}
+def scan_keys(table: pd.DataFrame, inputs: str) -> list[tuple[str, str]]:
+    """(participant, session) of every scan the table's samples use, in order of first use: the rows
+    of the volume tensor that a job loads once for all its cells."""
+    keys: dict[tuple[str, str], None] = {}
+    for pid, sessions in zip(table["participant_id"], table["input_sessions"]):
+        for s in _sequence(str(sessions).split(";"), inputs):
+            keys.setdefault((pid, s), None)
+    return list(keys)
+
+
+def _sequence(items: list, inputs: str) -> list:
+    return items[-1:] if inputs == "index" else items
+
+
+def build_samples(parts: dict[str, pd.DataFrame], inputs: str,
+                  row_of: dict[tuple[str, str], int]) -> dict[str, Samples]:
+    """Input sequences of every split (whole history, or the index scan alone) as rows of the loaded
+    volumes (``row_of``: the position of each scan in ``scan_keys`` of the task table). Splits are
+    disjoint in subjects and keep the table's order, so a batch meets its scans in the same order
+    whatever else the job loaded."""
     out = {}
     for name, part in parts.items():
-        seqs = []
-        for r in part.itertuples():
-            sessions = str(r.input_sessions).split(";")
-            days = [float(d) for d in str(r.input_days).split(";")]
-            if inputs == "index":
-                sessions, days = sessions[-1:], days[-1:]
-            seqs.append((sessions, days))
-            for s in sessions:
-                if (r.participant_id, s) not in row_of:
-                    row_of[(r.participant_id, s)] = len(keys)
-                    keys.append((r.participant_id, s))
+        seqs = [(_sequence(str(r.input_sessions).split(";"), inputs),
+                 _sequence([float(d) for d in str(r.input_days).split(";")], inputs)) for r in part.itertuples()]
         k = max(len(s) for s, _ in seqs)
         index = torch.full((len(seqs), k), -1, dtype=torch.long)
         months = torch.zeros((len(seqs), k))
@@ -102,7 +113,7 @@ def build_samples(parts: dict[str, pd.DataFrame], inputs: str) -> tuple[list[tup
             months[i, :len(days)] = torch.from_numpy(acquisition_months(days)).float()
         out[name] = Samples(part, torch.tensor(part["label"].to_numpy(), dtype=torch.float32), index, months,
                             index >= 0)
-    return keys, out
+    return out
 
 
 class Classifier(nn.Module):
@@ -237,33 +248,57 @@ def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples], cfg: dict[
     return row
 
 
-def write_outputs(metrics: dict[str, Any], predictions: pd.DataFrame, out_dir: str) -> None:
+@dataclass(frozen=True)
+class Cell:
+    """One label fraction of the job's seed: its subset table and the two files it writes."""
+
+    fraction: float
+    fraction_tsv: str
+    metrics: str
+    predictions: str
+
+
+def write_outputs(metrics: dict[str, Any], predictions: pd.DataFrame, metrics_path: str, predictions_path: str) -> None:
     """metrics.json and predictions.tsv (logits at full precision: %.17g round-trips a float64)."""
-    out = Path(out_dir)
-    write_tsv(predictions, out / "predictions.tsv", float_format="%.17g")
-    write_json(metrics, out / "metrics.json")
+    write_tsv(predictions, predictions_path, float_format="%.17g")
+    write_json(metrics, metrics_path)
 
 
-def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: int, task_tsv: str,
-        fraction_tsv: str, visits_tsv: str, encoder_pt: str | None, out_dir: str, threads: int) -> dict[str, Any]:
-    """The ``sslad finetune`` job: every mode of one grid cell; writes metrics.json and predictions.tsv."""
+def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[Cell], task_tsv: str,
+        visits_tsv: str, encoder_pt: str | None, threads: int) -> list[dict[str, Any]]:
+    """The ``sslad finetune`` job: every label fraction (``cells``) and mode of one task x init x seed."""
     torch.set_num_threads(max(1, threads))
     device = pick_device(settings["device"], "finetune.device")
     if device.type == "cuda":  # CPU kernels here are deterministic already; asking imports TorchInductor (~1.4 s)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+    table = read_tsv(task_tsv)
+    keys = scan_keys(table, settings["inputs"])
+    row_of = {key: i for i, key in enumerate(keys)}
+
+    @functools.cache
+    def volumes() -> torch.Tensor:  # loaded once, and only if a cell can be evaluated
+        return load_arrays(read_visits(visits_tsv), keys, task_tsv).to(device)
+
+    return [run_cell(settings, task, init, seed, cell, table, task_tsv, volumes, row_of, encoder_pt, device)
+            for cell in cells]
+
+
+def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Cell, table: pd.DataFrame,
+             task_tsv: str, volumes: Callable[[], torch.Tensor], row_of: dict[tuple[str, str], int],
+             encoder_pt: str | None, device: torch.device) -> dict[str, Any]:
+    """Every mode of one grid cell; writes its metrics.json and predictions.tsv."""
+    fraction = cell.fraction
     job = {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": settings["inputs"],
            "encoder": encoder_pt or "", "settings": settings}
     try:
-        parts = select_samples(task_tsv, fraction_tsv)
+        parts = select_samples(table, task_tsv, cell.fraction_tsv)
     except NotEvaluable as exc:
         print(f"{task} {init} frac {fraction:g} seed {seed}: not evaluated: {exc}", file=sys.stderr)
         metrics = {**job, "rows": [], "curves": {}, "skipped": str(exc)}
-        write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), out_dir)
+        write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), cell.metrics, cell.predictions)
         return metrics
-    keys, data = build_samples(parts, settings["inputs"])
-    data = {k: s.to(device) for k, s in data.items()}
-    volumes = load_arrays(read_visits(visits_tsv), keys, task_tsv).to(device)
+    data = {k: s.to(device) for k, s in build_samples(parts, settings["inputs"], row_of).items()}
     rows, curves, predictions = [], {}, []
     for mode in settings["modes"]:
         torch.manual_seed(seed)
@@ -272,7 +307,7 @@ def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: i
         else:
             arch, agg_pretrained = settings["model"], False
             encoder, aggregator = build_encoder(arch), build_aggregator(arch)
-        vols = volumes.permute(0, 1, 4, 3, 2).contiguous() if arch.get("axes") == "zyx" else volumes
+        vols = volumes().permute(0, 1, 4, 3, 2).contiguous() if arch.get("axes") == "zyx" else volumes()
         if mode == "full":
             model = Classifier(encoder, aggregator, feature_dim(arch)).to(device)
             model, curve = train_full(model, vols, data, settings, seed)
@@ -294,5 +329,5 @@ def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: i
               f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}], balanced accuracy {row['balanced_accuracy']:.3f}, "
               f"val AUC {row['val_auc']:.3f} at epoch {row['best_epoch']}", file=sys.stderr)
     metrics = {**job, "rows": rows, "curves": curves}
-    write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], out_dir)
+    write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], cell.metrics, cell.predictions)
     return metrics

@@ -111,7 +111,7 @@ def log_run(db: str | Path, experiment: str, name: str, tags: dict[str, str], pa
 def log_finetune_runs(db: str | Path, metrics_files: list[str], out: str | Path) -> None:
     """One tagged run per fine-tuning job, written by a single process once the jobs are done.
 
-    Why not from each job: importing MLflow costs a job ~2 s (minutes over the demo's 168 jobs), and
+    Why not from each job: importing MLflow costs a job ~2 s (minutes over the demo's 84 fine-tuning jobs), and
     hundreds of cluster jobs writing one SQLite file on a shared filesystem is where SQLite's locking
     is weakest. A job result already in the store (same job, same metrics.json bytes) is not logged
     again, so a rerun adds runs for the jobs that changed and keeps the history of earlier ones.

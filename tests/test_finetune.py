@@ -27,12 +27,11 @@ def _tables(tmp_path, test_labels: list[int]) -> tuple[str, str]:
 def test_task_without_both_classes_is_skipped_with_its_reason(tmp_path):
     task_tsv, frac_tsv = _tables(tmp_path, [1, 1, 1])  # test: 3 positives, 0 negatives
     settings = {"device": "cpu", "inputs": "history", "modes": ["full"]}
-    out = tmp_path / "job"
-    metrics = finetune.run(settings, "fut_mci_ad", "scratch", 1.0, 0, task_tsv, frac_tsv, "unused.tsv", None,
-                           str(out), 1)
+    cell = finetune.Cell(1.0, frac_tsv, str(tmp_path / "metrics.json"), str(tmp_path / "predictions.tsv"))
+    [metrics] = finetune.run(settings, "fut_mci_ad", "scratch", 0, [cell], task_tsv, "unused.tsv", None, 1)
     assert metrics["rows"] == [] and "test samples of the task table need both classes, got 3 positive and 0 negative" in metrics["skipped"]
-    assert json.loads((out / "metrics.json").read_text())["skipped"] == metrics["skipped"]
-    assert (out / "predictions.tsv").read_text().strip() == "\t".join(PREDICTION_COLUMNS)
+    assert json.loads((tmp_path / "metrics.json").read_text())["skipped"] == metrics["skipped"]
+    assert (tmp_path / "predictions.tsv").read_text().strip() == "\t".join(PREDICTION_COLUMNS)
 
 
 def test_logits_round_trip_and_keep_their_order(tmp_path):
@@ -42,7 +41,7 @@ def test_logits_round_trip_and_keep_their_order(tmp_path):
     assert auc(labels, 1 / (1 + np.exp(-logits.astype(np.float32)))) == 0.5
     preds = pd.DataFrame({"participant_id": [f"sub-{i}" for i in range(6)], "index_session": "ses-M000",
                           "mode": "full", "label": labels, "logit": logits})
-    finetune.write_outputs({"rows": []}, preds, str(tmp_path))
+    finetune.write_outputs({"rows": []}, preds, str(tmp_path / "metrics.json"), str(tmp_path / "predictions.tsv"))
     back = pd.read_csv(tmp_path / "predictions.tsv", sep="\t")
     assert (back["logit"].to_numpy() == logits).all()
     assert auc(back["label"], back["logit"]) == auc(labels, logits) != 0.5

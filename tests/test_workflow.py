@@ -152,10 +152,13 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "study", "primary.init", "top")
     assert planned_jobs(study) == {"aggregate": 1}
     set_config(study, "study", "primary.init", "topc")
-    # one new fraction and one new seed (the grid comes from .test/config.yaml, so --config it):
-    # only the three new (fraction, seed) cells per task x init
+    # one new seed (the grid comes from .test/config.yaml, so --config it): only its jobs
+    grown = planned_jobs(study, "--config", "study={seeds: [0, 1]}")
+    assert grown == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(INITS), "track_finetune": 1,
+                     "aggregate": 1}
+    # and a new fraction: each seed's job runs its fractions, the old one again too
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1], label_fractions: [0.5, 1.0]}")
-    assert grown == {"label_fraction": 3 * len(TASKS), "finetune": 3 * len(TASKS) * len(INITS),
+    assert grown == {"label_fraction": 2 * len(TASKS), "finetune": 2 * len(TASKS) * len(INITS),
                      "track_finetune": 1, "aggregate": 1}
     assert planned_jobs(study) == {}
 

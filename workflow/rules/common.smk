@@ -1,6 +1,7 @@
 # Shared helpers: config validation and the settings each rule receives through `params`.
 import json
 import os
+import shlex
 
 import pandas as pd
 
@@ -135,10 +136,28 @@ def finetune_settings(wildcards):
     return json.dumps(ft, sort_keys=True)
 
 
+def fraction_tables():
+    """The label-fraction subsets of one task and seed, one per study fraction."""
+    return expand("results/manifest/fractions/{{task}}/seed-{{seed}}/frac-{fraction}.tsv", fraction=FRACTIONS)
+
+
+def finetune_cells(name):
+    """One file of each label fraction of a fine-tuning job (task x init x seed)."""
+    return expand("results/finetune/{{task}}/{{init}}/frac-{fraction}/seed-{{seed}}/{name}", fraction=FRACTIONS, name=name)
+
+
+def cell_args(fractions, *files):
+    """`--cell FRACTION FILE...` per fraction: a job's files by fraction, passed by path."""
+    return " ".join(
+        "--cell " + " ".join([fraction, *(shlex.quote(str(f)) for f in cell)])
+        for fraction, *cell in zip(fractions, *files)
+    )
+
+
 def finetune_inputs(wildcards):
     files = {
         "task": f"results/manifest/tasks/{wildcards.task}.tsv",
-        "fraction": f"results/manifest/fractions/{wildcards.task}/seed-{wildcards.seed}/frac-{wildcards.fraction}.tsv",
+        "fractions": expand(fraction_tables(), task=wildcards.task, seed=wildcards.seed),
         "visits": "results/manifest/visits.tsv",
     }
     if wildcards.init != "scratch":
@@ -152,7 +171,7 @@ def finetune_metrics():
         "results/finetune/{task}/{init}/frac-{fraction}/seed-{seed}/metrics.json",
         task=study["tasks"],
         init=study["inits"],
-        fraction=[fraction_name(f) for f in study["label_fractions"]],
+        fraction=FRACTIONS,
         seed=study["seeds"],
     )
 
@@ -189,3 +208,4 @@ def check_study(cfg):
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 check_study(config)
+FRACTIONS = [fraction_name(f) for f in config["study"]["label_fractions"]]  # after validation: numbers

@@ -1,4 +1,6 @@
-# Fine-tuning over the grid task x init x label fraction x seed (every mode inside one job).
+# Fine-tuning over the grid task x init x label fraction x seed: one job per task x init x seed
+# runs its label fractions (and every mode) one after the other. Starting Python and torch costs a
+# demo cell more CPU than its training; a new seed adds jobs, a new fraction reruns the seed's job.
 
 
 wildcard_constraints:
@@ -12,26 +14,27 @@ rule finetune:
     input:
         unpack(finetune_inputs),
     output:
-        metrics="results/finetune/{task}/{init}/frac-{fraction}/seed-{seed}/metrics.json",
-        predictions="results/finetune/{task}/{init}/frac-{fraction}/seed-{seed}/predictions.tsv",
+        metrics=finetune_cells("metrics.json"),
+        predictions=finetune_cells("predictions.tsv"),
     log:
-        "results/logs/finetune/{task}/{init}_frac-{fraction}_seed-{seed}.log",
+        "results/logs/finetune/{task}/{init}_seed-{seed}.log",
     params:
         settings=finetune_settings,
         encoder=lambda wildcards, input: f"--encoder {input.encoder}" if "encoder" in input.keys() else "",
-        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
+        cells=lambda wildcards, input, output: cell_args(
+            FRACTIONS, input.fractions, output.metrics, output.predictions
+        ),
     threads: config["finetune"]["threads"]
     resources:
         gpu=config["finetune"]["gpu"],
         mem_mb=config["finetune"]["mem_mb"],
-        runtime=config["finetune"]["runtime"],
+        runtime=config["finetune"]["runtime"] * len(config["study"]["label_fractions"]),
     conda:
         "../../envs/learning.yaml"
     shell:
         "sslad finetune --settings {params.settings:q} --task {wildcards.task} --init {wildcards.init}"
-        " --fraction {wildcards.fraction} --seed {wildcards.seed} --task-table {input.task:q}"
-        " --fraction-table {input.fraction:q} --visits {input.visits:q} {params.encoder} --out-dir {params.out_dir:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --seed {wildcards.seed} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
+        " {params.encoder} --threads {threads} > {log:q} 2>&1"
 
 
 # One process logs every job's result to MLflow after the jobs (see sslad/tracking.py for why);

@@ -1,6 +1,6 @@
 # The longitudinal manifest (one job): labels of all seven tasks from the whole clinical record,
 # subject-level splits stratified on what the tasks need, the pretraining set; then nested label
-# fractions (one job each).
+# fractions (one job per task and seed: its fractions are drawn nested).
 import json
 import os
 
@@ -33,11 +33,12 @@ rule label_fraction:
     input:
         "results/manifest/tasks/{task}.tsv",
     output:
-        "results/manifest/fractions/{task}/seed-{seed}/frac-{fraction}.tsv",
+        fraction_tables(),
     log:
-        "results/logs/label_fraction/{task}_seed-{seed}_frac-{fraction}.log",
+        "results/logs/label_fraction/{task}_seed-{seed}.log",
     params:
         settings=json.dumps({"subsample_validation": config["study"]["subsample_validation"]}),
+        cells=lambda wildcards, output: cell_args(FRACTIONS, output),
     resources:
         mem_mb=1000,
         runtime=5,
@@ -45,4 +46,4 @@ rule label_fraction:
         "../../envs/core.yaml"
     shell:
         "sslad label-fraction --settings {params.settings:q} --task-table {input:q} --task {wildcards.task}"
-        " --fraction {wildcards.fraction} --seed {wildcards.seed} --out {output:q} > {log:q} 2>&1"
+        " --seed {wildcards.seed} {params.cells} > {log:q} 2>&1"
