@@ -4,7 +4,7 @@ full: encoder, temporal aggregator and a linear head trained together. probe: th
 (its features computed once), a linear head on the pretrained aggregator's output, or on the mean
 of the scan features when the aggregator was not pretrained. Both select the epoch with the best
 validation AUC, weight positives by the class ratio, set the decision threshold on validation
-(Youden) and report test metrics with bootstrap intervals over test subjects. No augmentation, as
+(Youden) and report test metrics (their bootstrap intervals are aggregation's). No augmentation, as
 in 3D-Neuro-SimCLR. Scores are logits, kept in float64 and written so that they round-trip: a
 sigmoid saturates to 1.0 for large logits and ties what the model ranked apart.
 
@@ -30,7 +30,7 @@ from torch import nn
 from sslad.aggregate import PREDICTION_COLUMNS
 from sslad.distributed import pick_device
 from sslad.io import read_tsv, write_json, write_tsv
-from sslad.metrics import auc, binary_metrics, bootstrap, youden_threshold
+from sslad.metrics import auc, binary_metrics, youden_threshold
 from sslad.networks import build_aggregator, build_encoder, feature_dim, load_encoder
 from sslad.optim import Adam
 from sslad.visit_time import acquisition_months
@@ -218,16 +218,13 @@ def train_probe(reps: dict[str, torch.Tensor], data: dict[str, Samples], cfg: di
         return {k: head(v).squeeze(-1).double().cpu().numpy() for k, v in x.items()}, curves
 
 
-def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples], cfg: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Threshold from validation, test metrics and their bootstrap intervals over test subjects."""
+def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples]) -> dict[str, Any]:
+    """Threshold from validation, test metrics at it, and the sizes of the splits. The intervals
+    come later, from the predictions (sslad.aggregate), so that their resampling retrains nothing."""
     yv, yt = data["val"].labels.cpu().numpy(), data["test"].labels.cpu().numpy()
     test = data["test"].table
     threshold = youden_threshold(yv, scores["val"])
     row: dict[str, Any] = dict(binary_metrics(yt, scores["test"], threshold))
-    intervals = bootstrap(yt, scores["test"], threshold, groups=test["participant_id"].to_numpy(),
-                          n=cfg["n_bootstrap"], seed=seed)
-    for metric, (lo, hi) in intervals.items():
-        row[f"{metric}_low"], row[f"{metric}_high"] = lo, hi
     row.update(val_auc=auc(yv, scores["val"]), threshold=float(threshold), n_train=len(data["train"].labels),
                n_val=len(yv), n_test=len(yt), n_test_pos=int(yt.sum()))
     for name in ("train", "val", "test"):
@@ -237,16 +234,18 @@ def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples], cfg: dict[
     return row
 
 
-def write_outputs(metrics: dict[str, Any], predictions: pd.DataFrame, out_dir: str) -> None:
-    """metrics.json and predictions.tsv (logits at full precision: %.17g round-trips a float64)."""
-    out = Path(out_dir)
-    write_tsv(predictions, out / "predictions.tsv", float_format="%.17g")
-    write_json(metrics, out / "metrics.json")
+def write_outputs(metrics: dict[str, Any], predictions: pd.DataFrame, metrics_json: str | Path,
+                  predictions_tsv: str | Path) -> None:
+    """The job's metrics and test predictions (logits at full precision: %.17g round-trips a float64)."""
+    write_tsv(predictions, Path(predictions_tsv), float_format="%.17g")
+    write_json(metrics, Path(metrics_json))
 
 
 def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: int, task_tsv: str,
-        fraction_tsv: str, visits_tsv: str, encoder_pt: str | None, out_dir: str, threads: int) -> dict[str, Any]:
-    """The ``sslad finetune`` job: every mode of one grid cell; writes metrics.json and predictions.tsv."""
+        fraction_tsv: str, visits_tsv: str, encoder_pt: str | None, metrics_json: str, predictions_tsv: str,
+        threads: int) -> dict[str, Any]:
+    """The ``sslad finetune`` job: every mode of one grid cell; writes ``metrics_json`` and
+    ``predictions_tsv``."""
     torch.set_num_threads(max(1, threads))
     device = pick_device(settings["device"], "finetune.device")
     if device.type == "cuda":  # CPU kernels here are deterministic already; asking imports TorchInductor (~1.4 s)
@@ -259,7 +258,7 @@ def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: i
     except NotEvaluable as exc:
         print(f"{task} {init} frac {fraction:g} seed {seed}: not evaluated: {exc}", file=sys.stderr)
         metrics = {**job, "rows": [], "curves": {}, "skipped": str(exc)}
-        write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), out_dir)
+        write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), metrics_json, predictions_tsv)
         return metrics
     keys, data = build_samples(parts, settings["inputs"])
     data = {k: s.to(device) for k, s in data.items()}
@@ -282,7 +281,7 @@ def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: i
             reps = {k: frozen_features(aggregator if agg_pretrained else None, s, encode_scans(encoder, vols, s))
                     for k, s in data.items()}
             scores, curve = train_probe(reps, data, settings, seed)
-        row = evaluate(scores, data, settings, seed)
+        row = evaluate(scores, data)
         row.update(mode=mode, best_epoch=curve.pop("best_epoch"))
         rows.append(row)
         curves[mode] = curve
@@ -290,9 +289,9 @@ def run(settings: dict[str, Any], task: str, init: str, fraction: float, seed: i
         predictions.append(pd.DataFrame({"participant_id": test["participant_id"],
                                          "index_session": test["index_session"], "mode": mode,
                                          "label": test["label"], "logit": scores["test"]}))
-        print(f"{task} {init} frac {fraction:g} seed {seed} {mode}: test AUC {row['auc']:.3f} "
-              f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}], balanced accuracy {row['balanced_accuracy']:.3f}, "
+        print(f"{task} {init} frac {fraction:g} seed {seed} {mode}: test AUC {row['auc']:.3f}, "
+              f"balanced accuracy {row['balanced_accuracy']:.3f}, "
               f"val AUC {row['val_auc']:.3f} at epoch {row['best_epoch']}", file=sys.stderr)
     metrics = {**job, "rows": rows, "curves": curves}
-    write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], out_dir)
+    write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], metrics_json, predictions_tsv)
     return metrics

@@ -158,13 +158,23 @@ def summary(task: str, t: pd.DataFrame) -> str:
     return f"{task}: {len(t)} samples of {t['participant_id'].nunique()} subjects ({'; '.join(cells)}){note}"
 
 
-def run(scans_tsv: str, record_tsv: str, cohort_excluded_tsv: str, qc_tsv: str | None, out_dir: str,
+def output_name(table: str) -> str:
+    """The name a caller gives a table's path: visits, subjects, splits, pretrain, excluded, task_<task>."""
+    return table.removesuffix(".tsv").replace("tasks/", "task_")
+
+
+def run(scans_tsv: str, record_tsv: str, cohort_excluded_tsv: str, qc_tsv: str | None, outputs: dict[str, str],
         cfg: dict[str, Any]) -> None:
-    """The manifest job: read the inputs, write every table atomically under ``out_dir``."""
+    """The manifest job: read the inputs, write every table atomically to the path ``outputs`` gives
+    it (keys: :func:`output_name`); the caller names every path, so nothing is written unannounced."""
     qc = read_tsv(qc_tsv) if qc_tsv else None
     tables = build(read_tsv(scans_tsv), read_tsv(record_tsv), read_tsv(cohort_excluded_tsv), qc, cfg)
-    for rel, df in tables.items():
-        write_tsv(df, Path(out_dir) / rel)
+    names = {output_name(rel): rel for rel in tables}
+    if set(outputs) != set(names):
+        raise ValueError(f"manifest outputs: missing {sorted(set(names) - set(outputs))}, "
+                         f"unknown {sorted(set(outputs) - set(names))}")
+    for name, rel in names.items():
+        write_tsv(tables[rel], Path(outputs[name]))
     splits = tables["splits.tsv"]["split"].value_counts()
     print(f"{len(tables['visits.tsv'])} usable scans of {len(tables['subjects.tsv'])} subjects; split "
           + ", ".join(f"{k} {splits.get(k, 0)}" for k in SPLITS)

@@ -7,6 +7,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from sslad.registry import complete_schema
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,7 +26,7 @@ def merged(*files: str) -> dict:
 
 
 def validate(cfg: dict) -> None:
-    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    schema = complete_schema(yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text()))
     jsonschema.Draft202012Validator(schema).validate(cfg)
 
 

@@ -29,7 +29,7 @@ def test_task_without_both_classes_is_skipped_with_its_reason(tmp_path):
     settings = {"device": "cpu", "inputs": "history", "modes": ["full"]}
     out = tmp_path / "job"
     metrics = finetune.run(settings, "fut_mci_ad", "scratch", 1.0, 0, task_tsv, frac_tsv, "unused.tsv", None,
-                           str(out), 1)
+                           str(out / "metrics.json"), str(out / "predictions.tsv"), 1)
     assert metrics["rows"] == [] and "test samples of the task table need both classes, got 3 positive and 0 negative" in metrics["skipped"]
     assert json.loads((out / "metrics.json").read_text())["skipped"] == metrics["skipped"]
     assert (out / "predictions.tsv").read_text().strip() == "\t".join(PREDICTION_COLUMNS)
@@ -42,7 +42,7 @@ def test_logits_round_trip_and_keep_their_order(tmp_path):
     assert auc(labels, 1 / (1 + np.exp(-logits.astype(np.float32)))) == 0.5
     preds = pd.DataFrame({"participant_id": [f"sub-{i}" for i in range(6)], "index_session": "ses-M000",
                           "mode": "full", "label": labels, "logit": logits})
-    finetune.write_outputs({"rows": []}, preds, str(tmp_path))
+    finetune.write_outputs({"rows": []}, preds, tmp_path / "metrics.json", tmp_path / "predictions.tsv")
     back = pd.read_csv(tmp_path / "predictions.tsv", sep="\t")
     assert (back["logit"].to_numpy() == logits).all()
     assert auc(back["label"], back["logit"]) == auc(labels, logits) != 0.5

@@ -7,6 +7,8 @@ rule simulate_cohort:
         directory("results/cohort/bids"),
     log:
         "results/logs/simulate_cohort.log",
+    benchmark:
+        "results/benchmarks/simulate_cohort.tsv"
     params:
         settings=settings("simulate"),
     threads: 2
@@ -28,6 +30,7 @@ checkpoint cohort:
         excluded="results/cohort/excluded.tsv",
     log:
         "results/logs/cohort.log",
+    localrule: True
     params:
         settings=settings("cohort"),
     resources:

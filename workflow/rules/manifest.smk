@@ -1,8 +1,6 @@
 # The longitudinal manifest (one job): labels of all seven tasks from the whole clinical record,
 # subject-level splits stratified on what the tasks need, the pretraining set; then nested label
 # fractions (one job each).
-import json
-import os
 
 
 rule manifest:
@@ -12,13 +10,14 @@ rule manifest:
         excluded="results/cohort/excluded.tsv",
         qc="results/preproc/qc.tsv",
     output:
-        manifest_outputs(),
+        **manifest_outputs(),
     log:
         "results/logs/manifest.log",
+    localrule: True
     params:
         # every label setting: the splits are stratified on the labels of every task
         settings=settings("manifest"),
-        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        outputs=named_paths,
     resources:
         mem_mb=2000,
         runtime=30,
@@ -26,7 +25,7 @@ rule manifest:
         "../../envs/core.yaml"
     shell:
         "sslad manifest --settings {params.settings:q} --scans {input.scans:q} --record {input.record:q}"
-        " --cohort-excluded {input.excluded:q} --qc {input.qc:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --cohort-excluded {input.excluded:q} --qc {input.qc:q} --out {params.outputs} > {log:q} 2>&1"
 
 
 rule label_fraction:
@@ -36,6 +35,7 @@ rule label_fraction:
         "results/manifest/fractions/{task}/seed-{seed}/frac-{fraction}.tsv",
     log:
         "results/logs/label_fraction/{task}_seed-{seed}_frac-{fraction}.log",
+    localrule: True
     params:
         settings=json.dumps({"subsample_validation": config["study"]["subsample_validation"]}),
     resources:
@@ -46,3 +46,15 @@ rule label_fraction:
     shell:
         "sslad label-fraction --settings {params.settings:q} --task-table {input:q} --task {wildcards.task}"
         " --fraction {wildcards.fraction} --seed {wildcards.seed} --out {output:q} > {log:q} 2>&1"
+
+
+rule manifest_all:
+    """The manifest and every label-fraction subset of the study: `snakemake manifest_all`."""
+    input:
+        manifest_outputs().values(),
+        expand(
+            "results/manifest/fractions/{task}/seed-{seed}/frac-{fraction}.tsv",
+            task=config["study"]["tasks"],
+            seed=config["study"]["seeds"],
+            fraction=[fraction_name(f) for f in config["study"]["label_fractions"]],
+        ),
