@@ -27,9 +27,18 @@ import numpy as np
 import pandas as pd
 
 from sslad.io import atomic_path
+from sslad.metrics import (
+    METRICS,
+    auc,
+    auc_from_counts,
+    bootstrap,
+    bootstrap_p,
+    holm,
+    percentile_interval,
+    subject_counts,
+    subject_strata,
+)
 from sslad.registry import colours
-from sslad.metrics import (METRICS, auc, auc_from_counts, bootstrap, bootstrap_p, holm, percentile_interval,
-                           subject_counts, subject_strata)
 
 MODES = ("full", "probe")
 # metric keys of a metrics.json row; each must be a finite number in [0, 1]

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", required=True, help="output: every visit with a diagnosis, imaged or not")
     p.add_argument("--excluded", required=True, help="output: scans left out, with the reason")
 
-    p = add("template", _cmd_template, "Write the registration template and its brain mask (nilearn's MNI152 by default).")
+    p = add("template", _cmd_template,
+            "Write the registration template and its brain mask (nilearn's MNI152 by default).")
     p.add_argument("--out-t1w", required=True)
     p.add_argument("--out-mask", required=True)
 

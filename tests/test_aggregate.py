@@ -420,7 +420,8 @@ def test_planted_effect_is_claimed():
 def test_intervals_come_from_aggregation_with_its_number_of_resamples(study):
     """The jobs write no interval; the table's are the subject bootstrap of each job's predictions at
     its threshold, with aggregation's n_bootstrap and the job's seed."""
-    assert not any(k.endswith(("_low", "_high")) for r in json.loads(Path(study["paths"][0]).read_text())["rows"] for k in r)
+    rows = json.loads(Path(study["paths"][0]).read_text())["rows"]
+    assert rows and not any(k.endswith(("_low", "_high")) for r in rows for k in r)
     table = pd.read_csv(study["table_csv"])
     row = table.iloc[5]
     source = next(p for p in study["paths"] if f"/{row.task}/{row.init}/f{row.fraction:g}/seed{row.seed}/" in p)

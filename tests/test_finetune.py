@@ -20,7 +20,8 @@ def _tables(tmp_path, test_labels: list[int]) -> tuple[str, str]:
                                            + [(y, "test") for y in test_labels])]
     task = pd.DataFrame(rows)
     write_tsv(task, tmp_path / "task.tsv")
-    write_tsv(task[task["split"] != "test"][["participant_id", "index_session", "label", "split"]], tmp_path / "frac.tsv")
+    frac = task[task["split"] != "test"][["participant_id", "index_session", "label", "split"]]
+    write_tsv(frac, tmp_path / "frac.tsv")
     return str(tmp_path / "task.tsv"), str(tmp_path / "frac.tsv")
 
 
@@ -30,7 +31,8 @@ def test_task_without_both_classes_is_skipped_with_its_reason(tmp_path):
     out = tmp_path / "job"
     metrics = finetune.run(settings, "fut_mci_ad", "scratch", 1.0, 0, task_tsv, frac_tsv, "unused.tsv", None,
                            str(out / "metrics.json"), str(out / "predictions.tsv"), 1)
-    assert metrics["rows"] == [] and "test samples of the task table need both classes, got 3 positive and 0 negative" in metrics["skipped"]
+    reason = "test samples of the task table need both classes, got 3 positive and 0 negative"
+    assert metrics["rows"] == [] and reason in metrics["skipped"]
     assert json.loads((out / "metrics.json").read_text())["skipped"] == metrics["skipped"]
     assert (out / "predictions.tsv").read_text().strip() == "\t".join(PREDICTION_COLUMNS)
 

@@ -24,7 +24,8 @@ def cohort_tables(sim_cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     return scans.drop(columns=["months", "has_image"]).reset_index(drop=True), record
 
 
-def all_tables(scans: pd.DataFrame, record: pd.DataFrame, qc: pd.DataFrame | None, cfg: dict) -> dict[str, pd.DataFrame]:
+def all_tables(scans: pd.DataFrame, record: pd.DataFrame, qc: pd.DataFrame | None,
+               cfg: dict) -> dict[str, pd.DataFrame]:
     """Every manifest table the workflow's manifest and label_fraction jobs write."""
     tables = build(scans, record, pd.DataFrame(columns=EXCLUDED_COLUMNS), qc, cfg)
     for task in cfg["tasks"]:
@@ -85,7 +86,8 @@ def test_fractions_nested_stratified_and_train_only(default_tables):
         for seed in cfg["seeds"]:
             for split in ("train", "val"):  # validation follows the fraction as training does
                 whole = table.query(f"split == '{split}'")
-                subsets = [tables[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"].query(f"split == '{split}'")
+                subsets = [tables[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"]
+                           .query(f"split == '{split}'")
                            for f in fractions]
                 keys = [set(zip(s["participant_id"], s["index_session"])) for s in subsets]
                 for small, large in zip(keys, keys[1:]):
@@ -126,7 +128,8 @@ def test_qc_failures_excluded_with_reason(default_tables, default_config):
     qc.loc[failed.index, "qc_reason"] = "brain volume 300 ml outside [900, 2200]"
     qc = qc.drop(index=20)  # a scan with no QC result at all
     tables = all_tables(scans, record, qc, cfg)
-    bad = set(zip(failed["participant_id"], failed["session_id"])) | {tuple(scans.loc[20, ["participant_id", "session_id"]])}
+    bad = (set(zip(failed["participant_id"], failed["session_id"]))
+           | {tuple(scans.loc[20, ["participant_id", "session_id"]])})
     excluded = tables["excluded.tsv"]
     assert set(zip(excluded["participant_id"], excluded["session_id"])) == bad
     assert "brain volume" in excluded["reason"].iloc[0] or "brain volume" in excluded["reason"].iloc[1]

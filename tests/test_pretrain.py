@@ -24,7 +24,8 @@ MODEL = {"depth": 10, "widths": [8, 8, 16, 16], "stem_kernel": 3, "stem_stride":
          "norm": "group", "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
 AUGMENT = {"min_crop": 0.7, "p_rotate": 0.5, "max_rotate_deg": 10, "p_flip": 0.5, "p_gamma": 0.8, "gamma": [0.7, 1.5]}
 HP = {"simclr": {"temperature": 0.5, "projection_dim": 8, "augment": "spatial"},
-      "top": {"n_scans": 3, "hidden": 8, "augment": "spatial"}, "tmp": {"n_scans": 3, "temperature": 0.2, "augment": "spatial"},
+      "top": {"n_scans": 3, "hidden": 8, "augment": "spatial"},
+      "tmp": {"n_scans": 3, "temperature": 0.2, "augment": "spatial"},
       "topc": {"n_scans": 3, "hidden": 8, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0,
                "augment": "spatial", "spatial_augment": "spatial"}}
 
@@ -65,7 +66,8 @@ def manifest(tmp_path_factory) -> Path:
 def pretrain_cmd(manifest: Path, out: Path, s: dict, launcher: list[str] | None = None,
                  pretrain: Path | None = None) -> list[str]:
     launcher = launcher or [sys.executable, "-m", "sslad"]
-    return [*launcher, "pretrain", "--settings", json.dumps(s), "--pretrain", str(pretrain or manifest / "pretrain.tsv"),
+    return [*launcher, "pretrain", "--settings", json.dumps(s),
+            "--pretrain", str(pretrain or manifest / "pretrain.tsv"),
             "--visits", str(manifest / "visits.tsv"), "--splits", str(manifest / "splits.tsv"),
             "--encoder", str(out / "encoder.pt"), "--metrics", str(out / "metrics.json"),
             "--checkpoint", str(out / "state/last.pt"), "--threads", "1"]
@@ -226,7 +228,8 @@ def test_what_a_checkpoint_must_match(manifest):
     volumes[7, 0, 8, 8, 8] += 1
     other = pretrain.fingerprint(s, dataclasses.replace(scans, volumes=volumes))
     assert other["arrays"] != key["arrays"] and other["scans"] == key["scans"]
-    assert pretrain._not_resumable({"fingerprint": other, "epoch": 1}, key, 4) == "the input arrays changed (content hash)"
+    why = pretrain._not_resumable({"fingerprint": other, "epoch": 1}, key, 4)
+    assert why == "the input arrays changed (content hash)"
     assert pretrain.fingerprint(settings("top", epochs=5), scans)["settings"] != key["settings"]
 
 

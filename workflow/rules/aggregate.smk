@@ -23,16 +23,16 @@ rule aggregate:
     benchmark:
         "results/benchmarks/aggregate.tsv"
     localrule: True
+    conda:
+        "../../envs/learning.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         # the bootstrap is aggregation's: changing n_bootstrap reruns this job only
         settings=json.dumps(
             {"n_bootstrap": config["finetune"]["n_bootstrap"], "primary": config["study"]["primary"]}, sort_keys=True
         ),
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/learning.yaml"
     shell:
         "sslad aggregate --settings {params.settings:q} --metrics {input.metrics:q} --predictions {input.predictions:q}"
         " --table {output.table:q}"

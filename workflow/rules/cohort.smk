@@ -9,14 +9,14 @@ rule simulate_cohort:
         "results/logs/simulate_cohort.log",
     benchmark:
         "results/benchmarks/simulate_cohort.tsv"
-    params:
-        settings=settings("simulate"),
+    conda:
+        "../../envs/core.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/core.yaml"
+    params:
+        settings=settings("simulate"),
     shell:
         "sslad simulate --settings {params.settings:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
@@ -31,13 +31,13 @@ checkpoint cohort:
     log:
         "results/logs/cohort.log",
     localrule: True
-    params:
-        settings=settings("cohort"),
+    conda:
+        "../../envs/core.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/core.yaml"
+    params:
+        settings=settings("cohort"),
     shell:
         "sslad cohort --settings {params.settings:q} --bids {input:q}"
         " --scans {output.scans:q} --record {output.record:q} --excluded {output.excluded:q} > {log:q} 2>&1"

@@ -150,8 +150,16 @@ def pretrain_settings(method):
     pre = config["pretrain"]
     hp = pre["methods"][method]
     recipes = {hp[key] for key in ("augment", "spatial_augment") if key in hp}
-    return json.dumps({"method": method, "hp": hp, "model": config["model"], "train": pre["train"],
-                       "augment": {name: pre["augment"][name] for name in recipes}}, sort_keys=True)
+    return json.dumps(
+        {
+            "method": method,
+            "hp": hp,
+            "model": config["model"],
+            "train": pre["train"],
+            "augment": {name: pre["augment"][name] for name in recipes},
+        },
+        sort_keys=True,
+    )
 
 
 def finetune_settings(wildcards):

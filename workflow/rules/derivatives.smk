@@ -8,6 +8,11 @@ rule preproc_dataset_description:
     log:
         "results/logs/preproc_dataset_description.log",
     localrule: True
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        mem_mb=500,
+        runtime=5,
     params:
         settings=json.dumps(
             {
@@ -17,11 +22,6 @@ rule preproc_dataset_description:
             },
             sort_keys=True,
         ),
-    resources:
-        mem_mb=500,
-        runtime=5,
-    conda:
-        "../../envs/core.yaml"
     shell:
         "sslad dataset-description --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
 

@@ -19,17 +19,17 @@ rule finetune:
         "results/logs/finetune/{task}/{init}_frac-{fraction}_seed-{seed}.log",
     benchmark:
         "results/benchmarks/finetune/{task}/{init}_frac-{fraction}_seed-{seed}.tsv"
-    params:
-        settings=finetune_settings,
-        encoder=lambda wildcards, input: f"--encoder {input.encoder}" if "encoder" in input.keys() else "",
+    conda:
+        "../../envs/learning.yaml"
     threads: 1
     resources:
         # defaults for the demo on a laptop; profiles set the real ones (profiles/slurm: one GPU)
         gpu=0,
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=60,
-    conda:
-        "../../envs/learning.yaml"
+    params:
+        settings=finetune_settings,
+        encoder=lambda wildcards, input: f"--encoder {input.encoder}" if "encoder" in input.keys() else "",
     shell:
         "sslad finetune --settings {params.settings:q} --task {wildcards.task} --init {wildcards.init}"
         " --fraction {wildcards.fraction} --seed {wildcards.seed} --task-table {input.task:q}"
@@ -48,14 +48,14 @@ rule track_finetune:
     log:
         "results/logs/track_finetune.log",
     localrule: True
-    params:
-        uri=config["tracking"]["uri"],  # a rerun trigger: another server gets every run
-        tracking=tracking_target,
+    conda:
+        "../../envs/learning.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/learning.yaml"
+    params:
+        uri=config["tracking"]["uri"],  # a rerun trigger: another server gets every run
+        tracking=tracking_target,
     shell:
         "sslad track-finetune --tracking {params.tracking:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
 

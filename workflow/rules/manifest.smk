@@ -14,15 +14,15 @@ rule manifest:
     log:
         "results/logs/manifest.log",
     localrule: True
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         # every label setting: the splits are stratified on the labels of every task
         settings=settings("manifest"),
         outputs=named_paths,
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../../envs/core.yaml"
     shell:
         "sslad manifest --settings {params.settings:q} --scans {input.scans:q} --record {input.record:q}"
         " --cohort-excluded {input.excluded:q} --qc {input.qc:q} --out {params.outputs} > {log:q} 2>&1"
@@ -36,13 +36,13 @@ rule label_fraction:
     log:
         "results/logs/label_fraction/{task}_seed-{seed}_frac-{fraction}.log",
     localrule: True
-    params:
-        settings=json.dumps({"subsample_validation": config["study"]["subsample_validation"]}),
+    conda:
+        "../../envs/core.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../../envs/core.yaml"
+    params:
+        settings=json.dumps({"subsample_validation": config["study"]["subsample_validation"]}),
     shell:
         "sslad label-fraction --settings {params.settings:q} --task-table {input:q} --task {wildcards.task}"
         " --fraction {wildcards.fraction} --seed {wildcards.seed} --out {output:q} > {log:q} 2>&1"

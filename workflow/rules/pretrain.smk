@@ -12,11 +12,11 @@ rule mlflow_store:
     log:
         "results/logs/mlflow_store.log",
     localrule: True
+    conda:
+        "../../envs/learning.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../../envs/learning.yaml"
     shell:
         "sslad mlflow-store --db {output:q} > {log:q} 2>&1"
 
@@ -33,18 +33,18 @@ rule pretrain:
         "results/logs/pretrain/{method}.log",
     benchmark:
         "results/benchmarks/pretrain/{method}.tsv"
-    params:
-        settings=lambda wildcards: pretrain_settings(wildcards.method),
-        # a scratch file while training (a killed job resumes from it), removed once the run is complete
-        checkpoint=lambda wildcards, output: os.path.join(os.path.dirname(output.encoder), "state", "last.pt"),
+    conda:
+        "../../envs/learning.yaml"
     threads: 1
     resources:
         # defaults for the demo on a laptop; profiles set the real ones (profiles/slurm: one GPU or more)
         gpu=0,
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=120,
-    conda:
-        "../../envs/learning.yaml"
+    params:
+        settings=lambda wildcards: pretrain_settings(wildcards.method),
+        # a scratch file while training (a killed job resumes from it), removed once the run is complete
+        checkpoint=lambda wildcards, output: os.path.join(os.path.dirname(output.encoder), "state", "last.pt"),
     shell:
         # one process per GPU under torchrun when the job has several, a plain process otherwise
         "if [ {resources.gpu} -gt 1 ]; then"
@@ -65,14 +65,14 @@ rule track_pretrain:
     log:
         "results/logs/track_pretrain.log",
     localrule: True
-    params:
-        uri=config["tracking"]["uri"],  # a rerun trigger: another server gets every run
-        tracking=tracking_target,
+    conda:
+        "../../envs/learning.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/learning.yaml"
+    params:
+        uri=config["tracking"]["uri"],  # a rerun trigger: another server gets every run
+        tracking=tracking_target,
     shell:
         "sslad track-pretrain --tracking {params.tracking:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
 
@@ -85,15 +85,15 @@ rule import_external:
     log:
         "results/logs/pretrain/external.log",
     localrule: True
+    conda:
+        "../../envs/learning.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         settings=json.dumps(
             {"model": config["model"], "stem_stride": config["pretrain"]["external"]["stem_stride"]}, sort_keys=True
         ),
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/learning.yaml"
     shell:
         "sslad import-external --settings {params.settings:q} --checkpoint {input:q} --out {output:q} > {log:q} 2>&1"
 
