@@ -50,6 +50,15 @@ def _cmd_manifest(a: argparse.Namespace) -> None:
     run(a.scans, a.record, a.cohort_excluded, a.qc, outputs, a.settings)
 
 
+def _cmd_pretrain_set(a: argparse.Namespace) -> None:
+    from sslad.io import read_tsv, write_tsv
+    from sslad.manifest import pretrain_set
+
+    chosen = pretrain_set(read_tsv(a.visits), a.settings["pretrain_splits"])
+    write_tsv(chosen, a.out)
+    print(f"{len(chosen)} scans for pretraining", file=sys.stderr)
+
+
 def _cmd_label_fraction(a: argparse.Namespace) -> None:
     from sslad.manifest import write_fraction
 
@@ -184,13 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = add("manifest", _cmd_manifest,
-            "Build visits, subjects, the seven task tables, subject-level splits, pretrain.tsv and exclusions.")
+            "Build visits, subjects, the seven task tables, subject-level splits and exclusions.")
     p.add_argument("--scans", required=True, help="scans.tsv from the cohort stage")
     p.add_argument("--record", required=True, help="record.tsv from the cohort stage (every clinical visit)")
     p.add_argument("--cohort-excluded", required=True, help="excluded.tsv from the cohort stage")
     p.add_argument("--qc", default=None, help="optional QC table (participant_id, session_id, qc_pass, qc_reason)")
     p.add_argument("--out", nargs="+", required=True, metavar="NAME=PATH",
-                   help="where each table goes: visits, subjects, splits, pretrain, excluded, task_<task>")
+                   help="where each table goes: visits, subjects, splits, excluded, task_<task>")
+
+    p = add("pretrain-set", _cmd_pretrain_set, "Write pretrain.tsv: the scans pretraining may use.")
+    p.add_argument("--visits", required=True, help="visits.tsv from the manifest (with each scan's split)")
+    p.add_argument("--out", required=True)
 
     p = add("label-fraction", _cmd_label_fraction,
             "Write one nested, stratified label-fraction subset of a task's training (and validation) split.")

@@ -194,6 +194,11 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "finetune", "n_bootstrap", 300)
     assert planned_jobs(study) == {"aggregate": 1}
     set_config(study, "finetune", "n_bootstrap", 200)
+    # the splits pretraining draws on: the pretraining set and what follows, not scratch's fine-tuning
+    set_config(study, "manifest", "pretrain_splits", ["train"])
+    assert planned_jobs(study) == {"pretrain_set": 1, "pretrain": 5, "track_pretrain": 1, "finetune": 5 * len(TASKS),
+                                   "track_finetune": 1, "aggregate": 1}
+    set_config(study, "manifest", "pretrain_splits", ["train", "val"])
     # a method's block: that method's pretraining and what fine-tunes from it, nothing else
     set_config(study, "pretrain", "methods.top.hidden", 32)
     assert planned_jobs(study) == {"pretrain": 1, "track_pretrain": 1, "finetune": len(TASKS), "track_finetune": 1,

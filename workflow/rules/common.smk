@@ -134,7 +134,7 @@ def manifest_outputs():
     """The manifest job's outputs by name (sslad.manifest.output_name): the study-wide tables and all
     seven task tables (the splits are stratified on every task's labels, whichever tasks the study
     fine-tunes)."""
-    tables = {name: f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "pretrain", "excluded")}
+    tables = {name: f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "excluded")}
     return tables | {f"task_{task}": f"results/manifest/tasks/{task}.tsv" for task in ALL_TASKS}
 
 

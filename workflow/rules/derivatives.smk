@@ -2,6 +2,13 @@
 # preprocessed scans), and the preprocessing stage's target.
 
 
+# The small preprocessing-stage jobs (preprocess.smk) run where Snakemake runs, not as cluster jobs.
+localrules:
+    template,
+    qc_table,
+    qc_mosaic,
+
+
 rule preproc_dataset_description:
     output:
         "results/preproc/dataset_description.json",

@@ -20,12 +20,32 @@ rule manifest:
         mem_mb=2000,
         runtime=30,
     params:
-        # every label setting: the splits are stratified on the labels of every task
-        settings=settings("manifest"),
+        # every label setting (the splits are stratified on the labels of every task); not the
+        # splits pretraining draws on, which are pretrain_set's
+        settings=json.dumps({k: v for k, v in config["manifest"].items() if k != "pretrain_splits"}, sort_keys=True),
         outputs=named_paths,
     shell:
         "sslad manifest --settings {params.settings:q} --scans {input.scans:q} --record {input.record:q}"
         " --cohort-excluded {input.excluded:q} --qc {input.qc:q} --out {params.outputs} > {log:q} 2>&1"
+
+
+rule pretrain_set:
+    input:
+        "results/manifest/visits.tsv",
+    output:
+        "results/manifest/pretrain.tsv",
+    log:
+        "results/logs/pretrain_set.log",
+    localrule: True
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        settings=json.dumps({"pretrain_splits": config["manifest"]["pretrain_splits"]}),
+    shell:
+        "sslad pretrain-set --settings {params.settings:q} --visits {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule label_fraction:
@@ -52,6 +72,7 @@ rule manifest_all:
     """The manifest and every label-fraction subset of the study: `snakemake manifest_all`."""
     input:
         manifest_outputs().values(),
+        rules.pretrain_set.output,
         expand(
             "results/manifest/fractions/{task}/seed-{seed}/frac-{fraction}.tsv",
             task=config["study"]["tasks"],
