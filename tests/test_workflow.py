@@ -190,10 +190,8 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "finetune", "lr", 0.002)
     assert planned_jobs(study) == {"finetune": len(TASKS) * len(INITS), "track_finetune": 1, "aggregate": 1}
     set_config(study, "finetune", "lr", 0.001)
-    # the bootstrap is aggregation's: more resamples retrain nothing
-    set_config(study, "finetune", "n_bootstrap", 300)
-    assert planned_jobs(study) == {"aggregate": 1}
-    set_config(study, "finetune", "n_bootstrap", 200)
+    # the bootstrap is aggregation's: more resamples retrain nothing (.test/config.yaml sets it: --config)
+    assert planned_jobs(study, "--config", "finetune={n_bootstrap: 300}") == {"aggregate": 1}
     # the splits pretraining draws on: the pretraining set and what follows, not scratch's fine-tuning
     set_config(study, "manifest", "pretrain_splits", ["train"])
     assert planned_jobs(study) == {"pretrain_set": 1, "pretrain": 5, "track_pretrain": 1, "finetune": 5 * len(TASKS),
