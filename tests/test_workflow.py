@@ -68,7 +68,7 @@ def rule_envs() -> dict[str, str]:
 
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """Rule -> number of jobs a dry run plans (from its job-stats table)."""
-    out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
+    out = snakemake(workdir, *args, "-n", "--quiet", "rules").stdout
     jobs = {}
     for line in out.splitlines():
         parts = line.split()
@@ -163,6 +163,68 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
     assert sorted(r.data.tags["method"] for r in runs["pretrain"]) == sorted(INITS[1:])
     assert len(runs["finetune"]) == len(TASKS) * len(INITS)
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
+
+
+# The next two need the study up to date, as the fixture leaves it (later tests edit and rerun parts).
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow tracking server on 127.0.0.1 (its own SQLite backend), stopped afterwards."""
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                             str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):  # until it answers (6-8 s on an idle machine)
+            if proc.poll() is not None:
+                raise AssertionError(f"mlflow server exited:\n{(tmp_path / 'server.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)  # the server and the workers it started, in their own session
+        proc.wait(timeout=60)
+        log.close()
+
+
+def test_tracking_server_gets_every_pretraining_and_finetuning_run(study, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    server = f"tracking={{uri: {mlflow_server}}}"
+    assert planned_jobs(study, "--config", server) == {"track_pretrain": 1, "track_finetune": 1, "aggregate": 1}
+    snakemake(study, "--config", server)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = {e: client.search_runs([client.get_experiment_by_name(e).experiment_id]) for e in ("pretrain", "finetune")}
+    assert sorted(r.data.tags["method"] for r in runs["pretrain"]) == sorted(INITS[1:])
+    assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
+    assert sorted(r.data.tags["init"] for r in runs["finetune"]) == sorted(INITS * len(TASKS))
+    assert {r.data.params["epochs"] for r in runs["finetune"]} == {"2"}
+    # back to the SQLite store: the tracking jobs rerun and find every result logged already
+    snakemake(study)
+    for stage in ("pretrain", "finetune"):
+        rows = (study / f"results/mlflow/{stage}_runs.tsv").read_text().splitlines()[1:]
+        assert rows and all("\tFalse\t" in r for r in rows), stage
+    assert planned_jobs(study) == {}
+
+
+def test_stage_targets_and_benchmarks(study):
+    for stage in ("cohort_all", "preprocess_all", "manifest_all", "pretrain_all", "finetune_all", "aggregate_all"):
+        assert planned_jobs(study, stage) == {}, stage
+    assert planned_jobs(study, "pretrain_all", "--forcerun", "pretrain") == {"pretrain": 5, "track_pretrain": 1,
+                                                                          "pretrain_all": 1}
+    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_frac-1_seed-0.tsv", "simulate_cohort.tsv"):
+        assert (study / "results/benchmarks" / heavy).read_text().startswith("s\th:m:s\tmax_rss"), heavy
 
 
 def test_scores_are_full_precision_logits_and_counts_are_reported(study):
@@ -314,14 +376,6 @@ def test_gpu_count_of_a_profile_or_the_command_line_drives_torchrun(study):
     assert re.search(r"mem_mb=64000\b.*runtime=1440\b.*gpu=1\b", out)  # the profile's, attempt 1
 
 
-def test_stage_targets_and_benchmarks(study):
-    for stage in ("cohort_all", "preprocess_all", "manifest_all", "pretrain_all", "finetune_all", "aggregate_all"):
-        assert planned_jobs(study, stage) == {}, stage
-    assert planned_jobs(study, "pretrain_all", "--forcerun", "pretrain") == {"pretrain": 5, "track_pretrain": 1}
-    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_frac-1_seed-0.tsv", "simulate_cohort.tsv"):
-        assert (study / "results/benchmarks" / heavy).read_text().startswith("s\th:m:s\tmax_rss"), heavy
-
-
 def test_preprocessed_scans_form_a_bids_derivatives_dataset(study):
     from bids import BIDSLayout
 
@@ -335,55 +389,3 @@ def test_preprocessed_scans_form_a_bids_derivatives_dataset(study):
     assert one["space"] == "MNI152NLin2009aSym" and f"sub-{one['subject']}_ses-{one['session']}" in found[0].filename
     raw = layout.get(scope="raw", subject=one["subject"], session=one["session"], suffix="T1w", extension=".nii.gz")
     assert len(raw) == 1  # the raw scan it came from, in the same layout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real MLflow tracking server on 127.0.0.1 (its own SQLite backend), stopped afterwards."""
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
-                             str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                             "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):  # until it answers (6-8 s on an idle machine)
-            if proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited:\n{(tmp_path / 'server.log').read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        yield uri
-    finally:
-        os.killpg(proc.pid, 15)  # the server and the workers it started, in their own session
-        proc.wait(timeout=60)
-        log.close()
-
-
-def test_tracking_server_gets_every_pretraining_and_finetuning_run(study, mlflow_server):
-    from mlflow.tracking import MlflowClient
-
-    server = f"tracking={{uri: {mlflow_server}}}"
-    assert planned_jobs(study, "--config", server) == {"track_pretrain": 1, "track_finetune": 1, "aggregate": 1}
-    snakemake(study, "--config", server)
-    client = MlflowClient(tracking_uri=mlflow_server)
-    runs = {e: client.search_runs([client.get_experiment_by_name(e).experiment_id]) for e in ("pretrain", "finetune")}
-    assert sorted(r.data.tags["method"] for r in runs["pretrain"]) == sorted(INITS[1:])
-    assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
-    assert sorted(r.data.tags["init"] for r in runs["finetune"]) == sorted(INITS * len(TASKS))
-    assert {r.data.params["epochs"] for r in runs["finetune"]} == {"2"}
-    # back to the SQLite store: the tracking jobs rerun and find every result logged already
-    snakemake(study)
-    for stage in ("pretrain", "finetune"):
-        rows = (study / f"results/mlflow/{stage}_runs.tsv").read_text().splitlines()[1:]
-        assert rows and all("\tFalse\t" in r for r in rows), stage
-    assert planned_jobs(study) == {}
