@@ -80,7 +80,8 @@ def run_variant(a, cfg: dict, scans: ScanSet, device: torch.device, bf16: bool, 
         method.to(memory_format=torch.channels_last_3d)
         encoder.register_forward_pre_hook(lambda m, args: (args[0].contiguous(memory_format=torch.channels_last_3d),))
     opt = torch.optim.Adam(method.parameters(), lr=cfg["pretrain"]["train"]["lr"])
-    rows, index, months, valid = make_batch(scans, scans.subjects, method.sampling.seq_len, np.random.default_rng(a.seed))
+    rows, index, months, valid = make_batch(scans, scans.subjects, method.sampling.seq_len,
+                                            np.random.default_rng(a.seed))
     host = scans.volumes[torch.from_numpy(rows)]  # float16, as ScanSet holds them
     volumes = host.to(device)
     if channels_last:

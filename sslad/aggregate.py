@@ -27,11 +27,24 @@ import numpy as np
 import pandas as pd
 
 from sslad.io import atomic_path
-from sslad.metrics import (METRICS, auc, auc_from_counts, bootstrap_p, holm, percentile_interval, subject_counts,
-                           subject_strata)
+from sslad.metrics import (
+    METRICS,
+    auc,
+    auc_from_counts,
+    bootstrap,
+    bootstrap_p,
+    holm,
+    percentile_interval,
+    subject_counts,
+    subject_strata,
+)
+from sslad.registry import colours
 
 MODES = ("full", "probe")
 # metric keys of a metrics.json row; each must be a finite number in [0, 1]
+JOB_METRIC_KEYS = (*METRICS, "val_auc")
+# the table's: each metric with its bootstrap interval, which aggregation computes (the number of
+# resamples is aggregation's setting, so changing it retrains nothing)
 UNIT_KEYS = tuple(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")) + ("val_auc",)
 # n_train, n_val, n_test, n_test_pos count samples; the *_subjects keys count subjects (a subject is
 # "positive" in the test split if it has at least one positive test sample, likewise negative)
@@ -51,8 +64,7 @@ PRIMARY_COLUMNS = ["task", "n_seeds", "n_test_subjects_pos", "n_test_subjects_ne
                    "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_seed_sd", "auc_diff_p", "auc_diff_p_holm",
                    "auc_diff_adj_low", "auc_diff_adj_high", "favours", "favours_reference"]
 # fixed colours, so that a method looks the same in every figure and every run
-COLOURS = {"scratch": "black", "simclr": "tab:blue", "top": "tab:orange", "tcl": "tab:green", "tmp": "tab:purple",
-           "topc": "tab:red", "external": "tab:brown"}
+COLOURS = colours()
 SPARE_COLOURS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
 PREDICTION_COLUMNS = ("participant_id", "index_session", "mode", "label", "logit")
 # Fewer test subjects than this in either class: no interval or p, only the point difference (a
@@ -105,12 +117,12 @@ def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str
         where = f"{path}: rows[{i}]"
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected an object")
-        for key in ("mode", *UNIT_KEYS, "threshold", *COUNT_KEYS):
+        for key in ("mode", *JOB_METRIC_KEYS, "threshold", *COUNT_KEYS):
             if key not in row:
                 raise ValueError(f"{where}: missing key '{key}'")
         if row["mode"] not in MODES:
             raise ValueError(f"{where}: 'mode' must be one of {MODES}, got {row['mode']!r}")
-        for key in UNIT_KEYS:
+        for key in JOB_METRIC_KEYS:
             if not _is_number(row[key]) or not 0 <= row[key] <= 1:
                 raise ValueError(f"{where}: '{key}' must be a number in [0, 1], got {row[key]!r}")
         if not _is_number(row["threshold"]):
@@ -123,13 +135,13 @@ def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str
 
 def _job_rows(job: dict[str, Any], path: str | Path) -> list[dict[str, Any]]:
     return [{"task": job["task"], "init": job["init"], "inputs": job["inputs"], "fraction": float(job["fraction"]),
-             "seed": job["seed"], **{k: row[k] for k in ("mode", *UNIT_KEYS, "threshold", *COUNT_KEYS)},
+             "seed": job["seed"], **{k: row[k] for k in ("mode", *JOB_METRIC_KEYS, "threshold", *COUNT_KEYS)},
              "source": str(path)} for row in job["rows"]]
 
 
 def load_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """One table row per mode of a job's metrics.json (none for a skipped job); ValueError naming the
-    file and key if malformed."""
+    """One row per mode of a job's metrics.json, without intervals (none for a skipped job);
+    ValueError naming the file and key if malformed."""
     job, _ = read_job(path)
     return _job_rows(job, path)
 
@@ -141,9 +153,11 @@ def _sorted(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             .drop(columns="_rank").reset_index(drop=True))
 
 
-def build_table(metrics_paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_table(metrics_paths: list[str], n_boot: int, level: float = 0.95,
+                preds: PredictionSource | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table, skipped): all evaluated jobs' rows, sorted, a ``source`` column keeping each row's
-    metrics.json path; and one row per skipped job with its reason (:data:`SKIPPED_COLUMNS`)."""
+    metrics.json path, with :func:`add_intervals`' bootstrap intervals; and one row per skipped job
+    with its reason (:data:`SKIPPED_COLUMNS`)."""
     rows, skipped = [], []
     for path in metrics_paths:
         job, _ = read_job(path)
@@ -154,7 +168,8 @@ def build_table(metrics_paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows += _job_rows(job, path)
     if not rows and not skipped:
         raise ValueError("no fine-tuning results to aggregate")
-    df = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "source"]).astype({"fraction": float})
+    interval_free = [c for c in TABLE_COLUMNS if not c.endswith(("_low", "_high"))]
+    df = pd.DataFrame(rows, columns=[*interval_free, "source"]).astype({"fraction": float})
     key = ["task", "init", "mode", "inputs", "fraction", "seed"]
     dup = df[df.duplicated(key, keep=False)]
     if not dup.empty:
@@ -169,8 +184,25 @@ def build_table(metrics_paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         first = dup.iloc[0]
         same = dup[(dup[job_key] == first[job_key]).all(axis=1)]["source"].tolist()
         raise ValueError(f"the same job appears more than once: {dict(first[job_key])} in {same}")
+    df = add_intervals(df, preds or _Predictions(), n_boot, level)
     return (_sorted(df, ["init", "mode", "inputs", "fraction", "seed"])[TABLE_COLUMNS + ["source"]],
             _sorted(skipped_df, ["init", "inputs", "fraction", "seed"]))
+
+
+def add_intervals(df: pd.DataFrame, preds: PredictionSource, n_boot: int, level: float = 0.95) -> pd.DataFrame:
+    """Each row's test metrics with percentile intervals from ``n_boot`` resamples of test subjects
+    (stratified, :func:`sslad.metrics.bootstrap`) at the row's validation threshold, seeded by the
+    job's seed. Here rather than in the fine-tuning job: the number of resamples is a reporting
+    choice, and raising it must not retrain 168 models."""
+    bounds: dict[str, list[float]] = {f"{m}{s}": [] for m in METRICS for s in ("_low", "_high")}
+    for r in df.itertuples(index=False):
+        p = preds.get(r.source, r.mode)
+        ci = bootstrap(p["label"].to_numpy(), p["logit"].to_numpy(), r.threshold,
+                       groups=p["participant_id"].to_numpy(), n=n_boot, seed=int(r.seed), level=level)
+        for m in METRICS:
+            bounds[f"{m}_low"].append(ci[m][0])
+            bounds[f"{m}_high"].append(ci[m][1])
+    return df.assign(**{k: pd.Series(v, index=df.index, dtype=float) for k, v in bounds.items()})
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
@@ -184,17 +216,19 @@ class PredictionSource(Protocol):
 
 
 class _Predictions:
-    """Test predictions of each job, read once (predictions.tsv next to metrics.json).
+    """Test predictions of each job, read once: the file ``paths`` gives for its metrics.json, else
+    predictions.tsv next to it (the workflow's layout).
 
     The logit is read as float64 with pandas' exact parser (the default since pandas 3), so a logit
     written with %.17g comes back bit for bit: ties and near-ties between logits decide AUCs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, paths: dict[str, str] | None = None) -> None:
         self._cache: dict[str, pd.DataFrame] = {}
+        self._paths = paths or {}
 
     def get(self, source: str, mode: str) -> pd.DataFrame:
-        path = Path(source).with_name("predictions.tsv")
+        path = Path(self._paths.get(str(source), Path(source).with_name("predictions.tsv")))
         if str(path) not in self._cache:
             try:
                 df = pd.read_csv(path, sep="\t", dtype={"participant_id": str, "index_session": str, "mode": str})
@@ -631,16 +665,19 @@ def plot_task(table: pd.DataFrame, task: str, out_png: str | Path, colours: dict
 
 
 def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: str, figures_dir: str,
-        settings: dict[str, Any]) -> None:
-    """Read every job's metrics.json (and predictions.tsv), write the table, summary, markdown and
-    one figure per evaluated task (``{figures_dir}/{task}.png``).
+        settings: dict[str, Any], predictions_paths: list[str] | None = None) -> None:
+    """Read every job's metrics.json and predictions.tsv (``predictions_paths``, one per metrics file
+    in the same order; default: next to it), write the table, summary, markdown and one figure per
+    evaluated task (``{figures_dir}/{task}.png``).
 
     ``settings``: n_bootstrap, seed (default 0), level (default 0.95) and primary (init, reference,
     mode, inputs, fraction), the pre-specified comparison that summary.md leads with.
     """
     n_boot, seed, level, primary = check_settings(settings)
-    table, skipped = build_table(metrics_paths)
-    preds = _Predictions()
+    if predictions_paths is not None and len(predictions_paths) != len(metrics_paths):
+        raise ValueError(f"{len(predictions_paths)} predictions files for {len(metrics_paths)} metrics files")
+    preds = _Predictions(dict(zip(metrics_paths, predictions_paths or [])))
+    table, skipped = build_table(metrics_paths, n_boot, level, preds)
     summary = summarise(table, n_boot, seed, primary["reference"], level, preds)
     prim = primary_comparison(table, primary, n_boot, seed, level, preds)
     write_csv(table.drop(columns="source"), table_csv)

@@ -41,7 +41,22 @@ def _cmd_cohort(a: argparse.Namespace) -> None:
 def _cmd_manifest(a: argparse.Namespace) -> None:
     from sslad.manifest import run
 
-    run(a.scans, a.record, a.cohort_excluded, a.qc, a.out_dir, a.settings)
+    outputs = {}
+    for pair in a.out:
+        name, sep, path = pair.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--out {pair!r}: expected NAME=PATH")
+        outputs[name] = path
+    run(a.scans, a.record, a.cohort_excluded, a.qc, outputs, a.settings)
+
+
+def _cmd_pretrain_set(a: argparse.Namespace) -> None:
+    from sslad.io import read_tsv, write_tsv
+    from sslad.manifest import pretrain_set
+
+    chosen = pretrain_set(read_tsv(a.visits), a.settings["pretrain_splits"])
+    write_tsv(chosen, a.out)
+    print(f"{len(chosen)} scans for pretraining", file=sys.stderr)
 
 
 def _cmd_label_fraction(a: argparse.Namespace) -> None:
@@ -76,6 +91,12 @@ def _cmd_qc_table(a: argparse.Namespace) -> None:
     qc_table(a.scans, a.preproc_dir, a.space, a.out)
 
 
+def _cmd_dataset_description(a: argparse.Namespace) -> None:
+    from sslad.derivatives import write
+
+    write(a.settings, a.out)
+
+
 def _cmd_mlflow_store(a: argparse.Namespace) -> None:
     from sslad.tracking import create_store
 
@@ -83,9 +104,9 @@ def _cmd_mlflow_store(a: argparse.Namespace) -> None:
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> None:
-    from sslad.pretrain import run
+    from sslad.pretrain import Outputs, run
 
-    run(a.settings, a.pretrain, a.visits, a.splits, a.out_dir, a.tracking, a.threads)
+    run(a.settings, a.pretrain, a.visits, a.splits, Outputs(a.encoder, a.metrics, a.checkpoint), a.threads)
 
 
 def _cmd_import_external(a: argparse.Namespace) -> None:
@@ -105,13 +126,19 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
 def _cmd_track_finetune(a: argparse.Namespace) -> None:
     from sslad.tracking import log_finetune_runs
 
-    log_finetune_runs(a.db, a.metrics, a.out)
+    log_finetune_runs(a.tracking, a.metrics, a.out)
+
+
+def _cmd_track_pretrain(a: argparse.Namespace) -> None:
+    from sslad.tracking import log_pretrain_runs
+
+    log_pretrain_runs(a.tracking, a.metrics, a.out)
 
 
 def _cmd_aggregate(a: argparse.Namespace) -> None:
     from sslad.aggregate import run
 
-    run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, a.settings)
+    run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, a.settings, a.predictions)
 
 
 def _cmd_qc_mosaic(a: argparse.Namespace) -> None:
@@ -141,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", required=True, help="output: every visit with a diagnosis, imaged or not")
     p.add_argument("--excluded", required=True, help="output: scans left out, with the reason")
 
-    p = add("template", _cmd_template, "Write the registration template and its brain mask (nilearn's MNI152 by default).")
+    p = add("template", _cmd_template,
+            "Write the registration template and its brain mask (nilearn's MNI152 by default).")
     p.add_argument("--out-t1w", required=True)
     p.add_argument("--out-mask", required=True)
 
@@ -162,13 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", required=True)
     p.add_argument("--out", required=True)
 
+    p = add("dataset-description", _cmd_dataset_description,
+            "Write results/preproc/dataset_description.json (a BIDS-Derivatives dataset).")
+    p.add_argument("--out", required=True)
+
     p = add("manifest", _cmd_manifest,
-            "Build visits, subjects, the seven task tables, subject-level splits, pretrain.tsv and exclusions.")
+            "Build visits, subjects, the seven task tables, subject-level splits and exclusions.")
     p.add_argument("--scans", required=True, help="scans.tsv from the cohort stage")
     p.add_argument("--record", required=True, help="record.tsv from the cohort stage (every clinical visit)")
     p.add_argument("--cohort-excluded", required=True, help="excluded.tsv from the cohort stage")
     p.add_argument("--qc", default=None, help="optional QC table (participant_id, session_id, qc_pass, qc_reason)")
-    p.add_argument("--out-dir", required=True, help="manifest directory")
+    p.add_argument("--out", nargs="+", required=True, metavar="NAME=PATH",
+                   help="where each table goes: visits, subjects, splits, excluded, task_<task>")
+
+    p = add("pretrain-set", _cmd_pretrain_set, "Write pretrain.tsv: the scans pretraining may use.")
+    p.add_argument("--visits", required=True, help="visits.tsv from the manifest (with each scan's split)")
+    p.add_argument("--out", required=True)
 
     p = add("label-fraction", _cmd_label_fraction,
             "Write the nested, stratified label-fraction subsets of one seed of a task's training (and validation) "
@@ -186,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain", required=True, help="pretrain.tsv (participant_id, session_id)")
     p.add_argument("--visits", required=True, help="visits.tsv (array paths and times)")
     p.add_argument("--splits", required=True, help="splits.tsv, to refuse test subjects")
-    p.add_argument("--out-dir", required=True, help="results/pretrain/<method>")
-    p.add_argument("--tracking", default=None, help="MLflow SQLite store (optional)")
+    p.add_argument("--encoder", required=True, help="output: encoder.pt (for fine-tuning)")
+    p.add_argument("--metrics", required=True, help="output: metrics.json (loss curves, settings)")
+    p.add_argument("--checkpoint", required=True,
+                   help="resumable checkpoint while training (removed once the run is complete)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per process")
 
     p = add("import-external", _cmd_import_external,
@@ -209,14 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default=None, help="encoder.pt of a pretrained init (none for scratch)")
     p.add_argument("--threads", type=int, default=1)
 
+    tracking_help = "MLflow tracking: a server URI (http://host:port) or the SQLite store's path"
     p = add("track-finetune", _cmd_track_finetune,
             "Log every fine-tuning job as a tagged MLflow run (once per job result).")
-    p.add_argument("--db", required=True, help="the MLflow SQLite store")
+    p.add_argument("--tracking", required=True, help=tracking_help)
     p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every fine-tuning job")
+    p.add_argument("--out", required=True, help="TSV of job, run id and metrics file")
+
+    p = add("track-pretrain", _cmd_track_pretrain,
+            "Log every pretraining job as a tagged MLflow run (once per job result).")
+    p.add_argument("--tracking", required=True, help=tracking_help)
+    p.add_argument("--metrics", nargs="*", required=True, help="metrics.json of every pretraining job")
     p.add_argument("--out", required=True, help="TSV of job, run id and metrics file")
 
     p = add("aggregate", _cmd_aggregate, "Collect fine-tuning results into table.csv, summary.csv and figures.")
     p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every fine-tuning job")
+    p.add_argument("--predictions", nargs="+", required=True,
+                   help="predictions.tsv of every fine-tuning job, in the order of --metrics")
     p.add_argument("--table", required=True)
     p.add_argument("--summary", required=True)
     p.add_argument("--summary-md", required=True)

@@ -4,7 +4,7 @@ full: encoder, temporal aggregator and a linear head trained together. probe: th
 (its features computed once), a linear head on the pretrained aggregator's output, or on the mean
 of the scan features when the aggregator was not pretrained. Both select the epoch with the best
 validation AUC, weight positives by the class ratio, set the decision threshold on validation
-(Youden) and report test metrics with bootstrap intervals over test subjects. No augmentation, as
+(Youden) and report test metrics (their bootstrap intervals are aggregation's). No augmentation, as
 in 3D-Neuro-SimCLR. Scores are logits, kept in float64 and written so that they round-trip: a
 sigmoid saturates to 1.0 for large logits and ties what the model ranked apart.
 
@@ -35,7 +35,7 @@ from torch import nn
 from sslad.aggregate import PREDICTION_COLUMNS
 from sslad.distributed import pick_device
 from sslad.io import read_tsv, write_json, write_tsv
-from sslad.metrics import auc, binary_metrics, bootstrap, youden_threshold
+from sslad.metrics import auc, binary_metrics, youden_threshold
 from sslad.networks import build_aggregator, build_encoder, feature_dim, load_encoder
 from sslad.optim import Adam
 from sslad.visit_time import acquisition_months
@@ -229,16 +229,13 @@ def train_probe(reps: dict[str, torch.Tensor], data: dict[str, Samples], cfg: di
         return {k: head(v).squeeze(-1).double().cpu().numpy() for k, v in x.items()}, curves
 
 
-def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples], cfg: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Threshold from validation, test metrics and their bootstrap intervals over test subjects."""
+def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples]) -> dict[str, Any]:
+    """Threshold from validation, test metrics at it, and the sizes of the splits. The intervals
+    come later, from the predictions (sslad.aggregate), so that their resampling retrains nothing."""
     yv, yt = data["val"].labels.cpu().numpy(), data["test"].labels.cpu().numpy()
     test = data["test"].table
     threshold = youden_threshold(yv, scores["val"])
     row: dict[str, Any] = dict(binary_metrics(yt, scores["test"], threshold))
-    intervals = bootstrap(yt, scores["test"], threshold, groups=test["participant_id"].to_numpy(),
-                          n=cfg["n_bootstrap"], seed=seed)
-    for metric, (lo, hi) in intervals.items():
-        row[f"{metric}_low"], row[f"{metric}_high"] = lo, hi
     row.update(val_auc=auc(yv, scores["val"]), threshold=float(threshold), n_train=len(data["train"].labels),
                n_val=len(yv), n_test=len(yt), n_test_pos=int(yt.sum()))
     for name in ("train", "val", "test"):
@@ -317,7 +314,7 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
             reps = {k: frozen_features(aggregator if agg_pretrained else None, s, encode_scans(encoder, vols, s))
                     for k, s in data.items()}
             scores, curve = train_probe(reps, data, settings, seed)
-        row = evaluate(scores, data, settings, seed)
+        row = evaluate(scores, data)
         row.update(mode=mode, best_epoch=curve.pop("best_epoch"))
         rows.append(row)
         curves[mode] = curve
@@ -325,8 +322,8 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
         predictions.append(pd.DataFrame({"participant_id": test["participant_id"],
                                          "index_session": test["index_session"], "mode": mode,
                                          "label": test["label"], "logit": scores["test"]}))
-        print(f"{task} {init} frac {fraction:g} seed {seed} {mode}: test AUC {row['auc']:.3f} "
-              f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}], balanced accuracy {row['balanced_accuracy']:.3f}, "
+        print(f"{task} {init} frac {fraction:g} seed {seed} {mode}: test AUC {row['auc']:.3f}, "
+              f"balanced accuracy {row['balanced_accuracy']:.3f}, "
               f"val AUC {row['val_auc']:.3f} at epoch {row['best_epoch']}", file=sys.stderr)
     metrics = {**job, "rows": rows, "curves": curves}
     write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], cell.metrics, cell.predictions)

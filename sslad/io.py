@@ -16,7 +16,6 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -96,8 +96,6 @@ def build(scans: pd.DataFrame, record: pd.DataFrame, cohort_excluded: pd.DataFra
                                 "diagnosis", "split", "path"] + (["array"] if "array" in visits else [])]
     out["subjects.tsv"] = subjects
     out["splits.tsv"] = split_df
-    pretrain = visits[visits["split"].isin(cfg["pretrain_splits"])]
-    out["pretrain.tsv"] = pretrain[["participant_id", "session_id", "days_from_baseline"]]
     for task, t in tasks.items():
         out[f"tasks/{task}.tsv"] = t.assign(split=t["participant_id"].map(splits))
     out["excluded.tsv"] = pd.concat([e for e in excluded if len(e)] or [excluded[0]]).sort_values(
@@ -158,17 +156,37 @@ def summary(task: str, t: pd.DataFrame) -> str:
     return f"{task}: {len(t)} samples of {t['participant_id'].nunique()} subjects ({'; '.join(cells)}){note}"
 
 
-def run(scans_tsv: str, record_tsv: str, cohort_excluded_tsv: str, qc_tsv: str | None, out_dir: str,
+def pretrain_set(visits: pd.DataFrame, pretrain_splits: list[str]) -> pd.DataFrame:
+    """The scans self-supervised pretraining may use: those of visits.tsv in ``pretrain_splits``
+    (never test). A job of its own, so that changing the splits it draws on reruns pretraining
+    and what follows it, never the task tables and the fine-tuning of scratch."""
+    if "test" in pretrain_splits:
+        raise ValueError("manifest.pretrain_splits must never include 'test'")
+    chosen = visits[visits["split"].isin(pretrain_splits)]
+    return chosen[["participant_id", "session_id", "days_from_baseline"]].reset_index(drop=True)
+
+
+def output_name(table: str) -> str:
+    """The name a caller gives a table's path: visits, subjects, splits, excluded, task_<task>."""
+    return table.removesuffix(".tsv").replace("tasks/", "task_")
+
+
+def run(scans_tsv: str, record_tsv: str, cohort_excluded_tsv: str, qc_tsv: str | None, outputs: dict[str, str],
         cfg: dict[str, Any]) -> None:
-    """The manifest job: read the inputs, write every table atomically under ``out_dir``."""
+    """The manifest job: read the inputs, write every table atomically to the path ``outputs`` gives
+    it (keys: :func:`output_name`); the caller names every path, so nothing is written unannounced."""
     qc = read_tsv(qc_tsv) if qc_tsv else None
     tables = build(read_tsv(scans_tsv), read_tsv(record_tsv), read_tsv(cohort_excluded_tsv), qc, cfg)
-    for rel, df in tables.items():
-        write_tsv(df, Path(out_dir) / rel)
+    names = {output_name(rel): rel for rel in tables}
+    if set(outputs) != set(names):
+        raise ValueError(f"manifest outputs: missing {sorted(set(names) - set(outputs))}, "
+                         f"unknown {sorted(set(outputs) - set(names))}")
+    for name, rel in names.items():
+        write_tsv(tables[rel], Path(outputs[name]))
     splits = tables["splits.tsv"]["split"].value_counts()
     print(f"{len(tables['visits.tsv'])} usable scans of {len(tables['subjects.tsv'])} subjects; split "
           + ", ".join(f"{k} {splits.get(k, 0)}" for k in SPLITS)
-          + f"; {len(tables['pretrain.tsv'])} scans for pretraining; {len(tables['excluded.tsv'])} excluded",
+          + f"; {len(tables['excluded.tsv'])} excluded",
           file=sys.stderr)
     for task in TASKS:
         print(summary(task, tables[f"tasks/{task}.tsv"]), file=sys.stderr)

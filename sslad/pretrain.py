@@ -6,8 +6,9 @@ loss history; a rerun on the same inputs (settings, scans, times and array conte
 ``fingerprint``) continues from it, so a killed job loses at most ``checkpoint_every`` epochs. A
 rerun whose inputs changed in any way starts afresh and logs why. The checkpoint only serves an
 interrupted run: it is removed once the outputs are written, so a finished job that Snakemake
-reruns (its inputs or code changed) always trains from scratch. Outputs: ``encoder.pt`` (for
-fine-tuning) and ``metrics.json``.
+reruns (its inputs or code changed) always trains from scratch. Outputs (paths given by the
+caller, see :class:`Outputs`): the encoder (for fine-tuning) and the metrics, which carry the
+settings so that the tracking job (sslad.tracking) can log the run without touching this job.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,22 @@ from sslad.io import atomic_path, write_json
 from sslad.methods import Batch, build, draw_views
 from sslad.networks import build_aggregator, build_encoder, feature_dim, save_encoder
 from sslad.pretrain_data import ScanSet, epoch_batches, load_pretrain_scans, make_batch, step_rng, units
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a pretraining job writes: the encoder, the metrics and the resumable checkpoint (a
+    scratch file, removed once the run is complete)."""
+
+    encoder: Path
+    metrics: Path
+    checkpoint: Path
+
+    @classmethod
+    def under(cls, out_dir: str | Path) -> "Outputs":
+        """The workflow's layout: encoder.pt, metrics.json and state/last.pt in one directory."""
+        out = Path(out_dir)
+        return cls(out / "encoder.pt", out / "metrics.json", out / "state" / "last.pt")
 
 
 def arrays_digest(volumes: torch.Tensor) -> str:
@@ -88,9 +106,8 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-def train(settings: dict[str, Any], scans: ScanSet, out_dir: str | Path, log=print) -> dict[str, Any]:
+def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> dict[str, Any]:
     """Train, checkpointing as it goes; returns the metrics (also written by rank 0)."""
-    out_dir = Path(out_dir)
     tr, model_cfg = settings["train"], settings["model"]
     device = distributed.pick_device(tr["device"], "pretrain.train.device")
     rank, world = distributed.init(device.type)
@@ -116,7 +133,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out_dir: str | Path, log=pri
     batch_size = min(tr["batch_size"], len(pool))
     if batch_size % world:
         raise ValueError(f"pretrain batch size {batch_size} is not divisible by the {world} processes")
-    state_path = out_dir / "state" / "last.pt"
+    state_path = Path(out.checkpoint)
     key = fingerprint(settings, scans)
     start, history = 0, []
     epochs = tr["epochs"]
@@ -180,18 +197,21 @@ def train(settings: dict[str, Any], scans: ScanSet, out_dir: str | Path, log=pri
     metrics = {"method": settings["method"], "epochs": epochs, "resumed_after_epoch": start,
                "history": history, "loss": [h["loss"] for h in history], "n_scans": len(scans.keys),
                "n_units": len(pool), "world_size": world, "device": device.type,
-               "volumes_per_second": seen / elapsed if seen else None}
+               "volumes_per_second": seen / elapsed if seen else None,
+               "encoder": str(out.encoder), "settings": settings}
     if rank == 0:
         trained_aggregator = aggregator if settings["method"] == "tmp" else None
-        save_encoder(out_dir / "encoder.pt", model_cfg, encoder, trained_aggregator, settings["method"])
-        write_json(metrics, out_dir / "metrics.json")
+        save_encoder(Path(out.encoder), model_cfg, encoder, trained_aggregator, settings["method"])
+        write_json(metrics, Path(out.metrics))
         _remove_state(state_path)
     return metrics
 
 
-def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv: str, out_dir: str,
-        tracking_db: str | None, threads: int) -> dict[str, Any]:
-    """The ``sslad pretrain`` job: load, train, save, log one MLflow run (rank 0)."""
+def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv: str, out: Outputs,
+        threads: int) -> dict[str, Any]:
+    """The ``sslad pretrain`` job: load, train, save (rank 0). No MLflow here: the job's metrics
+    reach the tracking store through the tracking job, so no training job writes to a shared
+    database (SQLite locking on NFS or Lustre is unreliable)."""
     torch.set_num_threads(max(1, threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     scans = load_pretrain_scans(pretrain_tsv, visits_tsv, splits_tsv)
@@ -200,20 +220,4 @@ def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv
         if distributed.world()[0] == 0:
             print(msg, file=sys.stderr, flush=True)
 
-    metrics = train(settings, scans, out_dir, log)
-    if tracking_db and distributed.world()[0] == 0:
-        from sslad.tracking import log_run
-
-        curves = {"loss": metrics["loss"]}
-        for key in metrics["history"][0]:
-            if key not in ("epoch", "loss", "seconds"):
-                curves[key] = [h[key] for h in metrics["history"]]
-        final = {"final_loss": metrics["loss"][-1]}
-        if metrics["volumes_per_second"]:
-            final["volumes_per_second"] = metrics["volumes_per_second"]
-        rid = log_run(tracking_db, "pretrain", settings["method"],
-                      {"stage": "pretrain", "method": settings["method"],
-                       "encoder": str(Path(out_dir) / "encoder.pt"), "metrics": str(Path(out_dir) / "metrics.json")},
-                      settings, curves, final)
-        log(f"MLflow run {rid} in {tracking_db}")
-    return metrics
+    return train(settings, scans, out, log)

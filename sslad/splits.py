@@ -104,7 +104,8 @@ def label_fractions(samples: pd.DataFrame, fractions: list[float], seed: int, ta
     ceil(f * n) subjects of each stratum from one seeded permutation, so smaller fractions are
     subsets of larger ones and every non-empty stratum keeps at least one subject.
     """
-    per_subject = samples.groupby("participant_id")["label"].agg(lambda s: "both" if s.nunique() > 1 else str(s.iloc[0]))
+    per_subject = samples.groupby("participant_id")["label"].agg(
+        lambda s: "both" if s.nunique() > 1 else str(s.iloc[0]))
     rng = _rng(seed, "fraction", task)
     chosen: dict[float, set[str]] = {f: set() for f in fractions}
     for stratum in sorted(per_subject.unique()):

@@ -1,9 +1,12 @@
-"""MLflow side channel: one SQLite store, created once by its own rule; pretraining jobs add their
-tagged runs, one job adds every fine-tuning run.
+"""MLflow side channel: tracking jobs log the training jobs' results, the training jobs never do.
 
-Results live in each job's declared outputs; MLflow is for browsing them. SQLite takes one writer at
-a time and parallel jobs on a fresh store race on its schema migration, so the store is created
-up front and every write happens in one short block under an exclusive lock on a sibling file.
+Results live in each job's declared outputs; MLflow is for browsing them. One tracking job per stage
+(``track-pretrain``, ``track-finetune``) logs every job of that stage after the jobs are done, and
+runs on the machine that runs Snakemake (a local rule). The target is either an MLflow tracking
+server (``http://host:port``, what a cluster should use) or a SQLite file. SQLite takes one writer
+at a time, its locking is unreliable on network filesystems (NFS, Lustre), and parallel writers on a
+fresh store race on its schema migration: the store is created up front by its own rule and every
+write happens in one short block under an exclusive lock on a sibling file.
 """
 
 from __future__ import annotations
@@ -25,13 +28,23 @@ from sslad.io import write_tsv
 EXPERIMENTS = ("pretrain", "finetune")
 
 
-def uri(db: str | Path) -> str:
-    return f"sqlite:///{Path(db).resolve()}"
+def is_server(target: str | Path) -> bool:
+    """True for a tracking server URI (http://, https://), False for a SQLite file's path."""
+    return str(target).startswith(("http://", "https://"))
+
+
+def uri(target: str | Path) -> str:
+    """The MLflow tracking URI of a server URI (unchanged) or of a SQLite file's path."""
+    return str(target) if is_server(target) else f"sqlite:///{Path(target).resolve()}"
 
 
 @contextmanager
-def _locked(db: str | Path) -> Iterator[None]:
-    with open(f"{db}.lock", "a") as fh:
+def _locked(target: str | Path) -> Iterator[None]:
+    """Exclusive access to a SQLite store (a server serialises its own writes)."""
+    if is_server(target):
+        yield
+        return
+    with open(f"{target}.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -39,11 +52,11 @@ def _locked(db: str | Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _client(db: str | Path) -> Any:
+def _client(target: str | Path) -> Any:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri(db))
+    return MlflowClient(tracking_uri=uri(target))
 
 
 def create_store(db: str | Path) -> None:
@@ -84,64 +97,121 @@ def _log(client: Any, experiment_id: str, name: str, tags: dict[str, str], param
     return rid
 
 
-def _experiment(client: Any, db: str | Path, experiment: str) -> str:
+def _experiment(client: Any, target: str | Path, experiment: str) -> str:
+    """The experiment's id; on a server it is created when missing (the server owns where its
+    artefacts go), in a SQLite store it must exist (created with the store, artefacts beside it)."""
     exp = client.get_experiment_by_name(experiment)
+    if exp is None and is_server(target):
+        return client.create_experiment(experiment)
     if exp is None:
-        raise ValueError(f"{db}: no experiment {experiment!r}; the store is created by rule mlflow_store")
+        raise ValueError(f"{target}: no experiment {experiment!r}; the store is created by rule mlflow_store")
     return exp.experiment_id
 
 
-def log_run(db: str | Path, experiment: str, name: str, tags: dict[str, str], params: dict[str, Any],
-            curves: dict[str, list[float]], final: dict[str, float]) -> str:
-    """Record one finished job as a run: params, per-epoch curves (step = epoch), final metrics, tags.
+def _logged(client: Any, exp_id: str) -> dict[str, str]:
+    """metrics_sha256 tag -> run id of every run already in the experiment."""
+    logged, token = {}, None
+    while True:
+        page = client.search_runs([exp_id], max_results=1000, page_token=token)
+        logged.update({r.data.tags.get("metrics_sha256"): r.info.run_id for r in page})
+        token = page.token
+        if not token:
+            return logged
 
-    Returns the run id. Retries a few times if another process (``mlflow ui``) holds the database."""
+
+def _log_jobs(target: str | Path, experiment: str, jobs: list[tuple[str, bytes, dict[str, Any]]],
+              describe: Any, out: str | Path) -> None:
+    """One tagged run per job result (path, bytes, parsed metrics) not yet in the experiment, and a
+    TSV of job, run id, whether it is new, and the metrics file. ``describe(metrics)`` gives the
+    run's (name, tags, params, curves, final metrics).
+
+    A job result already logged (same metrics bytes) is not logged again, so a rerun adds runs for
+    the jobs that changed and keeps the history of earlier ones; on a server the lookup is one
+    paged search, as in SQLite.
+    """
+    rows = []
     for attempt in range(5):
         try:
-            with _locked(db):
-                client = _client(db)
-                return _log(client, _experiment(client, db, experiment), name, tags, params, curves, final)
+            with _locked(target):
+                client = _client(target)
+                exp_id = _experiment(client, target, experiment)
+                logged = _logged(client, exp_id)
+                for path, raw, m in jobs:
+                    sha = hashlib.sha256(raw).hexdigest()
+                    name, tags, params, curves, final = describe(m)
+                    rid, new = logged.get(sha), sha not in logged
+                    if new:
+                        tags = {**tags, "metrics": path, "metrics_sha256": sha}
+                        rid = _log(client, exp_id, name, tags, params, curves, final)
+                        logged[sha] = rid
+                    rows.append({"job": name, "run_id": rid, "new": new, "metrics": path})
+            break
         except Exception as exc:  # sqlalchemy's OperationalError arrives wrapped in MlflowException
             if "locked" not in str(exc) or attempt == 4:
                 raise
+            rows = []
             time.sleep(1 + attempt)
-    raise RuntimeError("unreachable")
+    write_tsv(pd.DataFrame(rows, columns=["job", "run_id", "new", "metrics"]), out)
+    print(f"{sum(r['new'] for r in rows)} new MLflow runs, {len(rows)} {experiment} jobs in {uri(target)}",
+          file=sys.stderr)
 
 
-def log_finetune_runs(db: str | Path, metrics_files: list[str], out: str | Path) -> None:
+def log_finetune_runs(target: str | Path, metrics_files: list[str], out: str | Path) -> None:
     """One tagged run per fine-tuning job, written by a single process once the jobs are done.
 
     Why not from each job: importing MLflow costs a job ~2 s (minutes over the demo's 84 fine-tuning jobs), and
     hundreds of cluster jobs writing one SQLite file on a shared filesystem is where SQLite's locking
-    is weakest. A job result already in the store (same job, same metrics.json bytes) is not logged
-    again, so a rerun adds runs for the jobs that changed and keeps the history of earlier ones.
+    is weakest.
     """
     from sslad.aggregate import read_job
 
     jobs = []
     for path in metrics_files:
         m, raw = read_job(path, required=("settings", "encoder", "curves"))  # a broken file names itself
-        jobs.append((path, hashlib.sha256(raw).hexdigest(), m, f"{m['task']}/{m['init']}/frac-{m['fraction']:g}/seed-{m['seed']}"))
-    rows = []
-    with _locked(db):
-        client = _client(db)
-        exp_id = _experiment(client, db, "finetune")
-        logged, token = {}, None
-        while True:
-            page = client.search_runs([exp_id], max_results=1000, page_token=token)
-            logged.update({r.data.tags.get("metrics_sha256"): r.info.run_id for r in page})
-            token = page.token
-            if not token:
-                break
-        for path, sha, m, job in jobs:
-            rid, new = logged.get(sha), sha not in logged
-            if new:
-                tags = {"stage": "finetune", "task": m["task"], "init": m["init"], "fraction": f"{m['fraction']:g}",
-                        "seed": str(m["seed"]), "encoder": m["encoder"], "metrics": path, "metrics_sha256": sha,
-                        **({"skipped": m["skipped"]} if m.get("skipped") else {})}
-                final = {f"{r['mode']}_{k}": r[k] for r in m["rows"] for k in ("auc", "balanced_accuracy", "val_auc")}
-                curves = {f"{mode}_{k}": v for mode, c in m["curves"].items() for k, v in c.items()}
-                rid = _log(client, exp_id, job, tags, m["settings"], curves, final)
-            rows.append({"job": job, "run_id": rid, "new": new, "metrics": path})
-    write_tsv(pd.DataFrame(rows), out)
-    print(f"{sum(r['new'] for r in rows)} new MLflow runs, {len(rows)} jobs in {db}", file=sys.stderr)
+        jobs.append((path, raw, m))
+
+    def describe(m: dict[str, Any]) -> tuple:
+        name = f"{m['task']}/{m['init']}/frac-{m['fraction']:g}/seed-{m['seed']}"
+        tags = {"stage": "finetune", "task": m["task"], "init": m["init"], "fraction": f"{m['fraction']:g}",
+                "seed": str(m["seed"]), "encoder": m["encoder"]}
+        if m.get("skipped"):
+            tags["skipped"] = m["skipped"]
+        final = {f"{r['mode']}_{k}": r[k] for r in m["rows"] for k in ("auc", "balanced_accuracy", "val_auc")}
+        curves = {f"{mode}_{k}": v for mode, c in m["curves"].items() for k, v in c.items()}
+        return name, tags, m["settings"], curves, final
+
+    _log_jobs(target, "finetune", jobs, describe, out)
+
+
+def read_pretrain_metrics(path: str | Path) -> tuple[dict[str, Any], bytes]:
+    """A pretraining job's metrics.json and its bytes; ValueError naming the file and key if malformed."""
+    try:
+        raw = Path(path).read_bytes()
+        m = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read pretraining metrics ({exc})") from exc
+    for key in ("method", "settings", "history", "loss", "encoder"):
+        if not isinstance(m, dict) or key not in m:
+            raise ValueError(f"{path}: missing key '{key}' (written by an older sslad? rerun its pretraining)")
+    if not m["history"]:
+        raise ValueError(f"{path}: 'history' is empty")
+    return m, raw
+
+
+def log_pretrain_runs(target: str | Path, metrics_files: list[str], out: str | Path) -> None:
+    """One tagged run per pretraining job (loss and the method's statistics per epoch, the settings
+    as params), from the jobs' metrics.json, by a single process once the jobs are done."""
+    jobs = []
+    for path in metrics_files:
+        m, raw = read_pretrain_metrics(path)
+        jobs.append((path, raw, m))
+
+    def describe(m: dict[str, Any]) -> tuple:
+        curves = {k: [h[k] for h in m["history"]] for k in m["history"][0] if k not in ("epoch", "seconds")}
+        final = {"final_loss": m["loss"][-1]}
+        if m.get("volumes_per_second"):
+            final["volumes_per_second"] = m["volumes_per_second"]
+        tags = {"stage": "pretrain", "method": m["method"], "encoder": m["encoder"]}
+        return m["method"], tags, m["settings"], curves, final
+
+    _log_jobs(target, "pretrain", jobs, describe, out)

@@ -60,14 +60,12 @@ def _write_job(root: Path, task: str, init: str, fraction: float, seed: int, tes
         logits = (effect * (labels - 0.5) + 0.5 * rng.normal(size=subject.max() + 1)[subject]
                   + rng.normal(size=len(test)))
         point = metrics.binary_metrics(labels, logits, 0.0)
-        ci = metrics.bootstrap(labels, logits, 0.0, groups=test["participant_id"], n=200, seed=seed)
         row = {"mode": mode, "val_auc": point["auc"], "best_epoch": 3, "threshold": 0.0,
                "n_train": int(40 * fraction), "n_val": 15, "n_test": len(test), "n_test_pos": int(labels.sum()),
                "n_train_subjects": int(30 * fraction), "n_val_subjects": 12, "n_test_subjects": n_subjects,
                "n_test_pos_subjects": test.loc[test["label"] == 1, "participant_id"].nunique(),
                "n_test_neg_subjects": test.loc[test["label"] == 0, "participant_id"].nunique()}
-        for name, value in point.items():
-            row.update({name: value, f"{name}_low": ci[name][0], f"{name}_high": ci[name][1]})
+        row.update(point)
         rows.append(row)
         preds.append(test.assign(mode=mode, logit=logits))
     (job / "metrics.json").write_text(_job_json(task, init, fraction, seed, rows))
@@ -179,7 +177,7 @@ def test_primary_comparison_leads_the_summary(study):
     assert text[exploratory:].count("| dx_cn_ad |") == len(INITS) * len(FRACTIONS) * 2
     assert "Not adjusted for choosing among inits" in text
     # the primary rows are the summary's rows at that setting: same seeds, same draws
-    table, _ = aggregate.build_table(study["paths"])
+    table, _ = aggregate.build_table(study["paths"], N_BOOT)
     prim = aggregate.primary_comparison(table, PRIMARY, N_BOOT)
     summary = pd.read_csv(study["summary_csv"])
     at = summary[(summary.init == "topc") & (summary["mode"] == "full") & (summary.fraction == 1.0)].set_index("task")
@@ -265,7 +263,7 @@ def test_skipped_jobs_are_listed_not_tabled(study, tmp_path):
     assert aggregate.load_metrics(skipped[0]) == []
     job, _ = aggregate.read_job(skipped[0], required=("settings", "encoder", "curves"))  # as track-finetune reads it
     assert job["skipped"] == REASON and job["curves"] == {}
-    table, skipped_df = aggregate.build_table(study["paths"] + skipped)
+    table, skipped_df = aggregate.build_table(study["paths"] + skipped, N_BOOT)
     assert len(table) == len(TASKS) * len(INITS) * len(FRACTIONS) * len(SEEDS) * 2
     assert list(skipped_df.columns) == aggregate.SKIPPED_COLUMNS and len(skipped_df) == 8
 
@@ -419,13 +417,32 @@ def test_planted_effect_is_claimed():
     assert min(claimed) >= 3 and np.mean(claimed) >= 5, claimed
 
 
+def test_intervals_come_from_aggregation_with_its_number_of_resamples(study):
+    """The jobs write no interval; the table's are the subject bootstrap of each job's predictions at
+    its threshold, with aggregation's n_bootstrap and the job's seed."""
+    rows = json.loads(Path(study["paths"][0]).read_text())["rows"]
+    assert rows and not any(k.endswith(("_low", "_high")) for r in rows for k in r)
+    table = pd.read_csv(study["table_csv"])
+    row = table.iloc[5]
+    source = next(p for p in study["paths"] if f"/{row.task}/{row.init}/f{row.fraction:g}/seed{row.seed}/" in p)
+    preds = pd.read_csv(Path(source).with_name("predictions.tsv"), sep="\t")
+    preds = preds[preds["mode"] == row["mode"]]
+    ci = metrics.bootstrap(preds["label"], preds["logit"], row.threshold, groups=preds["participant_id"], n=N_BOOT,
+                           seed=int(row.seed))
+    for m in metrics.METRICS:
+        assert (row[f"{m}_low"], row[f"{m}_high"]) == pytest.approx(ci[m], abs=1e-6), m
+    fewer = metrics.bootstrap(preds["label"], preds["logit"], row.threshold, groups=preds["participant_id"], n=100,
+                              seed=int(row.seed))
+    assert fewer["auc"] != ci["auc"]
+
+
 def test_figures(study):
     for task in TASKS:
         png = study["figures_dir"] / f"{task}.png"
         assert png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("key,change", [("auc", None), ("specificity_high", 1.2), ("seed", "zero")])
+@pytest.mark.parametrize("key,change", [("auc", None), ("specificity", 1.2), ("seed", "zero")])
 def test_broken_metrics_json_names_file_and_key(study, tmp_path, key, change):
     job = json.loads(Path(study["paths"][0]).read_text())
     if key == "seed":
@@ -444,7 +461,7 @@ def test_broken_metrics_json_names_file_and_key(study, tmp_path, key, change):
 
 def test_duplicate_job_is_an_error(study):
     with pytest.raises(ValueError, match="more than once"):
-        aggregate.build_table(study["paths"] + study["paths"][:1])
+        aggregate.build_table(study["paths"] + study["paths"][:1], N_BOOT)
 
 
 def test_qc_mosaic(tmp_path):

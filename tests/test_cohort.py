@@ -35,7 +35,8 @@ def messy_bids(tmp_path: Path) -> Path:
               "ses-M018\t71.5\tWeird\nses-M024\t\tAD\nses-M030\t72.5\tSMC\nses-M036\t73\tAD\nses-M036\t73\tAD\n")
     for ses in ("ses-M000", "ses-M006", "ses-M012", "ses-M018", "ses-M024", "ses-M030", "ses-M036", "ses-M048"):
         _scan(bids, "sub-01", ses)
-    _sessions(bids, "sub-02", "session_id\tage\tdiagnosis\tdays_from_baseline\nses-M000\t71\tCN\t0\nses-M012\t72\tMCI\t370\n")
+    _sessions(bids, "sub-02",
+              "session_id\tage\tdiagnosis\tdays_from_baseline\nses-M000\t71\tCN\t0\nses-M012\t72\tMCI\t370\n")
     _scan(bids, "sub-02", "ses-M000")  # ses-M012 has no image
     (bids / "sub-03").mkdir()
     (bids / "sub-03" / "sub-03_sessions.tsv").write_bytes(b"\x00\x01garbage")

@@ -7,6 +7,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from sslad.registry import complete_schema
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,7 +26,7 @@ def merged(*files: str) -> dict:
 
 
 def validate(cfg: dict) -> None:
-    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    schema = complete_schema(yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text()))
     jsonschema.Draft202012Validator(schema).validate(cfg)
 
 
@@ -44,3 +46,20 @@ def test_paper_config_is_the_paper_scale_grid():
     assert (cfg["model"]["depth"], cfg["model"]["widths"][-1], cfg["model"]["stem_stride"]) == (18, 512, 1)
     spatial = cfg["pretrain"]["augment"]["spatial"]  # 3D-Neuro-SimCLR's views
     assert (spatial["min_crop"], spatial["p_rotate"]) == (0.6, 0.5)
+
+
+def test_every_config_key_has_a_description():
+    schema = complete_schema(yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text()))
+    missing = []
+
+    def walk(node: dict, path: str) -> None:
+        if "description" not in node:
+            missing.append(path)
+        for key, sub in node.get("properties", {}).items():
+            walk(sub, f"{path}.{key}".lstrip("."))
+
+    for key, sub in schema["properties"].items():
+        walk(sub, key)
+    assert not missing
+    augment = schema["properties"]["pretrain"]["properties"]["augment"]["properties"]
+    assert augment["temporal"]["required"] == augment["spatial"]["required"]  # one recipe schema, two blocks

@@ -20,7 +20,8 @@ def _tables(tmp_path, test_labels: list[int]) -> tuple[str, str]:
                                            + [(y, "test") for y in test_labels])]
     task = pd.DataFrame(rows)
     write_tsv(task, tmp_path / "task.tsv")
-    write_tsv(task[task["split"] != "test"][["participant_id", "index_session", "label", "split"]], tmp_path / "frac.tsv")
+    frac = task[task["split"] != "test"][["participant_id", "index_session", "label", "split"]]
+    write_tsv(frac, tmp_path / "frac.tsv")
     return str(tmp_path / "task.tsv"), str(tmp_path / "frac.tsv")
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from sslad.cohort import EXCLUDED_COLUMNS
 from sslad.io import write_tsv
-from sslad.manifest import build, evaluable, fraction_name, fraction_table, run
+from sslad.labels import TASKS
+from sslad.manifest import build, evaluable, fraction_name, fraction_table, pretrain_set, run
 from sslad.simulate import draw_cohort
 
 
@@ -24,9 +25,11 @@ def cohort_tables(sim_cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     return scans.drop(columns=["months", "has_image"]).reset_index(drop=True), record
 
 
-def all_tables(scans: pd.DataFrame, record: pd.DataFrame, qc: pd.DataFrame | None, cfg: dict) -> dict[str, pd.DataFrame]:
-    """Every manifest table the workflow's manifest and label_fraction jobs write."""
+def all_tables(scans: pd.DataFrame, record: pd.DataFrame, qc: pd.DataFrame | None,
+               cfg: dict) -> dict[str, pd.DataFrame]:
+    """Every manifest table the workflow's manifest, pretrain_set and label_fraction jobs write."""
     tables = build(scans, record, pd.DataFrame(columns=EXCLUDED_COLUMNS), qc, cfg)
+    tables["pretrain.tsv"] = pretrain_set(tables["visits.tsv"], cfg["pretrain_splits"])
     for task in cfg["tasks"]:
         t = tables[f"tasks/{task}.tsv"]
         for seed in cfg["seeds"]:
@@ -85,7 +88,8 @@ def test_fractions_nested_stratified_and_train_only(default_tables):
         for seed in cfg["seeds"]:
             for split in ("train", "val"):  # validation follows the fraction as training does
                 whole = table.query(f"split == '{split}'")
-                subsets = [tables[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"].query(f"split == '{split}'")
+                subsets = [tables[f"fractions/{task}/seed-{seed}/frac-{fraction_name(f)}.tsv"]
+                           .query(f"split == '{split}'")
                            for f in fractions]
                 keys = [set(zip(s["participant_id"], s["index_session"])) for s in subsets]
                 for small, large in zip(keys, keys[1:]):
@@ -108,8 +112,13 @@ def test_same_seed_byte_identical(tmp_path, default_config):
     write_tsv(scans, tmp_path / "scans.tsv")
     write_tsv(record, tmp_path / "record.tsv")
     write_tsv(pd.DataFrame(columns=EXCLUDED_COLUMNS), tmp_path / "excluded.tsv")
+    names = ["visits", "subjects", "splits", "excluded", *(f"task_{task}" for task in TASKS)]
     for out in ("a", "b"):
-        run(tmp_path / "scans.tsv", tmp_path / "record.tsv", tmp_path / "excluded.tsv", None, tmp_path / out, cfg)
+        outputs = {name: str(tmp_path / out / f"{name}.tsv") for name in names}
+        run(tmp_path / "scans.tsv", tmp_path / "record.tsv", tmp_path / "excluded.tsv", None, outputs, cfg)
+    with pytest.raises(ValueError, match=r"missing \['task_dx_cn_ad'\]"):  # every table goes where it is told
+        run(tmp_path / "scans.tsv", tmp_path / "record.tsv", tmp_path / "excluded.tsv", None,
+            {k: v for k, v in outputs.items() if k != "task_dx_cn_ad"}, cfg)
     cmp = filecmp.dircmp(tmp_path / "a", tmp_path / "b")
     files = [p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.tsv")]
     assert len(files) > 10
@@ -126,7 +135,8 @@ def test_qc_failures_excluded_with_reason(default_tables, default_config):
     qc.loc[failed.index, "qc_reason"] = "brain volume 300 ml outside [900, 2200]"
     qc = qc.drop(index=20)  # a scan with no QC result at all
     tables = all_tables(scans, record, qc, cfg)
-    bad = set(zip(failed["participant_id"], failed["session_id"])) | {tuple(scans.loc[20, ["participant_id", "session_id"]])}
+    bad = (set(zip(failed["participant_id"], failed["session_id"]))
+           | {tuple(scans.loc[20, ["participant_id", "session_id"]])})
     excluded = tables["excluded.tsv"]
     assert set(zip(excluded["participant_id"], excluded["session_id"])) == bad
     assert "brain volume" in excluded["reason"].iloc[0] or "brain volume" in excluded["reason"].iloc[1]

@@ -24,7 +24,8 @@ MODEL = {"depth": 10, "widths": [8, 8, 16, 16], "stem_kernel": 3, "stem_stride":
          "norm": "group", "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
 AUGMENT = {"min_crop": 0.7, "p_rotate": 0.5, "max_rotate_deg": 10, "p_flip": 0.5, "p_gamma": 0.8, "gamma": [0.7, 1.5]}
 HP = {"simclr": {"temperature": 0.5, "projection_dim": 8, "augment": "spatial"},
-      "top": {"n_scans": 3, "hidden": 8, "augment": "spatial"}, "tmp": {"n_scans": 3, "temperature": 0.2, "augment": "spatial"},
+      "top": {"n_scans": 3, "hidden": 8, "augment": "spatial"},
+      "tmp": {"n_scans": 3, "temperature": 0.2, "augment": "spatial"},
       "topc": {"n_scans": 3, "hidden": 8, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0,
                "augment": "spatial", "spatial_augment": "spatial"}}
 
@@ -65,9 +66,11 @@ def manifest(tmp_path_factory) -> Path:
 def pretrain_cmd(manifest: Path, out: Path, s: dict, launcher: list[str] | None = None,
                  pretrain: Path | None = None) -> list[str]:
     launcher = launcher or [sys.executable, "-m", "sslad"]
-    return [*launcher, "pretrain", "--settings", json.dumps(s), "--pretrain", str(pretrain or manifest / "pretrain.tsv"),
+    return [*launcher, "pretrain", "--settings", json.dumps(s),
+            "--pretrain", str(pretrain or manifest / "pretrain.tsv"),
             "--visits", str(manifest / "visits.tsv"), "--splits", str(manifest / "splits.tsv"),
-            "--out-dir", str(out), "--threads", "1"]
+            "--encoder", str(out / "encoder.pt"), "--metrics", str(out / "metrics.json"),
+            "--checkpoint", str(out / "state/last.pt"), "--threads", "1"]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -158,12 +161,12 @@ def test_rerun_on_renormalised_arrays_trains_afresh(manifest, tmp_path, capsys):
     # names, new array contents); it once resumed the finished run and trained nothing
     s, out = settings("simclr", epochs=2), tmp_path / "out"
     paths = [str(manifest / "pretrain.tsv"), str(manifest / "visits.tsv"), str(manifest / "splits.tsv")]
-    pretrain.run(s, *paths, str(out), None, 1)
+    pretrain.run(s, *paths, pretrain.Outputs.under(out), 1)
     assert not (out / "state").exists(), "a completed run leaves no checkpoint to resume"
     first = weights(out / "encoder.pt")
     capsys.readouterr()
     paths[1] = str(renormalised(manifest, tmp_path))
-    metrics = pretrain.run(s, *paths, str(out), None, 1)
+    metrics = pretrain.run(s, *paths, pretrain.Outputs.under(out), 1)
     log = capsys.readouterr().err
     assert metrics["resumed_after_epoch"] == 0 and "resumed" not in log and "epochs 1..2" in log
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
@@ -176,11 +179,11 @@ def test_interrupted_run_resumes_only_on_the_same_inputs(manifest, tmp_path):
     s = settings("simclr", epochs=4, every=1)
     tables = str(manifest / "pretrain.tsv"), str(manifest / "splits.tsv")
     scans = load_pretrain_scans(tables[0], str(manifest / "visits.tsv"), tables[1])
-    pretrain.train(s, scans, tmp_path / "reference", log=lambda msg: None)
+    pretrain.train(s, scans, pretrain.Outputs.under(tmp_path / "reference"), log=lambda msg: None)
     out = tmp_path / "out"
     state = out / "state/last.pt"
     with pytest.raises(Interrupted):  # dies while reporting epoch 3, after epoch 2 was checkpointed
-        pretrain.train(s, scans, out, interrupt_at("epoch 3/4"))
+        pretrain.train(s, scans, pretrain.Outputs.under(out), interrupt_at("epoch 3/4"))
     assert torch.load(state, weights_only=False)["epoch"] == 2 and not (out / "encoder.pt").exists()
     saved = state.read_bytes()
 
@@ -188,7 +191,7 @@ def test_interrupted_run_resumes_only_on_the_same_inputs(manifest, tmp_path):
         state.parent.mkdir(exist_ok=True)
         state.write_bytes(saved)
         log: list[str] = []
-        metrics = pretrain.train(s, scans, out, log.append)
+        metrics = pretrain.train(s, scans, pretrain.Outputs.under(out), log.append)
         assert not state.parent.exists(), "a completed run leaves no checkpoint to resume"
         assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
         return metrics, log
@@ -225,7 +228,8 @@ def test_what_a_checkpoint_must_match(manifest):
     volumes[7, 0, 8, 8, 8] += 1
     other = pretrain.fingerprint(s, dataclasses.replace(scans, volumes=volumes))
     assert other["arrays"] != key["arrays"] and other["scans"] == key["scans"]
-    assert pretrain._not_resumable({"fingerprint": other, "epoch": 1}, key, 4) == "the input arrays changed (content hash)"
+    why = pretrain._not_resumable({"fingerprint": other, "epoch": 1}, key, 4)
+    assert why == "the input arrays changed (content hash)"
     assert pretrain.fingerprint(settings("top", epochs=5), scans)["settings"] != key["settings"]
 
 
@@ -234,7 +238,7 @@ def test_no_test_participant_is_ever_loaded(manifest, tmp_path, monkeypatch):
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda path, *a, **k: loaded.append(str(path)) or real_load(path, *a, **k))
     metrics = pretrain.run(settings("tmp", epochs=1), str(manifest / "pretrain.tsv"), str(manifest / "visits.tsv"),
-                           str(manifest / "splits.tsv"), str(tmp_path), None, 1)
+                           str(manifest / "splits.tsv"), pretrain.Outputs.under(tmp_path), 1)
     assert metrics["n_scans"] == 24 and len(loaded) == 24
     assert not [p for p in loaded if "sub-08" in p or "sub-09" in p]
     assert load_encoder(tmp_path / "encoder.pt")[3]  # tmp hands its aggregator over
@@ -243,7 +247,7 @@ def test_no_test_participant_is_ever_loaded(manifest, tmp_path, monkeypatch):
     leaky.to_csv(tmp_path / "leaky.tsv", sep="\t", index=False)
     with pytest.raises(ValueError, match="leaky.tsv: test participants must never be pretrained on: sub-08, sub-09"):
         pretrain.run(settings("top"), str(tmp_path / "leaky.tsv"), str(manifest / "visits.tsv"),
-                     str(manifest / "splits.tsv"), str(tmp_path / "x"), None, 1)
+                     str(manifest / "splits.tsv"), pretrain.Outputs.under(tmp_path / "x"), 1)
 
 
 def test_external_neuro_simclr_checkpoint_becomes_an_encoder(tmp_path):

@@ -1,34 +1,74 @@
-"""The workflow as a user runs it: a real Snakemake run of the tiny study in a fresh directory."""
+"""The workflow as a user runs it: a real Snakemake run of the tiny study in a fresh directory.
+
+The jobs run in a venv built from the conda env files' pins alone (their PyPI names), without the
+sslad package: the closest thing to ``--use-conda`` on a machine without conda. The code sits in a
+checkout apart from the run directory (``snakemake -s checkout/Snakefile``), so the jobs can only
+reach sslad through the workflow's own source tree, as in a conda env or on a cluster node.
+"""
 
 from __future__ import annotations
 
 import filecmp
+import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from test_envs import pypi_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["dx_cn_ad", "det_mci_ad"]  # those of .test/config.yaml
 INITS = ["scratch", "simclr", "top", "tcl", "tmp", "topc"]
+CODE = ("Snakefile", "workflow", "envs", "sslad")  # what a clone holds and the jobs need
+RUN = ("config.yaml", ".test")  # what a user edits in the run directory
+
+
+def make_study(root: Path) -> Path:
+    """A clone's code in root/checkout and a run directory root/run (returned)."""
+    for names, where in ((CODE, root / "checkout"), (RUN, root / "run")):
+        where.mkdir(parents=True)
+        for item in names:
+            src = ROOT / item
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, where / item)
+    return root / "run"
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--configfile", ".test/config.yaml"]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    """Snakemake (from the test environment) on the run directory; its jobs find `python` in the
+    env-pins venv next to it when there is one (as a conda env puts its own first on PATH)."""
+    snakefile = workdir.parent / "checkout" / "Snakefile"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--cores", "2", *args,
+           "--configfile", ".test/config.yaml"]
+    venv = workdir.parent / "envs-venv" / "bin"
+    jobs_bin = venv if venv.is_dir() else Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{jobs_bin}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
+def rule_envs() -> dict[str, str]:
+    """Rule -> the env file its `conda:` names, read from workflow/rules/*.smk."""
+    found = {}
+    for smk in (ROOT / "workflow/rules").glob("*.smk"):
+        for name, body in re.findall(r"^(?:rule|checkpoint) (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(), re.M):
+            if m := re.search(r'conda:\s*\n\s*"[./]*envs/(\w+)\.yaml"', body):
+                found[name] = m.group(1)
+    return found
+
+
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """Rule -> number of jobs a dry run plans (from its job-stats table)."""
-    out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
+    out = snakemake(workdir, *args, "-n", "--quiet", "rules").stdout
     jobs = {}
     for line in out.splitlines():
         parts = line.split()
@@ -55,12 +95,24 @@ def set_config(workdir: Path, block: str, key: str, value) -> None:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    """A fresh copy of the workflow, run once end to end."""
-    work = tmp_path_factory.mktemp("study")
-    for item in ("Snakefile", "config.yaml", "workflow", "envs", ".test"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / item)
-    snakemake(work)
+    """A fresh copy of the workflow, run once end to end, stage by stage in a venv that grows from
+    one env file's pins to the next: the core rules run with envs/core.yaml's packages only,
+    preprocessing with envs/imaging.yaml's, the rest with envs/learning.yaml's added."""
+    root = tmp_path_factory.mktemp("study")
+    work = make_study(root)
+    venv = root / "envs-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    envs = rule_envs()
+    stages = [("core", ["cohort", "template"]), ("imaging", ["qc_table"]), ("learning", [])]
+    assert {envs["simulate_cohort"], envs["cohort"], envs["template"], envs["qc_table"]} == {"core"}
+    assert envs["preprocess"] == "imaging" and envs["finetune"] == envs["pretrain"] == "learning"
+    for env, until in stages:
+        reqs = pypi_requirements(ROOT / "envs" / f"{env}.yaml")
+        subprocess.run([py, "-m", "pip", "install", "-q", "--no-compile", *reqs], check=True, capture_output=True)
+        snakemake(work, *(["--until", *until] if until else []))
+    lost = subprocess.run([py, "-c", "import sslad"], cwd=root, capture_output=True, text=True)
+    assert lost.returncode != 0 and "No module named 'sslad'" in lost.stderr  # the jobs used the checkout
     return work
 
 
@@ -87,7 +139,8 @@ def test_run_writes_every_task_table(study):
     # the record keeps the simulated visits without an image; they are no model input
     record = (study / "results/cohort/record.tsv").read_text().splitlines()
     scans = (study / "results/cohort/scans.tsv").read_text().splitlines()
-    assert len(record) > len(scans) and "no T1w image (clinical visit" in (study / "results/cohort/excluded.tsv").read_text()
+    excluded = (study / "results/cohort/excluded.tsv").read_text()
+    assert len(record) > len(scans) and "no T1w image (clinical visit" in excluded
     assert planned_rules(study) == set()  # nothing left to do
 
 
@@ -110,6 +163,68 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
     assert sorted(r.data.tags["method"] for r in runs["pretrain"]) == sorted(INITS[1:])
     assert len(runs["finetune"]) == len(TASKS) * len(INITS)
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
+
+
+# The next two need the study up to date, as the fixture leaves it (later tests edit and rerun parts).
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow tracking server on 127.0.0.1 (its own SQLite backend), stopped afterwards."""
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                             str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):  # until it answers (6-8 s on an idle machine)
+            if proc.poll() is not None:
+                raise AssertionError(f"mlflow server exited:\n{(tmp_path / 'server.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)  # the server and the workers it started, in their own session
+        proc.wait(timeout=60)
+        log.close()
+
+
+def test_tracking_server_gets_every_pretraining_and_finetuning_run(study, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    server = f"tracking={{uri: {mlflow_server}}}"
+    assert planned_jobs(study, "--config", server) == {"track_pretrain": 1, "track_finetune": 1, "aggregate": 1}
+    snakemake(study, "--config", server)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = {e: client.search_runs([client.get_experiment_by_name(e).experiment_id]) for e in ("pretrain", "finetune")}
+    assert sorted(r.data.tags["method"] for r in runs["pretrain"]) == sorted(INITS[1:])
+    assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
+    assert sorted(r.data.tags["init"] for r in runs["finetune"]) == sorted(INITS * len(TASKS))
+    assert {r.data.params["epochs"] for r in runs["finetune"]} == {"2"}
+    # back to the SQLite store: the tracking jobs rerun and find every result logged already
+    snakemake(study)
+    for stage in ("pretrain", "finetune"):
+        rows = (study / f"results/mlflow/{stage}_runs.tsv").read_text().splitlines()[1:]
+        assert rows and all("\tFalse\t" in r for r in rows), stage
+    assert planned_jobs(study) == {}
+
+
+def test_stage_targets_and_benchmarks(study):
+    for stage in ("cohort_all", "preprocess_all", "manifest_all", "pretrain_all", "finetune_all", "aggregate_all"):
+        assert planned_jobs(study, stage) == {}, stage
+    assert planned_jobs(study, "pretrain_all", "--forcerun", "pretrain") == {"pretrain": 5, "track_pretrain": 1,
+                                                                          "pretrain_all": 1}
+    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_frac-1_seed-0.tsv", "simulate_cohort.tsv"):
+        assert (study / "results/benchmarks" / heavy).read_text().startswith("s\th:m:s\tmax_rss"), heavy
 
 
 def test_scores_are_full_precision_logits_and_counts_are_reported(study):
@@ -137,12 +252,22 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "finetune", "lr", 0.002)
     assert planned_jobs(study) == {"finetune": len(TASKS) * len(INITS), "track_finetune": 1, "aggregate": 1}
     set_config(study, "finetune", "lr", 0.001)
+    # the bootstrap is aggregation's: more resamples retrain nothing (.test/config.yaml sets it: --config)
+    assert planned_jobs(study, "--config", "finetune={n_bootstrap: 300}") == {"aggregate": 1}
+    # the splits pretraining draws on: the pretraining set and what follows, not scratch's fine-tuning
+    set_config(study, "manifest", "pretrain_splits", ["train"])
+    assert planned_jobs(study) == {"pretrain_set": 1, "pretrain": 5, "track_pretrain": 1, "finetune": 5 * len(TASKS),
+                                   "track_finetune": 1, "aggregate": 1}
+    set_config(study, "manifest", "pretrain_splits", ["train", "val"])
+    # a method's block: that method's pretraining and what fine-tunes from it, nothing else
     set_config(study, "pretrain", "methods.top.hidden", 32)
-    assert planned_jobs(study) == {"pretrain": 1, "finetune": len(TASKS), "track_finetune": 1, "aggregate": 1}
+    assert planned_jobs(study) == {"pretrain": 1, "track_pretrain": 1, "finetune": len(TASKS), "track_finetune": 1,
+                                   "aggregate": 1}
     set_config(study, "pretrain", "methods.top.hidden", 64)
     # an augmentation recipe reruns the methods that use it: the temporal one all but simclr
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.5)
-    assert planned_jobs(study) == {"pretrain": 4, "finetune": 4 * len(TASKS), "track_finetune": 1, "aggregate": 1}
+    assert planned_jobs(study) == {"pretrain": 4, "track_pretrain": 1, "finetune": 4 * len(TASKS), "track_finetune": 1,
+                                   "aggregate": 1}
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.8)
     # validation subsampling: the fractions and what follows; the primary comparison: aggregation only
     set_config(study, "study", "subsample_validation", False)
@@ -215,15 +340,22 @@ def test_manifest_rerun_is_byte_identical(study):
     ("study={label_fractions: [0.5, 1.5]}", "study.label_fractions.1"),
     ("study={tasks: [dx_cn_ad, dx_cn_pd]}", "study.tasks.1"),
     ("manifest={split: {val: 0.2, test: 0.9}}", "manifest.split.test"),
+    ("study={inits: [scratch, simclr2]}", "study.inits.1"),  # the registry's methods are the valid inits
+    ("tracking={uri: mlflow.example.org}", "tracking.uri"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, override, key):
-    for item in ("Snakefile", "config.yaml", "workflow", "envs", ".test"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / item)
-    proc = snakemake(tmp_path, "--config", override, check=False)
+    work = make_study(tmp_path)
+    proc = snakemake(work, "--config", override, check=False)
     assert proc.returncode != 0
     assert f"config key {key}:" in proc.stderr + proc.stdout
-    assert not (tmp_path / "results").exists()
+    assert not (work / "results").exists()
+
+
+def test_resources_in_the_config_are_refused_with_where_they_went(tmp_path):
+    work = make_study(tmp_path)
+    proc = snakemake(work, "--config", "pretrain={gpu: 2}", "-n", check=False)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "pretrain.gpu are resources" in out and "--set-resources pretrain:gpu=" in out
 
 
 def test_lint_clean():
@@ -236,3 +368,27 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci/run").read_text()
     test_cmd = next(line for line in ci.splitlines() if line.startswith("python3.11 -m venv"))
     assert test_cmd in readme
+
+
+def test_gpu_count_of_a_profile_or_the_command_line_drives_torchrun(study):
+    out = snakemake(study, "-n", "-p", "results/pretrain/top/encoder.pt", "--forcerun", "pretrain",
+                    "--set-resources", "pretrain:gpu=4").stdout
+    assert "gpu=4" in out and "--nproc_per_node=4 -m sslad" in out
+    out = snakemake(study, "-n", "-p", "--profile", str(ROOT / "profiles/slurm"), "--jobs", "2",
+                    "results/pretrain/top/encoder.pt", "--forcerun", "pretrain").stdout
+    assert re.search(r"mem_mb=64000\b.*runtime=1440\b.*gpu=1\b", out)  # the profile's, attempt 1
+
+
+def test_preprocessed_scans_form_a_bids_derivatives_dataset(study):
+    from bids import BIDSLayout
+
+    description = json.loads((study / "results/preproc/dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "sslad"
+    layout = BIDSLayout(study / "results/cohort/bids", derivatives=study / "results/preproc")
+    files = sorted(str(p) for p in (study / "results/preproc").rglob("*_desc-preproc_T1w.nii.gz"))
+    found = layout.get(scope="derivatives", desc="preproc", suffix="T1w", extension=".nii.gz")
+    assert len(files) > 20 and sorted(f.path for f in found) == files
+    one = found[0].get_entities()
+    assert one["space"] == "MNI152NLin2009aSym" and f"sub-{one['subject']}_ses-{one['session']}" in found[0].filename
+    raw = layout.get(scope="raw", subject=one["subject"], session=one["session"], suffix="T1w", extension=".nii.gz")
+    assert len(raw) == 1  # the raw scan it came from, in the same layout

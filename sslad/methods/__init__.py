@@ -1,4 +1,5 @@
-"""Self-supervised pretraining methods, one module each; ``build`` picks one by name.
+"""Self-supervised pretraining methods, one module each, registered in :mod:`sslad.registry`;
+``build`` picks one by name.
 
 Every method takes a :class:`Batch` (the scans of a global-batch slice, how they form subject
 sequences, their times and augmentation draws) and returns its loss and a few statistics.
@@ -6,6 +7,7 @@ sequences, their times and augmentation draws) and returns its loss and a few st
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +15,9 @@ import torch
 from torch import nn
 
 from sslad.augment import AugmentParams, draw
+from sslad.registry import METHODS as REGISTRY
 
-METHODS = ("simclr", "top", "tcl", "tmp", "topc")
+METHODS = tuple(REGISTRY)
 
 
 @dataclass
@@ -53,16 +56,7 @@ def sequence_embeddings(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def build(name: str, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> nn.Module:
     """The method module (it owns the encoder, so its parameters are everything to optimise)."""
-    if name == "simclr":
-        from sslad.methods.simclr import SimCLR as cls
-    elif name == "top":
-        from sslad.methods.top import TOP as cls
-    elif name == "tcl":
-        from sslad.methods.tcl import TCL as cls
-    elif name == "tmp":
-        from sslad.methods.tmp import TMP as cls
-    elif name == "topc":
-        from sslad.methods.topc import TOPC as cls
-    else:
+    if name not in REGISTRY:
         raise ValueError(f"unknown pretraining method {name!r}; one of {', '.join(METHODS)}")
+    cls = getattr(importlib.import_module(REGISTRY[name].module), REGISTRY[name].cls)
     return cls(encoder, aggregator, dim, hp)

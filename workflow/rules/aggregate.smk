@@ -5,7 +5,9 @@
 rule aggregate:
     input:
         metrics=finetune_metrics(),
-        tracked=rules.track_finetune.output,  # a finished table means every job is in MLflow too
+        predictions=finetune_outputs("predictions.tsv"),
+        # a finished table means every job is in MLflow too
+        tracked=[rules.track_pretrain.output, rules.track_finetune.output],
     output:
         table=report("results/table.csv", caption="../report/table.rst", category="Results"),
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Results"),
@@ -18,16 +20,27 @@ rule aggregate:
         ),
     log:
         "results/logs/aggregate.log",
-    params:
-        settings=json.dumps(
-            {"n_bootstrap": config["finetune"]["n_bootstrap"], "primary": config["study"]["primary"]}, sort_keys=True
-        ),
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
+    localrule: True
+    conda:
+        "../../envs/learning.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/learning.yaml"
+    params:
+        # the bootstrap is aggregation's: changing n_bootstrap reruns this job only
+        settings=json.dumps(
+            {"n_bootstrap": config["finetune"]["n_bootstrap"], "primary": config["study"]["primary"]}, sort_keys=True
+        ),
     shell:
-        "sslad aggregate --settings {params.settings:q} --metrics {input.metrics:q} --table {output.table:q}"
+        "sslad aggregate --settings {params.settings:q} --metrics {input.metrics:q} --predictions {input.predictions:q}"
+        " --table {output.table:q}"
         " --summary {output.summary:q} --summary-md {output.summary_md:q} --figures-dir {output.figures:q}"
         " > {log:q} 2>&1"
+
+
+rule aggregate_all:
+    """The table, summary and figures (what `snakemake` builds): `snakemake aggregate_all`."""
+    input:
+        rules.aggregate.output,

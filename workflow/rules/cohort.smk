@@ -7,14 +7,16 @@ rule simulate_cohort:
         directory("results/cohort/bids"),
     log:
         "results/logs/simulate_cohort.log",
-    params:
-        settings=settings("simulate"),
+    benchmark:
+        "results/benchmarks/simulate_cohort.tsv"
+    conda:
+        "../../envs/core.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/core.yaml"
+    params:
+        settings=settings("simulate"),
     shell:
         "sslad simulate --settings {params.settings:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
@@ -28,13 +30,14 @@ checkpoint cohort:
         excluded="results/cohort/excluded.tsv",
     log:
         "results/logs/cohort.log",
-    params:
-        settings=settings("cohort"),
+    localrule: True
+    conda:
+        "../../envs/core.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/core.yaml"
+    params:
+        settings=settings("cohort"),
     shell:
         "sslad cohort --settings {params.settings:q} --bids {input:q}"
         " --scans {output.scans:q} --record {output.record:q} --excluded {output.excluded:q} > {log:q} 2>&1"

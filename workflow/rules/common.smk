@@ -2,11 +2,19 @@
 import json
 import os
 import shlex
+import sys
 
 import pandas as pd
 
 import jsonschema
 import yaml
+
+sys.path.insert(0, os.path.abspath(workflow.basedir))  # the workflow's own sslad (stdlib-only parts here)
+from sslad.registry import METHODS, complete_schema, inits
+
+# Resources of a job are no config value: they are the rules' defaults below, overridden by a profile
+# (profiles/*/config.yaml: set-resources, set-threads) or on the command line (--set-resources).
+RESOURCE_KEYS = ("gpu", "threads", "mem_mb", "runtime")
 
 
 def coerce_scalars(value, schema):
@@ -35,7 +43,15 @@ def coerce_scalars(value, schema):
 def validate_config(cfg, schema_path):
     """Stop before any job runs if config.yaml breaks the schema, naming the offending key."""
     with open(schema_path) as fh:
-        schema = yaml.safe_load(fh)
+        schema = complete_schema(yaml.safe_load(fh))
+    for block in ("pretrain", "finetune"):
+        moved = [k for k in RESOURCE_KEYS if k in cfg.get(block, {})]
+        if moved:
+            raise ValueError(
+                f"invalid configuration: {block}.{', '.join(moved)} are resources, which moved out of the config: "
+                f"set them in a profile (set-resources: {block}: ..., set-threads) or with "
+                f"--set-resources {block}:{moved[0]}=..."
+            )
     coerce_scalars(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
@@ -100,6 +116,11 @@ def fraction_name(fraction):
     return f"{fraction:g}"
 
 
+def study_methods():
+    """The pretraining methods the study fine-tunes from (its inits that are methods)."""
+    return [m for m in config["study"]["inits"] if m in METHODS]
+
+
 def schema_tasks():
     """Every task the package defines (the schema's list of valid study.tasks)."""
     with open(workflow.source_path("../schemas/config.schema.yaml")) as fh:
@@ -110,10 +131,16 @@ ALL_TASKS = schema_tasks()
 
 
 def manifest_outputs():
-    """The manifest job's outputs: the study-wide tables and all seven task tables (the splits are
-    stratified on every task's labels, whichever tasks the study fine-tunes)."""
-    tables = [f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "pretrain", "excluded")]
-    return tables + [f"results/manifest/tasks/{task}.tsv" for task in ALL_TASKS]
+    """The manifest job's outputs by name (sslad.manifest.output_name): the study-wide tables and all
+    seven task tables (the splits are stratified on every task's labels, whichever tasks the study
+    fine-tunes)."""
+    tables = {name: f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "excluded")}
+    return tables | {f"task_{task}": f"results/manifest/tasks/{task}.tsv" for task in ALL_TASKS}
+
+
+def named_paths(wildcards, output):
+    """NAME=PATH for every named output, for a command that writes several files."""
+    return " ".join(shlex.quote(f"{name}={path}") for name, path in output.items())
 
 
 def pretrain_settings(method):
@@ -123,14 +150,23 @@ def pretrain_settings(method):
     pre = config["pretrain"]
     hp = pre["methods"][method]
     recipes = {hp[key] for key in ("augment", "spatial_augment") if key in hp}
-    return json.dumps({"method": method, "hp": hp, "model": config["model"], "train": pre["train"],
-                       "augment": {name: pre["augment"][name] for name in recipes}}, sort_keys=True)
+    return json.dumps(
+        {
+            "method": method,
+            "hp": hp,
+            "model": config["model"],
+            "train": pre["train"],
+            "augment": {name: pre["augment"][name] for name in recipes},
+        },
+        sort_keys=True,
+    )
 
 
 def finetune_settings(wildcards):
-    """The fine-tuning block minus resources; the encoder block only for scratch (pretrained inits
-    carry their architecture in encoder.pt, an input)."""
-    ft = {k: v for k, v in config["finetune"].items() if k not in ("gpu", "threads", "mem_mb", "runtime")}
+    """The fine-tuning block minus n_bootstrap (aggregation's: the intervals come from the
+    predictions); the encoder block only for scratch (pretrained inits carry their architecture in
+    encoder.pt, an input)."""
+    ft = {k: v for k, v in config["finetune"].items() if k != "n_bootstrap"}
     if wildcards.init == "scratch":
         ft["model"] = config["model"]
     return json.dumps(ft, sort_keys=True)
@@ -165,10 +201,11 @@ def finetune_inputs(wildcards):
     return files
 
 
-def finetune_metrics():
+def finetune_outputs(name):
+    """One output (metrics.json or predictions.tsv) of every fine-tuning job of the study."""
     study = config["study"]
     return expand(
-        "results/finetune/{task}/{init}/frac-{fraction}/seed-{seed}/metrics.json",
+        f"results/finetune/{{task}}/{{init}}/frac-{{fraction}}/seed-{{seed}}/{name}",
         task=study["tasks"],
         init=study["inits"],
         fraction=FRACTIONS,
@@ -176,7 +213,27 @@ def finetune_metrics():
     )
 
 
+def finetune_metrics():
+    return finetune_outputs("metrics.json")
+
+
+def pretrain_metrics():
+    return expand("results/pretrain/{method}/metrics.json", method=study_methods())
+
+
 MLFLOW_DB = "results/mlflow/mlflow.db"
+
+
+def tracking_target(wildcards, input):
+    """Where the tracking jobs log: config tracking.uri (an MLflow server), else the SQLite store
+    (their input)."""
+    return config["tracking"]["uri"] or input.store
+
+
+def tracking_store():
+    """The SQLite store as an input of the tracking jobs (none with a server). ancient(): logging
+    appends to it, and its time stamp must not rerun anything."""
+    return [] if config["tracking"]["uri"] else ancient(MLFLOW_DB)
 
 
 def check_study(cfg):
@@ -209,3 +266,21 @@ def check_study(cfg):
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 check_study(config)
 FRACTIONS = [fraction_name(f) for f in config["study"]["label_fractions"]]  # after validation: numbers
+
+
+def sslad_shell_prefix(root):
+    """Shell lines run before every job's command: the `sslad` command is `python -m sslad` with
+    the workflow's own source tree first on PYTHONPATH. Jobs thus run this checkout's code in a
+    conda env (which holds third-party packages only, and from which Snakemake strips an inherited
+    PYTHONPATH), in a venv with or without the package installed, and on a cluster node (whose job
+    re-reads this file). A prefix, unlike text in each rule, is no rerun trigger: moving the
+    checkout reruns nothing."""
+    quoted = shlex.quote(os.path.abspath(root)).replace("{", "{{").replace("}", "}}")
+    return (
+        "set -euo pipefail; "
+        f"export PYTHONPATH={quoted}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+        'sslad() {{ python -m sslad "$@"; }}; '
+    )
+
+
+shell.prefix(sslad_shell_prefix(workflow.basedir))

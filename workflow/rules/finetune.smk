@@ -1,11 +1,12 @@
 # Fine-tuning over the grid task x init x label fraction x seed: one job per task x init x seed
 # runs its label fractions (and every mode) one after the other. Starting Python and torch costs a
 # demo cell more CPU than its training; a new seed adds jobs, a new fraction reruns the seed's job.
+# MLflow logging is one later job.
 
 
 wildcard_constraints:
     task="[a-z_]+",
-    init="scratch|simclr|top|tcl|tmp|topc|external",
+    init="|".join(inits()),
     fraction="[0-9.e-]+",
     seed="[0-9]+",
 
@@ -18,19 +19,22 @@ rule finetune:
         predictions=finetune_cells("predictions.tsv"),
     log:
         "results/logs/finetune/{task}/{init}_seed-{seed}.log",
+    benchmark:
+        "results/benchmarks/finetune/{task}/{init}_seed-{seed}.tsv"
+    conda:
+        "../../envs/learning.yaml"
+    threads: 1
+    resources:
+        # defaults for the demo on a laptop; profiles set the real ones (profiles/slurm: one GPU)
+        gpu=0,
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=60,
     params:
         settings=finetune_settings,
         encoder=lambda wildcards, input: f"--encoder {input.encoder}" if "encoder" in input.keys() else "",
         cells=lambda wildcards, input, output: cell_args(
             FRACTIONS, input.fractions, output.metrics, output.predictions
         ),
-    threads: config["finetune"]["threads"]
-    resources:
-        gpu=config["finetune"]["gpu"],
-        mem_mb=config["finetune"]["mem_mb"],
-        runtime=config["finetune"]["runtime"] * len(config["study"]["label_fractions"]),
-    conda:
-        "../../envs/learning.yaml"
     shell:
         "sslad finetune --settings {params.settings:q} --task {wildcards.task} --init {wildcards.init}"
         " --seed {wildcards.seed} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
@@ -42,15 +46,26 @@ rule finetune:
 rule track_finetune:
     input:
         metrics=finetune_metrics(),
-        store=ancient(MLFLOW_DB),
+        store=tracking_store(),
     output:
         "results/mlflow/finetune_runs.tsv",
     log:
         "results/logs/track_finetune.log",
+    localrule: True
+    conda:
+        "../../envs/learning.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/learning.yaml"
+    params:
+        uri=config["tracking"]["uri"],  # a rerun trigger: another server gets every run
+        tracking=tracking_target,
     shell:
-        "sslad track-finetune --db {input.store:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
+        "sslad track-finetune --tracking {params.tracking:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule finetune_all:
+    """Every fine-tuning job of the study, and its MLflow runs: `snakemake finetune_all`."""
+    input:
+        finetune_metrics(),
+        rules.track_finetune.output,

@@ -1,8 +1,6 @@
 # The longitudinal manifest (one job): labels of all seven tasks from the whole clinical record,
 # subject-level splits stratified on what the tasks need, the pretraining set; then nested label
 # fractions (one job per task and seed: its fractions are drawn nested).
-import json
-import os
 
 
 rule manifest:
@@ -12,21 +10,42 @@ rule manifest:
         excluded="results/cohort/excluded.tsv",
         qc="results/preproc/qc.tsv",
     output:
-        manifest_outputs(),
+        **manifest_outputs(),
     log:
         "results/logs/manifest.log",
-    params:
-        # every label setting: the splits are stratified on the labels of every task
-        settings=settings("manifest"),
-        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    localrule: True
+    conda:
+        "../../envs/core.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/core.yaml"
+    params:
+        # every label setting (the splits are stratified on the labels of every task); not the
+        # splits pretraining draws on, which are pretrain_set's
+        settings=json.dumps({k: v for k, v in config["manifest"].items() if k != "pretrain_splits"}, sort_keys=True),
+        outputs=named_paths,
     shell:
         "sslad manifest --settings {params.settings:q} --scans {input.scans:q} --record {input.record:q}"
-        " --cohort-excluded {input.excluded:q} --qc {input.qc:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --cohort-excluded {input.excluded:q} --qc {input.qc:q} --out {params.outputs} > {log:q} 2>&1"
+
+
+rule pretrain_set:
+    input:
+        "results/manifest/visits.tsv",
+    output:
+        "results/manifest/pretrain.tsv",
+    log:
+        "results/logs/pretrain_set.log",
+    localrule: True
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        settings=json.dumps({"pretrain_splits": config["manifest"]["pretrain_splits"]}),
+    shell:
+        "sslad pretrain-set --settings {params.settings:q} --visits {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule label_fraction:
@@ -36,14 +55,28 @@ rule label_fraction:
         fraction_tables(),
     log:
         "results/logs/label_fraction/{task}_seed-{seed}.log",
-    params:
-        settings=json.dumps({"subsample_validation": config["study"]["subsample_validation"]}),
-        cells=lambda wildcards, output: cell_args(FRACTIONS, output),
+    localrule: True
+    conda:
+        "../../envs/core.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../../envs/core.yaml"
+    params:
+        settings=json.dumps({"subsample_validation": config["study"]["subsample_validation"]}),
+        cells=lambda wildcards, output: cell_args(FRACTIONS, output),
     shell:
         "sslad label-fraction --settings {params.settings:q} --task-table {input:q} --task {wildcards.task}"
         " --seed {wildcards.seed} {params.cells} > {log:q} 2>&1"
+
+
+rule manifest_all:
+    """The manifest and every label-fraction subset of the study: `snakemake manifest_all`."""
+    input:
+        manifest_outputs().values(),
+        rules.pretrain_set.output,
+        expand(
+            "results/manifest/fractions/{task}/seed-{seed}/frac-{fraction}.tsv",
+            task=config["study"]["tasks"],
+            seed=config["study"]["seeds"],
+            fraction=FRACTIONS,
+        ),

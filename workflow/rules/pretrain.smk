@@ -1,8 +1,9 @@
-# Self-supervised pretraining, one job per method, and the MLflow store every training job logs to.
+# Self-supervised pretraining, one job per method; the MLflow store and the job that logs the
+# pretraining runs to it (the training jobs never write to MLflow themselves, see sslad/tracking.py).
 
 
 wildcard_constraints:
-    method="simclr|top|tcl|tmp|topc",
+    method="|".join(METHODS),
 
 
 rule mlflow_store:
@@ -10,11 +11,12 @@ rule mlflow_store:
         MLFLOW_DB,
     log:
         "results/logs/mlflow_store.log",
+    localrule: True
+    conda:
+        "../../envs/learning.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../../envs/learning.yaml"
     shell:
         "sslad mlflow-store --db {output:q} > {log:q} 2>&1"
 
@@ -24,31 +26,55 @@ rule pretrain:
         pretrain="results/manifest/pretrain.tsv",
         visits="results/manifest/visits.tsv",
         splits="results/manifest/splits.tsv",
-        # logging appends to the store: its time stamp must not rerun anything
-        store=ancient(MLFLOW_DB),
     output:
         encoder="results/pretrain/{method}/encoder.pt",
         metrics="results/pretrain/{method}/metrics.json",
     log:
         "results/logs/pretrain/{method}.log",
-    params:
-        settings=lambda wildcards: pretrain_settings(wildcards.method),
-        out_dir=lambda wildcards, output: os.path.dirname(output.encoder),
-    threads: config["pretrain"]["threads"]
-    resources:
-        gpu=config["pretrain"]["gpu"],
-        mem_mb=config["pretrain"]["mem_mb"],
-        runtime=config["pretrain"]["runtime"],
+    benchmark:
+        "results/benchmarks/pretrain/{method}.tsv"
     conda:
         "../../envs/learning.yaml"
+    threads: 1
+    resources:
+        # defaults for the demo on a laptop; profiles set the real ones (profiles/slurm: one GPU or more)
+        gpu=0,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=120,
+    params:
+        settings=lambda wildcards: pretrain_settings(wildcards.method),
+        # a scratch file while training (a killed job resumes from it), removed once the run is complete
+        checkpoint=lambda wildcards, output: os.path.join(os.path.dirname(output.encoder), "state", "last.pt"),
     shell:
         # one process per GPU under torchrun when the job has several, a plain process otherwise
         "if [ {resources.gpu} -gt 1 ]; then"
         " launch='torchrun --standalone --nproc_per_node={resources.gpu} -m sslad';"
         " else launch=sslad; fi;"
         " $launch pretrain --settings {params.settings:q} --pretrain {input.pretrain:q} --visits {input.visits:q}"
-        " --splits {input.splits:q} --out-dir {params.out_dir:q} --tracking {input.store:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --splits {input.splits:q} --encoder {output.encoder:q} --metrics {output.metrics:q}"
+        " --checkpoint {params.checkpoint:q} --threads {threads} > {log:q} 2>&1"
+
+
+# One process logs every pretraining job to MLflow after the jobs; results already logged are skipped.
+rule track_pretrain:
+    input:
+        metrics=pretrain_metrics(),
+        store=tracking_store(),
+    output:
+        "results/mlflow/pretrain_runs.tsv",
+    log:
+        "results/logs/track_pretrain.log",
+    localrule: True
+    conda:
+        "../../envs/learning.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        uri=config["tracking"]["uri"],  # a rerun trigger: another server gets every run
+        tracking=tracking_target,
+    shell:
+        "sslad track-pretrain --tracking {params.tracking:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule import_external:
@@ -58,14 +84,22 @@ rule import_external:
         "results/pretrain/external/encoder.pt",
     log:
         "results/logs/pretrain/external.log",
+    localrule: True
+    conda:
+        "../../envs/learning.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         settings=json.dumps(
             {"model": config["model"], "stem_stride": config["pretrain"]["external"]["stem_stride"]}, sort_keys=True
         ),
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/learning.yaml"
     shell:
         "sslad import-external --settings {params.settings:q} --checkpoint {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule pretrain_all:
+    """Every pretraining job of the study, and its MLflow runs: `snakemake pretrain_all`."""
+    input:
+        expand("results/pretrain/{method}/encoder.pt", method=study_methods()),
+        rules.track_pretrain.output,
