@@ -21,9 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from sslad.io import atomic_path, write_json
-
-TRANSFORMS = {"rigid": "Rigid", "affine": "Affine", "syn": "SyN"}
-
+from sslad.register import index_to_phys, register
 
 class InputError(ValueError):
     """The input scan cannot be preprocessed; the message names the file and the problem."""
@@ -180,17 +178,21 @@ def refine_mask(image, prior, voxel_mm: float, settings: dict[str, Any]) -> np.n
 def _template(template_t1: str, template_mask: str, reg_mm: float, voxel_mm: float,
               crop: tuple[tuple[float, float], ...]) -> tuple:
     """Everything a scan needs from the template, prepared once per process (a job's scans share
-    it): template and mask, their registration copies, the model grid and the template on it."""
+    it): template and mask, their registration copies, the start search, the model grid and the
+    template on it."""
     import ants
+
+    from sslad.register import TemplateSearch
 
     fixed, fixed_mask = ants.image_read(template_t1), ants.image_read(template_mask)
     fixed_small = _coarse(fixed, reg_mm)
-    region = ants.iMath(ants.resample_image_to_target(fixed_mask, fixed_small, interp_type="nearestNeighbor"),
-                        "MD", max(1, int(round(8 / reg_mm))))
+    small_mask = ants.resample_image_to_target(fixed_mask, fixed_small, interp_type="nearestNeighbor")
+    region = ants.iMath(small_mask, "MD", max(1, int(round(8 / reg_mm))))
+    search = TemplateSearch(fixed, fixed_mask)
     grid = template_grid(fixed, voxel_mm, dict(zip("xyz", crop)))
     grid_t1 = ants.resample_image_to_target(fixed, grid, interp_type="linear").numpy()
     grid_mask = ants.resample_image_to_target(fixed_mask, grid, interp_type="nearestNeighbor").numpy() > 0.5
-    return fixed_mask, fixed_small, region, grid, grid_t1, grid_mask
+    return fixed_mask, fixed_small, small_mask.numpy() > 0.5, region, search, grid, grid_t1, grid_mask
 
 
 def template_grid(template, voxel_mm: float, crop_mm: dict[str, list[float]]):
@@ -248,35 +250,32 @@ def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outp
     lap("n4")
 
     crop = tuple(tuple(settings["crop_mm"][a]) for a in "xyz")
-    fixed_mask, fixed_small, region, grid, grid_t1, grid_mask = _template(
+    fixed_mask, fixed_small, small_brain, region, search, grid, grid_t1, grid_mask = _template(
         template_t1, template_mask, settings["registration_voxel_mm"], settings["voxel_mm"], crop)
-    reg_mm = settings["registration_voxel_mm"]
-    moving_small = _coarse(corrected * head, reg_mm)
-    reg = ants.registration(fixed=fixed_small, moving=moving_small, type_of_transform=TRANSFORMS[settings["registration"]],
-                            mask=region, aff_metric="mattes", aff_sampling=32, aff_random_sampling_rate=0.2,
-                            aff_iterations=(200, 100, 50), aff_shrink_factors=(4, 2, 1),
-                            aff_smoothing_sigmas=(2, 1, 0), reg_iterations=(40, 20, 0),
-                            random_seed=max(1, int(settings["seed"])), outprefix=str(Path(workdir) / "reg-"))
+    moving_small = _coarse(corrected * head, settings["registration_voxel_mm"])
+    head_centre = (index_to_phys(native) @ np.append(np.argwhere(head.numpy() > 0).mean(axis=0), 1))[:3]
+    fwd, inv, registration = register(fixed_small, small_brain, region, search, moving_small, head_centre,
+                                      settings["registration"], settings["seed"], workdir)
     lap("registration")
 
-    prior = ants.apply_transforms(fixed=corrected, moving=fixed_mask, transformlist=reg["invtransforms"],
+    prior = ants.apply_transforms(fixed=corrected, moving=fixed_mask, transformlist=inv,
                                   whichtoinvert=[True] if settings["registration"] != "syn" else [True, False],
                                   interpolator="linear")
     voxel = float(min(native.spacing))
     native_mask = refine_mask(corrected, prior, voxel, settings) if settings["refine_mask"] else prior.numpy() > 0.5
     lap("skull_strip")
 
-    warped = ants.apply_transforms(fixed=grid, moving=corrected, transformlist=reg["fwdtransforms"],
+    warped = ants.apply_transforms(fixed=grid, moving=corrected, transformlist=fwd,
                                    interpolator="linear")
     mask_img = corrected.new_image_like(native_mask.astype(np.float32))
-    warped_mask = ants.apply_transforms(fixed=grid, moving=mask_img, transformlist=reg["fwdtransforms"],
+    warped_mask = ants.apply_transforms(fixed=grid, moving=mask_img, transformlist=fwd,
                                         interpolator="linear").numpy() > 0.5
     model = normalise(warped.numpy(), warped_mask, settings["normalisation"])
     lap("resample_normalise")
 
     qc = quality(warped.numpy(), grid_t1, grid_mask, native_mask, float(np.prod(corrected.spacing)), settings["qc"])
     with atomic_path(outputs.transform) as tmp:
-        Path(reg["fwdtransforms"][-1]).replace(tmp)
+        Path(fwd[-1]).replace(tmp)
     _save(_to_nib(mask_img, np.uint8), outputs.native_mask)
     _save(_to_nib(warped.new_image_like(model)), outputs.preproc)
     _save(_to_nib(warped.new_image_like(warped_mask.astype(np.float32)), np.uint8), outputs.mask)
@@ -285,6 +284,7 @@ def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outp
     lap("write")
     qc_png(corrected, native_mask, warped, warped_mask, outputs.qc_png, qc)
     lap("qc")
+    qc["registration"] = registration
     qc["seconds"] = times
     qc["seconds_total"] = round(sum(times.values()), 3)
     return qc
