@@ -36,9 +36,10 @@ def _rotation(degrees: np.ndarray) -> np.ndarray:
 
 
 def make_scan(seed: int, out_t1w: str | Path, out_mask: str | Path, max_degrees: float = 25.0,
-              max_mm: float = 25.0, noise: float = 0.02, bias: float = 0.2,
+              max_mm: float = 25.0, noise: float = 0.02, bias: float = 0.2, voxel_mm: float = 1.0,
               directory: Path = COLIN27_DIR) -> dict[str, Any]:
-    """Write one posed Colin27 scan (1 mm) and its true brain mask; returns the pose and field of view.
+    """Write one posed Colin27 scan (``voxel_mm`` voxels) and its true brain mask; returns the pose
+    and field of view.
 
     Rotation (each axis uniform in +-``max_degrees``) about the head centre and translation (each
     axis uniform in +-``max_mm``); a smooth multiplicative bias field of about +-``bias``; Rician-like
@@ -66,7 +67,7 @@ def make_scan(seed: int, out_t1w: str | Path, out_mask: str | Path, max_degrees:
     pose[:3, :3] = rot
     pose[:3, 3] = centre + shift - rot @ centre
 
-    # the scan's grid: axis-aligned 1 mm box around the posed head, cut as the field of view says
+    # the scan's grid: axis-aligned box around the posed head, cut as the field of view says
     fg = np.array(np.nonzero(head > 0.05 * head.max()))[:, ::50]
     pts = (pose @ np.vstack([src_affine[:3, :3] @ fg + src_affine[:3, 3:4], np.ones(fg.shape[1])]))[:3]
     lo, hi = pts.min(axis=1) - 4, pts.max(axis=1) + 4
@@ -76,8 +77,8 @@ def make_scan(seed: int, out_t1w: str | Path, out_mask: str | Path, max_degrees:
         bv = np.array(np.nonzero(brain))[:, ::20]
         bpts = pose[:3, :3] @ (src_affine[:3, :3] @ bv + src_affine[:3, 3:4]) + pose[:3, 3:4]
         hi[2] = min(hi[2], bpts[2].max() + rng.uniform(6, 15))
-    shape = np.ceil(hi - lo).astype(int)
-    out_affine = np.eye(4)
+    shape = np.ceil((hi - lo) / voxel_mm).astype(int)
+    out_affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
     out_affine[:3, 3] = lo
     # voxel of the scan -> voxel of the source
     to_src = np.linalg.inv(src_affine) @ np.linalg.inv(pose) @ out_affine
