@@ -125,12 +125,12 @@ def test_bad_input_marked_failed_without_partial_output(setup, tmp_path, case):
 def test_qc_table_collects_failures_and_applies_the_thresholds(setup, tmp_path):
     root, settings, truth = setup
     sub, ses = truth.iloc[0][["participant_id", "session_id"]]
-    scans = pd.DataFrame({"participant_id": ["sub-SIM001", "sub-SIM009", sub],
+    scans = pd.DataFrame({"participant_id": ["sub-SIM008", "sub-SIM009", sub],
                           "session_id": ["ses-M000", "ses-M000", ses]})
     scans.to_csv(tmp_path / "scans.tsv", sep="\t", index=False)
     bad = tmp_path / "zeros.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((20, 20, 20), np.float32), np.eye(4)), bad)
-    _run(root, settings, bad, out="table")
+    _run(root, settings, bad, "sub-SIM008", "ses-M000", out="table")
     _run(root, settings, root / "bids" / sub / ses / "anat" / f"{sub}_{ses}_T1w.nii.gz", sub, ses, out="table")
     qc_table(tmp_path / "scans.tsv", root / "table", SPACE, tmp_path / "qc.tsv", settings["qc"])
     qc = pd.read_csv(tmp_path / "qc.tsv", sep="\t", keep_default_na=False)
