@@ -319,7 +319,8 @@ def measure(moved: np.ndarray, template: np.ndarray, template_mask: np.ndarray, 
     """
     corr = float(np.corrcoef(moved[template_mask], template[template_mask])[0, 1])
     edge = native_mask[[0, -1]].any() or native_mask[:, [0, -1]].any() or native_mask[:, :, [0, -1]].any()
-    return {"template_correlation": round(corr, 4), "brain_volume_ml": round(float(native_mask.sum() * voxel_ml / 1000.0), 1),
+    volume_ml = float(native_mask.sum() * voxel_ml / 1000.0)
+    return {"template_correlation": round(corr, 4), "brain_volume_ml": round(volume_ml, 1),
             "mask_components": int(ndimage.label(native_mask)[1]), "mask_touches_border": bool(edge)}
 
 

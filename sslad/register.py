@@ -3,16 +3,19 @@
 Why a hand-written start: ANTs' own multi-start initialiser (``ants.affine_initializer``, i.e.
 antsAffineInitializer) scores its starts by mutual information of the whole head against the
 skull-stripped template, starting from the centres of mass. On Colin27 in random poses (+-25 deg,
-+-25 mm, long neck, cut top, tuning seeds 100-115) it left 4 of 6 scans in the wrong basin whatever
-its arc, step or principal-axis setting (template correlation 0.1-0.2 after refinement). The
-search here scores each start by what QC later measures: the normalised correlation of the scan
-with the template inside the template's brain. For each rotation on a grid it finds the best
-translation over a +-``SHIFT_MM`` box at once (masked normalised cross-correlation by FFT, coarse
-grid), so the start does not depend on the head's centre of mass and the field of view (a long
-neck, a cut top) does not matter. The best starts are refined by ANTs (the narrow search's rigid start
-straight to affine; the wide search's starts rigid, then affine), each stage kept unless it lowers
-the correlation markedly; a registration whose correlation stays below
-``ACCEPT_CORRELATION`` is retried with a wider rotation grid and more starts.
++-25 mm, long neck, cut top, tuning seeds 100-107), followed by the same ANTs refinement, it left 1
+of 4 scans in the wrong basin at its defaults, and 4 to 6 of 6 with a wider arc (0.2), principal
+axes or a finer search grid (template correlation 0.1-0.2 after refinement).
+
+The search here scores each start by what QC later measures: the normalised correlation of the
+scan with the template inside the template's brain. For each rotation on a grid (about the
+template's brain centre, placed on the head's centre) it finds the best translation over a
++-``SHIFT_MM`` box at once (masked normalised cross-correlation by FFT on a coarse grid), so the
+start does not hang on the head's centre of mass, and the field of view (a long neck, a cut top)
+does not matter. The best starts are refined by ANTs (the narrow search's rigid start straight to
+affine; the wide search's starts rigid, then affine), each stage kept unless it lowers the
+correlation markedly; a registration whose correlation stays below ``ACCEPT_CORRELATION`` is
+retried with a wider rotation grid and more starts, then declared failed.
 """
 
 from __future__ import annotations
