@@ -263,7 +263,7 @@ def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outp
     lap("registration")
 
     prior = ants.apply_transforms(fixed=corrected, moving=fixed_mask, transformlist=inv,
-                                  whichtoinvert=[True] if settings["registration"] != "syn" else [True, False],
+                                  whichtoinvert=[True] if len(inv) == 1 else [True, False],  # affine [+ warp]
                                   interpolator="linear")
     voxel = float(min(native.spacing))
     native_mask = refine_mask(corrected, prior, voxel, settings) if settings["refine_mask"] else prior.numpy() > 0.5
