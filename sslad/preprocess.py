@@ -21,7 +21,8 @@ import numpy as np
 from scipy import ndimage
 
 from sslad.io import atomic_path, write_json
-from sslad.register import index_to_phys, register
+from sslad.register import TemplateSearch, index_to_phys, register
+
 
 class InputError(ValueError):
     """The input scan cannot be preprocessed; the message names the file and the problem."""
@@ -181,8 +182,6 @@ def _template(template_t1: str, template_mask: str, reg_mm: float, voxel_mm: flo
     it): template and mask, their registration copies, the start search, the model grid and the
     template on it."""
     import ants
-
-    from sslad.register import TemplateSearch
 
     fixed, fixed_mask = ants.image_read(template_t1), ants.image_read(template_mask)
     fixed_small = _coarse(fixed, reg_mm)
