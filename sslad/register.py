@@ -30,7 +30,8 @@ from scipy import fft, ndimage
 # Internal acceptance of a registration (correlation with the template inside its brain, on the
 # registration grid), deciding only whether to retry with the wider search. A fixed constant, not
 # the QC thresholds (qc_table applies those without rerunning registration). Right basins reach
-# 0.6-0.9 on the simulated heads and Colin27, wrong ones 0.4 at most.
+# 0.65-0.8 on the simulated heads and Colin27; the old chain's wrong basins on Colin27 reached 0.43
+# at most (on the QC grid).
 ACCEPT_CORRELATION = 0.5
 # A refining stage is kept unless it lowers that correlation by more than this: the affine stage
 # (optimising mutual information) often lowers it by ~0.015 while it raises the brain-mask Dice
