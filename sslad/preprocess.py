@@ -187,7 +187,7 @@ def _template(template_t1: str, template_mask: str, reg_mm: float, voxel_mm: flo
     fixed_small = _coarse(fixed, reg_mm)
     small_mask = ants.resample_image_to_target(fixed_mask, fixed_small, interp_type="nearestNeighbor")
     region = ants.iMath(small_mask, "MD", max(1, int(round(8 / reg_mm))))
-    search = TemplateSearch(fixed, fixed_mask)
+    search = TemplateSearch(fixed_small, small_mask)  # the registration copies: cheap to prepare
     grid = template_grid(fixed, voxel_mm, dict(zip("xyz", crop)))
     grid_t1 = ants.resample_image_to_target(fixed, grid, interp_type="linear").numpy()
     grid_mask = ants.resample_image_to_target(fixed_mask, grid, interp_type="nearestNeighbor").numpy() > 0.5
