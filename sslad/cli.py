@@ -81,14 +81,17 @@ def _cmd_preprocess(a: argparse.Namespace) -> None:
     for session, t1w in zip(a.sessions, a.t1w):
         record = run(t1w, a.participant, session, a.template, a.template_mask, a.out_dir, a.settings, a.space,
                      a.threads)
-        verdict = "passed QC" if record["pass"] else f"FAILED: {record['reason']}"
-        print(f"{a.participant} {session}: {verdict}; {record.get('seconds', {})}", file=sys.stderr)
+        state = (f"FAILED ({record['reason']})" if record["failed_stage"] else
+                 f"done (template correlation {record['template_correlation']}, brain {record['brain_volume_ml']} ml)")
+        print(f"{a.participant} {session}: {state}; {record.get('seconds', {})}", file=sys.stderr)
 
 
 def _cmd_qc_table(a: argparse.Namespace) -> None:
     from sslad.preprocess import qc_table
 
-    qc_table(a.scans, a.preproc_dir, a.space, a.out)
+    if not a.settings:
+        raise SystemExit("sslad qc-table: --settings (the QC thresholds, config preprocess.qc) is required")
+    qc_table(a.scans, a.preproc_dir, a.space, a.out, a.settings)
 
 
 def _cmd_dataset_description(a: argparse.Namespace) -> None:
@@ -184,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="derivatives root (results/preproc)")
     p.add_argument("--threads", type=int, default=1, help="ITK threads")
 
-    p = add("qc-table", _cmd_qc_table, "Collect per-scan qc.json files into one QC table.")
+    p = add("qc-table", _cmd_qc_table,
+            "Collect per-scan qc.json files into one QC table, with the verdict under --settings (preprocess.qc).")
     p.add_argument("--scans", required=True)
     p.add_argument("--preproc-dir", required=True)
     p.add_argument("--space", required=True)

@@ -21,8 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from sslad.io import atomic_path, write_json
-
-TRANSFORMS = {"rigid": "Rigid", "affine": "Affine", "syn": "SyN"}
+from sslad.register import TemplateSearch, index_to_phys, register
 
 
 class InputError(ValueError):
@@ -180,17 +179,19 @@ def refine_mask(image, prior, voxel_mm: float, settings: dict[str, Any]) -> np.n
 def _template(template_t1: str, template_mask: str, reg_mm: float, voxel_mm: float,
               crop: tuple[tuple[float, float], ...]) -> tuple:
     """Everything a scan needs from the template, prepared once per process (a job's scans share
-    it): template and mask, their registration copies, the model grid and the template on it."""
+    it): template and mask, their registration copies, the start search, the model grid and the
+    template on it."""
     import ants
 
     fixed, fixed_mask = ants.image_read(template_t1), ants.image_read(template_mask)
     fixed_small = _coarse(fixed, reg_mm)
-    region = ants.iMath(ants.resample_image_to_target(fixed_mask, fixed_small, interp_type="nearestNeighbor"),
-                        "MD", max(1, int(round(8 / reg_mm))))
+    small_mask = ants.resample_image_to_target(fixed_mask, fixed_small, interp_type="nearestNeighbor")
+    region = ants.iMath(small_mask, "MD", max(1, int(round(8 / reg_mm))))
+    search = TemplateSearch(fixed_small, small_mask)  # the registration copies: cheap to prepare
     grid = template_grid(fixed, voxel_mm, dict(zip("xyz", crop)))
     grid_t1 = ants.resample_image_to_target(fixed, grid, interp_type="linear").numpy()
     grid_mask = ants.resample_image_to_target(fixed_mask, grid, interp_type="nearestNeighbor").numpy() > 0.5
-    return fixed_mask, fixed_small, region, grid, grid_t1, grid_mask
+    return fixed_mask, fixed_small, small_mask.numpy() > 0.5, region, search, grid, grid_t1, grid_mask
 
 
 def template_grid(template, voxel_mm: float, crop_mm: dict[str, list[float]]):
@@ -225,20 +226,24 @@ def normalise(arr: np.ndarray, mask: np.ndarray, method: str) -> np.ndarray:
 
 
 def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outputs: Outputs,
-                    settings: dict[str, Any], workdir: str) -> dict[str, Any]:
-    """Run the chain on one scan and write its outputs; returns the QC record."""
+                    settings: dict[str, Any], workdir: str, record: dict[str, Any]) -> None:
+    """Run the chain on one scan, write its outputs, and fill ``record`` with the QC measures (and,
+    as it goes, the stage it is in, so that a failure can name it)."""
     import time
 
     import ants
 
     times: dict[str, float] = {}
     clock = time.perf_counter()
+    steps = iter(("n4", "registration", "skull_strip", "resample_normalise", "write", "qc"))
+    record["stage"] = "load"
 
     def lap(name: str) -> None:
         nonlocal clock
         now = time.perf_counter()
         times[name] = round(now - clock, 3)
         clock = now
+        record["stage"] = next(steps, "done")
 
     img = check_input(path)
     native = _to_ants(img)
@@ -248,46 +253,54 @@ def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outp
     lap("n4")
 
     crop = tuple(tuple(settings["crop_mm"][a]) for a in "xyz")
-    fixed_mask, fixed_small, region, grid, grid_t1, grid_mask = _template(
+    fixed_mask, fixed_small, small_brain, region, search, grid, grid_t1, grid_mask = _template(
         template_t1, template_mask, settings["registration_voxel_mm"], settings["voxel_mm"], crop)
-    reg_mm = settings["registration_voxel_mm"]
-    moving_small = _coarse(corrected * head, reg_mm)
-    reg = ants.registration(fixed=fixed_small, moving=moving_small, type_of_transform=TRANSFORMS[settings["registration"]],
-                            mask=region, aff_metric="mattes", aff_sampling=32, aff_random_sampling_rate=0.2,
-                            aff_iterations=(200, 100, 50), aff_shrink_factors=(4, 2, 1),
-                            aff_smoothing_sigmas=(2, 1, 0), reg_iterations=(40, 20, 0),
-                            random_seed=max(1, int(settings["seed"])), outprefix=str(Path(workdir) / "reg-"))
+    moving_small = _coarse(corrected * head, settings["registration_voxel_mm"])
+    head_centre = (index_to_phys(native) @ np.append(np.argwhere(head.numpy() > 0).mean(axis=0), 1))[:3]
+    fwd, inv, record["registration"] = register(fixed_small, small_brain, region, search, moving_small,
+                                                head_centre, settings["registration"], settings["seed"], workdir)
     lap("registration")
 
-    prior = ants.apply_transforms(fixed=corrected, moving=fixed_mask, transformlist=reg["invtransforms"],
-                                  whichtoinvert=[True] if settings["registration"] != "syn" else [True, False],
+    prior = ants.apply_transforms(fixed=corrected, moving=fixed_mask, transformlist=inv,
+                                  whichtoinvert=[True] if len(inv) == 1 else [True, False],  # affine [+ warp]
                                   interpolator="linear")
     voxel = float(min(native.spacing))
     native_mask = refine_mask(corrected, prior, voxel, settings) if settings["refine_mask"] else prior.numpy() > 0.5
     lap("skull_strip")
 
-    warped = ants.apply_transforms(fixed=grid, moving=corrected, transformlist=reg["fwdtransforms"],
+    warped = ants.apply_transforms(fixed=grid, moving=corrected, transformlist=fwd,
                                    interpolator="linear")
     mask_img = corrected.new_image_like(native_mask.astype(np.float32))
-    warped_mask = ants.apply_transforms(fixed=grid, moving=mask_img, transformlist=reg["fwdtransforms"],
+    warped_mask = ants.apply_transforms(fixed=grid, moving=mask_img, transformlist=fwd,
                                         interpolator="linear").numpy() > 0.5
     model = normalise(warped.numpy(), warped_mask, settings["normalisation"])
     lap("resample_normalise")
 
-    qc = quality(warped.numpy(), grid_t1, grid_mask, native_mask, float(np.prod(corrected.spacing)), settings["qc"])
+    record.update(measure(warped.numpy(), grid_t1, grid_mask, native_mask, float(np.prod(corrected.spacing))))
     with atomic_path(outputs.transform) as tmp:
-        Path(reg["fwdtransforms"][-1]).replace(tmp)
+        Path(fwd[-1]).replace(tmp)
     _save(_to_nib(mask_img, np.uint8), outputs.native_mask)
     _save(_to_nib(warped.new_image_like(model)), outputs.preproc)
     _save(_to_nib(warped.new_image_like(warped_mask.astype(np.float32)), np.uint8), outputs.mask)
     with atomic_path(outputs.array) as tmp:  # same voxel order as the NIfTI above
         np.save(tmp, model.astype(np.float16))
     lap("write")
-    qc_png(corrected, native_mask, warped, warped_mask, outputs.qc_png, qc)
+    record["outputs"] = {k: str(v) for k, v in vars(outputs).items() if k not in ("qc_json", "qc_png")}
+    if not record["registration"]["accepted"]:  # outputs kept, so that the pictures show what went wrong
+        record["failed_stage"] = "registration"
+        record["reason"] = registration_failure(record["registration"])
+    qc_png(corrected, native_mask, warped, warped_mask, grid_mask, outputs.qc_png, record)
     lap("qc")
-    qc["seconds"] = times
-    qc["seconds_total"] = round(sum(times.values()), 3)
-    return qc
+    record["seconds"] = times
+    record["seconds_total"] = round(sum(times.values()), 3)
+
+
+def registration_failure(reg: dict[str, Any]) -> str:
+    """What a registration that was not accepted tried, in words."""
+    tried = ", ".join(f"{a['search']} search ({a['rotations']} rotations, {len(a['starts'])} start(s) refined)"
+                      for a in reg["searches"])
+    return (f"registration: best template correlation {reg['correlation']:.3f} below the acceptance "
+            f"{reg['accept_correlation']} after {tried}")
 
 
 def _save(img: nib.Nifti1Image, path: Path) -> None:
@@ -295,36 +308,48 @@ def _save(img: nib.Nifti1Image, path: Path) -> None:
         nib.save(img, tmp)
 
 
-def quality(moved: np.ndarray, template: np.ndarray, template_mask: np.ndarray, native_mask: np.ndarray,
-            voxel_ml: float, q: dict[str, Any]) -> dict[str, Any]:
-    """QC measures and the pass/fail verdict, with every failed criterion as a reason.
+def measure(moved: np.ndarray, template: np.ndarray, template_mask: np.ndarray, native_mask: np.ndarray,
+            voxel_ml: float) -> dict[str, Any]:
+    """QC measures (the verdict is :func:`verdict`'s, in the QC table).
 
     Similarity is the correlation of the registered scan with the template inside the template's
     brain (on the model grid); plausibility is the native brain volume, one connected component and
     a mask that the field of view does not cut.
     """
     corr = float(np.corrcoef(moved[template_mask], template[template_mask])[0, 1])
-    volume_ml = float(native_mask.sum() * voxel_ml / 1000.0)
-    n_comp = int(ndimage.label(native_mask)[1])
     edge = native_mask[[0, -1]].any() or native_mask[:, [0, -1]].any() or native_mask[:, :, [0, -1]].any()
-    reasons = []
-    if corr < q["min_template_correlation"]:
-        reasons.append(f"template correlation {corr:.3f} below {q['min_template_correlation']}")
-    lo, hi = q["brain_volume_ml"]
-    if not lo <= volume_ml <= hi:
-        reasons.append(f"brain volume {volume_ml:.0f} ml outside [{lo}, {hi}]")
-    if n_comp != 1:
-        reasons.append(f"brain mask in {n_comp} pieces")
-    if edge:
-        reasons.append("brain mask touches the image border (brain cut by the field of view)")
+    volume_ml = float(native_mask.sum() * voxel_ml / 1000.0)
     return {"template_correlation": round(corr, 4), "brain_volume_ml": round(volume_ml, 1),
-            "mask_components": n_comp, "mask_touches_border": bool(edge),
-            "pass": not reasons, "reason": "; ".join(reasons)}
+            "mask_components": int(ndimage.label(native_mask)[1]), "mask_touches_border": bool(edge)}
 
 
-def qc_png(corrected, native_mask: np.ndarray, warped, warped_mask: np.ndarray, out: Path,
-           qc: dict[str, Any]) -> None:
-    """Three planes in native space and in template space, brain mask outlined in red."""
+def verdict(record: dict[str, Any], thresholds: dict[str, Any]) -> tuple[bool, str]:
+    """Pass/fail of one scan's QC record under ``thresholds`` (config ``preprocess.qc``), with every
+    failed criterion as a reason. Applied when the QC table is built, so that editing a threshold
+    reruns no registration."""
+    reasons = []
+    if record.get("failed_stage"):
+        reasons.append(record.get("reason") or f"failed at stage {record['failed_stage']}")
+    if "template_correlation" in record:
+        corr, (lo, hi) = record["template_correlation"], thresholds["brain_volume_ml"]
+        if corr < thresholds["min_template_correlation"]:
+            reasons.append(f"template correlation {corr:.3f} below {thresholds['min_template_correlation']}")
+        if not lo <= record["brain_volume_ml"] <= hi:
+            reasons.append(f"brain volume {record['brain_volume_ml']:.0f} ml outside [{lo}, {hi}]")
+        if record["mask_components"] != 1:
+            reasons.append(f"brain mask in {record['mask_components']} pieces")
+        if record["mask_touches_border"]:
+            reasons.append("brain mask touches the image border (brain cut by the field of view)")
+    elif not reasons:
+        reasons.append("no QC measures in the record")
+    return not reasons, "; ".join(reasons)
+
+
+def qc_png(corrected, native_mask: np.ndarray, warped, warped_mask: np.ndarray, template_mask: np.ndarray,
+           out: Path, record: dict[str, Any]) -> None:
+    """Three planes in native space and in template space: the scan's brain mask in red, and in
+    template space the template's brain in green, so that a misregistration shows as two outlines
+    that disagree. A failed registration gets a red title that says why."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,11 +366,16 @@ def qc_png(corrected, native_mask: np.ndarray, warped, warped_mask: np.ndarray, 
             ax.imshow(arr[tuple(sl)].T, origin="lower", cmap="gray",
                       vmax=np.percentile(arr[mask], 99) if mask.any() else None, vmin=min(0, arr.min()))
             ax.contour(mask[tuple(sl)].T.astype(float), levels=[0.5], colors="red", linewidths=0.6, origin="lower")
+            if row == 1:
+                ax.contour(template_mask[tuple(sl)].T.astype(float), levels=[0.5], colors="lime", linewidths=0.6,
+                           origin="lower")
             ax.set_axis_off()
             ax.set_title(f"{title} {'xyz'[axis]}", color="white", fontsize=8)
-    verdict = "PASS" if qc["pass"] else f"FAIL: {qc['reason']}"
-    fig.suptitle(f"corr {qc['template_correlation']}  brain {qc['brain_volume_ml']} ml  {verdict}",
-                 color="white", fontsize=9)
+    failed = bool(record.get("failed_stage"))
+    text = (f"corr {record['template_correlation']}  brain {record['brain_volume_ml']} ml  "
+            f"registration corr {record['registration']['correlation']}")
+    fig.suptitle(f"FAILED: {record['reason']}\n{text}" if failed else text, color="red" if failed else "white",
+                 fontsize=9, wrap=True)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=80, facecolor="black")
     plt.close(fig)
@@ -367,30 +397,39 @@ def failure_png(out: Path, message: str) -> None:
 
 def run(path: str, sub: str, ses: str, template_t1: str, template_mask: str, out_dir: str,
         settings: dict[str, Any], space: str, threads: int = 1) -> dict[str, Any]:
-    """Preprocess one scan. A bad input or a failed step marks the scan failed (qc.json says why),
-    removes any output it had written, and returns normally, so the study goes on."""
+    """Preprocess one scan and write its QC record (measures, registration tries, timings).
+
+    A bad input or a failed step marks the scan failed (``failed_stage`` and ``reason`` in qc.json),
+    removes any output it had written, and returns normally, so the study goes on. A registration
+    that is not accepted keeps its outputs, for the QC pictures, and is marked failed the same way.
+    """
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     outputs = Outputs.for_scan(out_dir, sub, ses, space)
     outputs.qc_json.parent.mkdir(parents=True, exist_ok=True)
-    record = {"participant_id": sub, "session_id": ses, "input": str(path), "space": space,
-              "settings": settings}
+    record: dict[str, Any] = {"participant_id": sub, "session_id": ses, "input": str(path), "space": space,
+                              "settings": {k: v for k, v in settings.items() if k != "qc"},
+                              "failed_stage": None, "reason": ""}
     try:
         with tempfile.TemporaryDirectory(prefix="sslad-preprocess-") as workdir:
-            record.update(preprocess_scan(path, template_t1, template_mask, outputs, settings, workdir))
+            preprocess_scan(path, template_t1, template_mask, outputs, settings, workdir, record)
     except Exception as exc:  # any failure marks this scan, never the study
         for f in outputs.images():
             f.unlink(missing_ok=True)
+        record.pop("outputs", None)
+        stage = record.get("stage", "load")
         message = str(exc) if isinstance(exc, InputError) else f"{path}: preprocessing failed ({type(exc).__name__}: {exc})"
-        record.update({"pass": False, "reason": message})
-        failure_png(outputs.qc_png, message)
-    if record["pass"]:
-        record["outputs"] = {k: str(v) for k, v in vars(outputs).items() if k not in ("qc_json", "qc_png")}
+        record.update({"failed_stage": "input" if isinstance(exc, InputError) else stage,
+                       "reason": f"{stage}: {message}"})
+        failure_png(outputs.qc_png, record["reason"])
+    record.pop("stage", None)
     write_json(record, outputs.qc_json)
     return record
 
 
-def qc_table(scans_tsv: str | Path, preproc_dir: str | Path, space: str, out: str | Path) -> None:
-    """Collect every scan's qc.json into one table for the manifest (a missing one is a failure)."""
+def qc_table(scans_tsv: str | Path, preproc_dir: str | Path, space: str, out: str | Path,
+             thresholds: dict[str, Any]) -> None:
+    """Collect every scan's qc.json into one table for the manifest, with the verdict under
+    ``thresholds`` (a missing or unreadable record is a failure)."""
     import json
 
     import pandas as pd
@@ -402,10 +441,12 @@ def qc_table(scans_tsv: str | Path, preproc_dir: str | Path, space: str, out: st
         path = Outputs.for_scan(preproc_dir, r.participant_id, r.session_id, space).qc_json
         try:
             qc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            qc = {"pass": False, "reason": f"{path}: no readable QC record ({exc})"}
-        rows.append({"participant_id": r.participant_id, "session_id": r.session_id, "qc_pass": bool(qc["pass"]),
-                     "qc_reason": qc.get("reason", ""), "template_correlation": qc.get("template_correlation"),
+            passed, reason = verdict(qc, thresholds)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            qc, passed, reason = {}, False, f"{path}: no readable QC record ({type(exc).__name__}: {exc})"
+        rows.append({"participant_id": r.participant_id, "session_id": r.session_id, "qc_pass": passed,
+                     "qc_reason": reason, "failed_stage": qc.get("failed_stage") or "",
+                     "template_correlation": qc.get("template_correlation"),
                      "brain_volume_ml": qc.get("brain_volume_ml"), "seconds": qc.get("seconds_total"),
                      "array": qc.get("outputs", {}).get("array", ""), "file": str(path)})
     write_tsv(pd.DataFrame(rows), out)

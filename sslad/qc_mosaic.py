@@ -2,7 +2,8 @@
 
 Why a mosaic of middle axial slices: a misregistered or badly normalised scan stands out among its
 neighbours far faster than in per-scan QC pages. Failed scans are always shown (framed in red, with
-the reason) because they are the ones a reader needs to check.
+the reason, first) because they are the ones a reader needs to check; a scan that failed after
+registration still shows its slice, so a misregistration is seen, not only read.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from sslad.io import atomic_path, read_tsv
 
 
 def select(qc: pd.DataFrame, max_scans: int) -> pd.DataFrame:
-    """Every failed scan, then passed scans in participant/session order up to ``max_scans`` in all."""
+    """Every failed scan first (top left), then passed scans, each in participant/session order, up
+    to ``max_scans`` in all."""
     qc = qc.sort_values(["participant_id", "session_id"], kind="mergesort").reset_index(drop=True)
     failed = ~qc["qc_pass"].astype(str).str.strip().str.lower().eq("true")
     keep = failed | ((~failed).cumsum() <= max(0, max_scans - int(failed.sum())))
-    return qc[keep].assign(failed=failed[keep]).reset_index(drop=True)
+    shown = qc[keep].assign(failed=failed[keep])
+    return shown.sort_values("failed", ascending=False, kind="mergesort").reset_index(drop=True)
 
 
 def middle_axial(path: str) -> np.ndarray:

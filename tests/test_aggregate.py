@@ -484,7 +484,7 @@ def test_qc_mosaic(tmp_path):
     shown = qc_mosaic.select(pd.read_csv(qc, sep="\t", keep_default_na=False), 2)
     assert list(shown["participant_id"]) == ["sub-002", "sub-009"]  # both failures, no room for passes
     assert list(qc_mosaic.select(pd.read_csv(qc, sep="\t", keep_default_na=False), 3)["participant_id"]) == \
-        ["sub-000", "sub-002", "sub-009"]
+        ["sub-002", "sub-009", "sub-000"]  # failures first
 
 
 def test_track_finetune_logs_each_result_once_and_names_broken_files(study, tmp_path):

@@ -1,4 +1,5 @@
-"""Preprocessing with real ANTs on tiny simulated scans: accuracy, QC record, bad inputs, reruns."""
+"""Preprocessing with real ANTs on tiny simulated scans and a real head (Colin27): accuracy, QC
+record and verdict, scans that cannot be registered, bad inputs, reruns."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
-from sslad.preprocess import Outputs, qc_table, run
+from sslad import colin27
+from sslad.preprocess import Outputs, qc_table, run, verdict
 from sslad.simulate import simulate_cohort
 from sslad.template import write_template
 
@@ -41,14 +44,18 @@ def test_brain_mask_dice_and_qc_record(setup):
     sub, ses = truth.iloc[0][["participant_id", "session_id"]]
     t1w = root / "bids" / sub / ses / "anat" / f"{sub}_{ses}_T1w.nii.gz"
     record = _run(root, settings, t1w, sub, ses)
-    assert record["pass"], record["reason"]
+    assert verdict(record, settings["qc"]) == (True, ""), record["reason"]
     out = Outputs.for_scan(root / "preproc", sub, ses, SPACE)
     for f in out.images() + [out.qc_json, out.qc_png]:
         assert f.is_file(), f
     saved = json.loads(out.qc_json.read_text())
-    for key in ("template_correlation", "brain_volume_ml", "mask_components", "mask_touches_border", "pass",
-                "reason", "seconds", "outputs", "input", "space"):
+    for key in ("template_correlation", "brain_volume_ml", "mask_components", "mask_touches_border", "failed_stage",
+                "reason", "registration", "seconds", "outputs", "input", "space"):
         assert key in saved
+    assert saved["failed_stage"] is None and saved["registration"]["accepted"]
+    stages = saved["registration"]["searches"][0]["starts"][0]["stages"]  # the narrow search's rigid start, then affine
+    assert [s["stage"] for s in stages] == ["start", "affine"] and stages[1]["kept"]
+    assert "qc" not in saved["settings"]  # the thresholds are the QC table's, not the scan's
     assert saved["template_correlation"] > 0.7
     gt = nib.load(root / "bids/derivatives/simulation" / sub / ses / "anat" / f"{sub}_{ses}_desc-brain_mask.nii.gz")
     est = nib.load(out.native_mask)
@@ -68,7 +75,7 @@ def test_rerun_is_identical(setup):
     t1w = root / "bids" / sub / ses / "anat" / f"{sub}_{ses}_T1w.nii.gz"
     arrays = []
     for out in ("again1", "again2"):
-        assert _run(root, settings, t1w, sub, ses, out)["pass"]
+        assert _run(root, settings, t1w, sub, ses, out)["failed_stage"] is None
         arrays.append(np.load(Outputs.for_scan(root / out, sub, ses, SPACE).array))
     np.testing.assert_array_equal(*arrays)
 
@@ -106,27 +113,88 @@ def test_bad_input_marked_failed_without_partial_output(setup, tmp_path, case):
     root, settings, _ = setup
     path, message = _bad_inputs(tmp_path)[case]
     record = _run(root, settings, path, out=f"bad-{case}")
-    assert not record["pass"]
+    assert record["failed_stage"] == "input" and not verdict(record, settings["qc"])[0]
     assert str(path) in record["reason"] and message in record["reason"], record["reason"]
     out = Outputs.for_scan(root / f"bad-{case}", "sub-SIM001", "ses-M000", SPACE)
-    assert json.loads(out.qc_json.read_text())["pass"] is False
+    assert json.loads(out.qc_json.read_text())["failed_stage"] == "input"
     assert out.qc_png.is_file()
     assert not any(f.exists() for f in out.images())
     assert not [p for p in out.qc_json.parent.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-def test_qc_table_collects_failures(setup, tmp_path):
-    root, settings, _ = setup
-    scans = pd.DataFrame({"participant_id": ["sub-SIM001", "sub-SIM009"], "session_id": ["ses-M000", "ses-M000"]})
+def test_qc_table_collects_failures_and_applies_the_thresholds(setup, tmp_path):
+    root, settings, truth = setup
+    sub, ses = truth.iloc[0][["participant_id", "session_id"]]
+    scans = pd.DataFrame({"participant_id": ["sub-SIM008", "sub-SIM009", sub],
+                          "session_id": ["ses-M000", "ses-M000", ses]})
     scans.to_csv(tmp_path / "scans.tsv", sep="\t", index=False)
     bad = tmp_path / "zeros.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((20, 20, 20), np.float32), np.eye(4)), bad)
-    _run(root, settings, bad, out="table")
-    qc_table(tmp_path / "scans.tsv", root / "table", SPACE, tmp_path / "qc.tsv")
-    qc = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
-    assert list(qc["qc_pass"]) == [False, False]
-    assert "image is constant" in qc["qc_reason"][0]
+    _run(root, settings, bad, "sub-SIM008", "ses-M000", out="table")
+    _run(root, settings, root / "bids" / sub / ses / "anat" / f"{sub}_{ses}_T1w.nii.gz", sub, ses, out="table")
+    qc_table(tmp_path / "scans.tsv", root / "table", SPACE, tmp_path / "qc.tsv", settings["qc"])
+    qc = pd.read_csv(tmp_path / "qc.tsv", sep="\t", keep_default_na=False)
+    assert list(qc["qc_pass"]) == [False, False, True]
+    assert "image is constant" in qc["qc_reason"][0] and qc["failed_stage"][0] == "input"
     assert "no readable QC record" in qc["qc_reason"][1]
+    # a stricter threshold fails the good scan from its record alone, keeping its array for the mosaic
+    strict = {**settings["qc"], "min_template_correlation": 0.99}
+    qc_table(tmp_path / "scans.tsv", root / "table", SPACE, tmp_path / "strict.tsv", strict)
+    row = pd.read_csv(tmp_path / "strict.tsv", sep="\t", keep_default_na=False).iloc[2]
+    assert not row["qc_pass"] and "template correlation" in row["qc_reason"] and "below 0.99" in row["qc_reason"]
+    assert Path(row["array"]).is_file()
+
+
+def _unregistrable(d: Path, case: str) -> Path:
+    """Images no brain template fits: noise, a hand-like blob (a palm and fingers), a cylinder phantom."""
+    rng = np.random.default_rng(3)
+    shape = (48, 56, 48)
+    i, j, k = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    if case == "noise":
+        data = rng.random(shape).astype(np.float32) * 100
+    elif case == "hand":
+        data = ((np.abs(i - 24) < 12) & (np.abs(j - 18) < 10) & (np.abs(k - 24) < 4)).astype(np.float32)
+        for f in range(4):  # fingers
+            data[(np.abs(i - (14 + 6.5 * f)) < 2) & (j >= 28) & (j < 48) & (np.abs(k - 24) < 2)] = 1
+        data = ndimage.gaussian_filter(data * 80, 1) + rng.normal(0, 2, shape)
+    else:  # phantom: a uniform cylinder with three inserts
+        data = ((i - 24) ** 2 + (j - 28) ** 2 < 18 ** 2) & (np.abs(k - 24) < 18)
+        data = data * 60.0
+        for x, y, v in ((18, 22, 120), (30, 22, 20), (24, 34, 200)):
+            data[((i - x) ** 2 + (j - y) ** 2 < 9) & (np.abs(k - 24) < 18)] = v
+        data = data + rng.normal(0, 2, shape)
+    path = d / f"{case}.nii.gz"
+    nib.save(nib.Nifti1Image(np.abs(data).astype(np.float32), np.diag([4.0, 4.0, 4.0, 1.0])), path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["noise", "hand", "phantom"])
+def test_scan_that_cannot_be_registered_fails_qc_with_a_reason(setup, tmp_path, case):
+    root, settings, _ = setup
+    record = _run(root, settings, _unregistrable(tmp_path, case), out=f"unreg-{case}")  # returns: the study goes on
+    passed, reason = verdict(record, settings["qc"])
+    assert not passed
+    out = Outputs.for_scan(root / f"unreg-{case}", "sub-SIM001", "ses-M000", SPACE)
+    saved = json.loads(out.qc_json.read_text())
+    assert out.qc_png.is_file()
+    if saved["failed_stage"] == "registration":  # says what was tried: both searches
+        assert "registration: best template correlation" in reason and "wide search" in reason
+        assert [a["search"] for a in saved["registration"]["searches"]] == ["narrow", "wide"]
+    else:  # or an earlier stage failed, and says which
+        assert saved["failed_stage"] in ("n4", "registration") and saved["reason"].startswith(saved["failed_stage"])
+
+
+@pytest.mark.skipif(not colin27.available(), reason="needs Debian's mricron-data (Colin27)")
+def test_real_head_far_from_the_template_pose(setup, tmp_path):
+    """Colin27 turned and moved (seed 105: a long neck, rotated 25 and 20 degrees), at 2 mm."""
+    root, settings, _ = setup
+    pose = colin27.make_scan(105, tmp_path / "t1w.nii.gz", tmp_path / "mask.nii.gz", voxel_mm=2.0)
+    assert pose["field_of_view"] == "neck" and max(abs(d) for d in pose["rotation_deg"]) > 20
+    record = _run(root, settings, tmp_path / "t1w.nii.gz", out="colin")
+    assert verdict(record, settings["qc"]) == (True, ""), record["reason"]
+    est = nib.load(record["outputs"]["native_mask"]).get_fdata() > 0
+    gt = nib.load(tmp_path / "mask.nii.gz").get_fdata() > 0
+    assert 2 * (est & gt).sum() / (est.sum() + gt.sum()) > 0.93
 
 
 def test_gzip_sanity_of_fixture(tmp_path):

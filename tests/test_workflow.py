@@ -324,6 +324,19 @@ def test_config_edit_reruns_only_affected_stages(study):
     assert not planned_rules(study) & {"simulate_cohort", "cohort", "template", "preprocess", "qc_table", "manifest"}
 
 
+def test_qc_threshold_edit_reruns_no_preprocessing(study):
+    # the verdict is the QC table's: a threshold edit re-judges the scans without registering them again
+    set_config(study, "preprocess", "qc.min_template_correlation", 0.7)
+    planned = planned_jobs(study)
+    assert "preprocess" not in planned and planned.get("qc_table") == 1, planned
+    set_config(study, "preprocess", "qc.min_template_correlation", 0.6)
+    set_config(study, "preprocess", "qc.brain_volume_ml", [700, 2600])
+    planned = planned_jobs(study)
+    assert "preprocess" not in planned and planned.get("qc_table") == 1, planned
+    set_config(study, "preprocess", "qc.brain_volume_ml", [800, 2500])
+    assert not planned_rules(study) & {"preprocess", "qc_table"}
+
+
 def test_manifest_rerun_is_byte_identical(study):
     snakemake(study, "results/manifest/visits.tsv")
     first = study / "first"

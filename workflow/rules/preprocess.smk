@@ -41,7 +41,8 @@ rule preprocess:
     log:
         "results/logs/preprocess/{participant}.log",
     params:
-        settings=settings("preprocess"),
+        # the QC thresholds are qc_table's: editing them reruns no registration
+        settings=json.dumps({k: v for k, v in config["preprocess"].items() if k != "qc"}, sort_keys=True),
         space=template_space(),
         sessions=subject_sessions,  # a new or removed visit reruns this participant only
         out_dir=lambda wildcards, output: Path(output[0]).parent,
@@ -67,6 +68,7 @@ rule qc_table:
     log:
         "results/logs/qc_table.log",
     params:
+        qc=json.dumps(config["preprocess"]["qc"], sort_keys=True),
         space=template_space(),
         preproc_dir=lambda wildcards, output: Path(output[0]).parent,
     resources:
@@ -75,7 +77,7 @@ rule qc_table:
     conda:
         "../../envs/core.yaml"
     shell:
-        "sslad qc-table --scans {input.scans:q} --preproc-dir {params.preproc_dir:q}"
+        "sslad qc-table --settings {params.qc:q} --scans {input.scans:q} --preproc-dir {params.preproc_dir:q}"
         " --space {params.space} --out {output:q} > {log:q} 2>&1"
 
 
