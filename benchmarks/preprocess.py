@@ -122,7 +122,8 @@ def main() -> None:
         for m in s.months:
             sub, ses = s.participant_id, f"ses-M{m:03d}"
             jobs.append((str(work / "bids" / sub / ses / "anat" / f"{sub}_{ses}_T1w.nii.gz"),
-                         str(work / "bids/derivatives/simulation" / sub / ses / "anat" / f"{sub}_{ses}_desc-brain_mask.nii.gz"),
+                         str(work / "bids/derivatives/simulation" / sub / ses / "anat"
+                             / f"{sub}_{ses}_desc-brain_mask.nii.gz"),
                          sub, ses, str(work), settings))
     jobs = jobs[: a.max_scans]
     ours = [_in_fresh_process(_ours, j) for j in jobs]
@@ -139,7 +140,8 @@ def main() -> None:
             real.append(_in_fresh_process(_ours, (str(t1w), str(truth), "sub-COLIN", f"ses-{seed}", str(work),
                                                   real_settings)))
     print(f"\nsimulated {len(jobs)} scans at {a.resolution:g} mm in {sim_s:.0f} s; work dir {work}; one ITK thread\n")
-    print("| chain | scans | median s/scan | max s/scan | median seconds per step | peak MB | median Dice | worst Dice |")
+    print("| chain | scans | median s/scan | max s/scan | median seconds per step | peak MB | median Dice "
+          "| worst Dice |")
     print("|---|---|---|---|---|---|---|---|")
     print(_row(f"sslad preprocess ({settings['registration']}, {a.resolution:g} mm)", ours))
     if ref:

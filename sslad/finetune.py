@@ -23,7 +23,6 @@ import functools
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np

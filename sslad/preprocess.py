@@ -417,7 +417,8 @@ def run(path: str, sub: str, ses: str, template_t1: str, template_mask: str, out
             f.unlink(missing_ok=True)
         record.pop("outputs", None)
         stage = record.get("stage", "load")
-        message = str(exc) if isinstance(exc, InputError) else f"{path}: preprocessing failed ({type(exc).__name__}: {exc})"
+        message = (str(exc) if isinstance(exc, InputError)
+                   else f"{path}: preprocessing failed ({type(exc).__name__}: {exc})")
         record.update({"failed_stage": "input" if isinstance(exc, InputError) else stage,
                        "reason": f"{stage}: {message}"})
         failure_png(outputs.qc_png, record["reason"])

@@ -30,7 +30,8 @@ def test_task_without_both_classes_is_skipped_with_its_reason(tmp_path):
     settings = {"device": "cpu", "inputs": "history", "modes": ["full"]}
     cell = finetune.Cell(1.0, frac_tsv, str(tmp_path / "metrics.json"), str(tmp_path / "predictions.tsv"))
     [metrics] = finetune.run(settings, "fut_mci_ad", "scratch", 0, [cell], task_tsv, "unused.tsv", None, 1)
-    assert metrics["rows"] == [] and "test samples of the task table need both classes, got 3 positive and 0 negative" in metrics["skipped"]
+    assert metrics["rows"] == []
+    assert "test samples of the task table need both classes, got 3 positive and 0 negative" in metrics["skipped"]
     assert json.loads((tmp_path / "metrics.json").read_text())["skipped"] == metrics["skipped"]
     assert (tmp_path / "predictions.tsv").read_text().strip() == "\t".join(PREDICTION_COLUMNS)
 

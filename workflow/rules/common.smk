@@ -179,7 +179,9 @@ def fraction_tables():
 
 def finetune_cells(name):
     """One file of each label fraction of a fine-tuning job (task x init x seed)."""
-    return expand("results/finetune/{{task}}/{{init}}/frac-{fraction}/seed-{{seed}}/{name}", fraction=FRACTIONS, name=name)
+    return expand(
+        "results/finetune/{{task}}/{{init}}/frac-{fraction}/seed-{{seed}}/{name}", fraction=FRACTIONS, name=name
+    )
 
 
 def cell_args(fractions, *files):

@@ -32,9 +32,7 @@ rule finetune:
     params:
         settings=finetune_settings,
         encoder=lambda wildcards, input: f"--encoder {input.encoder}" if "encoder" in input.keys() else "",
-        cells=lambda wildcards, input, output: cell_args(
-            FRACTIONS, input.fractions, output.metrics, output.predictions
-        ),
+        cells=lambda wildcards, input, output: cell_args(FRACTIONS, input.fractions, output.metrics, output.predictions),
     shell:
         "sslad finetune --settings {params.settings:q} --task {wildcards.task} --init {wildcards.init}"
         " --seed {wildcards.seed} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"

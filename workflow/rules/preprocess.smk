@@ -14,16 +14,16 @@ rule template:
         mask=f"results/template/tpl-{template_space()}_desc-brain_mask.nii.gz",
     log:
         "results/logs/template.log",
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         settings=json.dumps(
             {k: config["preprocess"][k] for k in ("template", "template_mask")},
             sort_keys=True,
         ),
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/core.yaml"
     shell:
         "sslad template --settings {params.settings:q} --out-t1w {output.t1w:q}"
         " --out-mask {output.mask:q} > {log:q} 2>&1"
@@ -40,18 +40,18 @@ rule preprocess:
         directory("results/preproc/{participant}"),
     log:
         "results/logs/preprocess/{participant}.log",
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,  # measured peak: 1.1 GB at 1 mm (scans run one at a time)
+        runtime=lambda wildcards, input: 20 * len(input.t1w),
     params:
         # the QC thresholds are qc_table's: editing them reruns no registration
         settings=json.dumps({k: v for k, v in config["preprocess"].items() if k != "qc"}, sort_keys=True),
         space=template_space(),
         sessions=subject_sessions,  # a new or removed visit reruns this participant only
         out_dir=lambda wildcards, output: Path(output[0]).parent,
-    threads: 1
-    resources:
-        mem_mb=2000,  # measured peak: 1.1 GB at 1 mm (scans run one at a time)
-        runtime=lambda wildcards, input: 20 * len(input.t1w),
-    conda:
-        "../../envs/imaging.yaml"
     shell:
         "sslad preprocess --settings {params.settings:q} --participant {wildcards.participant}"
         " --sessions {params.sessions} --t1w {input.t1w:q}"
@@ -67,15 +67,15 @@ rule qc_table:
         "results/preproc/qc.tsv",
     log:
         "results/logs/qc_table.log",
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         qc=json.dumps(config["preprocess"]["qc"], sort_keys=True),
         space=template_space(),
         preproc_dir=lambda wildcards, output: Path(output[0]).parent,
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/core.yaml"
     shell:
         "sslad qc-table --settings {params.qc:q} --scans {input.scans:q} --preproc-dir {params.preproc_dir:q}"
         " --space {params.space} --out {output:q} > {log:q} 2>&1"
@@ -88,10 +88,10 @@ rule qc_mosaic:
         report("results/preproc/qc_mosaic.png", caption="../report/qc_mosaic.rst", category="Quality control"),
     log:
         "results/logs/qc_mosaic.log",
+    conda:
+        "../../envs/core.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/core.yaml"
     shell:
         "sslad qc-mosaic --qc {input:q} --out {output:q} > {log:q} 2>&1"
