@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from sslad.io import atomic_path
+from sslad.register import rotation
 
 COLIN27_DIR = Path("/usr/share/mricron/templates")
 FIELDS_OF_VIEW = ("full", "neck", "top", "wide")  # scan ``seed`` gets FIELDS_OF_VIEW[seed % 4]
@@ -25,14 +26,6 @@ FIELDS_OF_VIEW = ("full", "neck", "top", "wide")  # scan ``seed`` gets FIELDS_OF
 def available(directory: Path = COLIN27_DIR) -> bool:
     """Whether ``mricron-data`` (Colin27 head and brain) is installed."""
     return (directory / "ch2.nii.gz").is_file() and (directory / "ch2bet.nii.gz").is_file()
-
-
-def _rotation(degrees: np.ndarray) -> np.ndarray:
-    ax, ay, az = np.deg2rad(degrees)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def make_scan(seed: int, out_t1w: str | Path, out_mask: str | Path, max_degrees: float = 25.0,
@@ -61,7 +54,7 @@ def make_scan(seed: int, out_t1w: str | Path, out_mask: str | Path, max_degrees:
         src_affine[:3, 3] -= src_affine[:3, 2] * extra
     degrees = rng.uniform(-max_degrees, max_degrees, 3)
     shift = rng.uniform(-max_mm, max_mm, 3)
-    rot = _rotation(degrees)
+    rot = rotation(degrees)
     centre = src_affine[:3, :3] @ (np.array(np.nonzero(brain)).mean(axis=1)) + src_affine[:3, 3]
     pose = np.eye(4)  # source world -> scan world
     pose[:3, :3] = rot

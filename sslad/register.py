@@ -55,7 +55,9 @@ def index_to_phys(image) -> np.ndarray:
     return a
 
 
-def _rotation(degrees) -> np.ndarray:
+def rotation(degrees) -> np.ndarray:
+    """Rotation matrix of angles (degrees) about x, then y, then z: the convention of every pose
+    here (simulated heads, posed Colin27 scans, the start search)."""
     ax, ay, az = np.deg2rad(degrees)
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
@@ -103,7 +105,7 @@ class TemplateSearch:
         offset = head_centre - self.centre
         found = []
         for degrees in itertools.product(angles, repeat=3):
-            rot = _rotation(degrees)
+            rot = rotation(degrees)
             # grid index -> physical (template frame) -> rotated about the brain centre -> moving index
             about = np.eye(4)
             about[:3, :3] = rot

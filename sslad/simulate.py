@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import ndimage
 
 from sslad.io import atomic_dir, write_tsv
+from sslad.register import rotation
 from sslad.visit_time import DAYS_PER_MONTH
 
 GROUPS = ("cn", "cn_mci", "mci", "mci_ad", "ad")
@@ -75,14 +76,6 @@ def _sample(volume: np.ndarray, inv_affine: np.ndarray, pts: np.ndarray, order: 
     """Sample ``volume`` at world points ``pts`` (N x 3, mm)."""
     ijk = pts @ inv_affine[:3, :3].T + inv_affine[:3, 3]
     return ndimage.map_coordinates(volume, ijk.T, order=order, mode="constant", cval=cval)
-
-
-def _rotation(deg: np.ndarray) -> np.ndarray:
-    ax, ay, az = np.deg2rad(deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def _smooth_field(rng: np.random.Generator, amplitude_mm: float, nodes: int = 6) -> np.ndarray:
@@ -226,7 +219,7 @@ def render_scan(subject: Subject, visit: int, tpl: Template, cfg: dict[str, Any]
     affine[:3, 3] = FOV_MM[:, 0]
     angles = rng.uniform(-1, 1, 3) * cfg["max_rotation_deg"]
     shift = rng.uniform(-1, 1, 3) * cfg["max_translation_mm"]
-    rot = _rotation(angles)
+    rot = rotation(angles)
     anat = np.random.default_rng(subject.anatomy_seed)
     warp = _smooth_field(anat, cfg["warp_mm"])
     bias_coef = rng.normal(0.0, cfg["bias"], size=9)
