@@ -223,7 +223,7 @@ def test_stage_targets_and_benchmarks(study):
         assert planned_jobs(study, stage) == {}, stage
     assert planned_jobs(study, "pretrain_all", "--forcerun", "pretrain") == {"pretrain": 5, "track_pretrain": 1,
                                                                           "pretrain_all": 1}
-    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_frac-1_seed-0.tsv", "simulate_cohort.tsv"):
+    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_seed-0.tsv", "simulate_cohort.tsv"):
         assert (study / "results/benchmarks" / heavy).read_text().startswith("s\th:m:s\tmax_rss"), heavy
 
 
