@@ -104,6 +104,9 @@ def label_fractions(samples: pd.DataFrame, fractions: list[float], seed: int, ta
     ceil(f * n) subjects of each stratum from one seeded permutation, so smaller fractions are
     subsets of larger ones and every non-empty stratum keeps at least one subject.
     """
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"{task}: label fractions must be in (0, 1], got {bad}")
     per_subject = samples.groupby("participant_id")["label"].agg(
         lambda s: "both" if s.nunique() > 1 else str(s.iloc[0]))
     rng = _rng(seed, "fraction", task)

@@ -104,6 +104,9 @@ def test_fractions_nested_stratified_and_train_only(default_tables):
     small = [{s: set(tables[f"fractions/dx_cn_mci/seed-{s}/frac-{fraction_name(fractions[0])}.tsv"]["participant_id"])
               for s in cfg["seeds"]}][0]
     assert len({frozenset(v) for v in small.values()}) == len(cfg["seeds"])
+    for bad in (0.0, 1.5):  # outside (0, 1]: refused, naming the task, never a silent whole split
+        with pytest.raises(ValueError, match=r"dx_cn_mci: label fractions must be in \(0, 1\]"):
+            fraction_table(tables["tasks/dx_cn_mci.tsv"], bad, 0, "dx_cn_mci")
 
 
 def test_same_seed_byte_identical(tmp_path, default_config):
