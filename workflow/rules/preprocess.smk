@@ -31,7 +31,13 @@ rule template:
 
 rule preprocess:
     """Every scan of one participant, one after the other in one process (as fMRIPrep runs per
-    participant): loading ANTs costs ~2 s per process, more than a demo scan's whole chain."""
+    participant): importing ANTs costs ~2.7 s of CPU per process (measured), more than a demo scan's
+    whole chain; one job per scan would add ~7 min of CPU to the demo's 166 scans.
+
+    The one output that is a directory: a participant's sessions are known only once the cohort
+    checkpoint has run, and Snakemake cannot declare a varying set of files per job. Inside it,
+    every file has the BIDS-derivatives name of sslad.preprocess.Outputs (the one place that names
+    them), and each scan's qc.json lists the paths it wrote, which the QC table passes on."""
     input:
         t1w=subject_t1w,
         template=rules.template.output.t1w,
