@@ -14,7 +14,7 @@ import pytest
 from scipy import ndimage
 
 from sslad import colin27
-from sslad.preprocess import Outputs, qc_table, run, verdict
+from sslad.preprocess import Outputs, band_threshold, qc_table, refine_mask, run, verdict
 from sslad.simulate import simulate_cohort
 from sslad.template import write_template
 
@@ -78,6 +78,46 @@ def test_rerun_is_identical(setup):
         assert _run(root, settings, t1w, sub, ses, out)["failed_stage"] is None
         arrays.append(np.load(Outputs.for_scan(root / out, sub, ses, SPACE).array))
     np.testing.assert_array_equal(*arrays)
+
+
+def test_refinement_threshold_is_estimated_on_each_scan():
+    """Just above the CSF class, whether the CSF is dark and sharp or bright and spread (a blurred edge)."""
+    rng = np.random.default_rng(0)
+    tissue = rng.normal(100, 8, 30_000)
+    for csf_mean, csf_sd in ((10, 3), (50, 12)):
+        band = np.concatenate([rng.normal(csf_mean, csf_sd, 20_000), tissue])
+        thr = band_threshold(band, 0.2, seed=1)
+        assert csf_mean + 1.5 * csf_sd < thr < 100 - 2 * 8, (csf_mean, thr)
+        assert band_threshold(band, 0.2, seed=1) == thr  # same voxels, same seed: same threshold
+    dark, bright = (band_threshold(np.concatenate([rng.normal(c, sd, 20_000), tissue]), 0.2, 1)
+                    for c, sd in ((10, 3), (50, 12)))
+    assert bright > dark + 20
+
+
+def _sphere_scan(pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 1-mm ball of tissue (radius 25 mm, partial-volume edge) in CSF, then air; its true mask and a
+    prior that is 1 mm too small, all padded by ``pad`` voxels of air."""
+    n = 72
+    r = np.sqrt(sum((g - n / 2) ** 2 for g in np.meshgrid(*[np.arange(n)] * 3, indexing="ij")))
+    image = 15 + 85 * np.clip(25.5 - r, 0, 1) - 15 * np.clip(r - 30, 0, 1)
+    image = image + np.random.default_rng(1).normal(0, 8, image.shape)  # noise and tissue texture
+    return tuple(np.pad(a, pad) for a in (np.abs(image).astype(np.float32), r < 25, (r < 24).astype(np.float32)))
+
+
+def test_refine_mask_moves_the_boundary_to_the_scan_on_its_bounding_box(default_config):
+    import ants
+
+    settings = {**default_config["preprocess"], "refine_mm": 2.0}
+    masks = {}
+    for pad in (0, 30):  # the same head in a field of view that is mostly air
+        image, truth, prior = _sphere_scan(pad)
+        masks[pad] = refine_mask(ants.from_numpy(image), ants.from_numpy(prior), 1.0, settings)
+        dice = 2 * (masks[pad] & truth).sum() / (masks[pad].sum() + truth.sum())
+        prior_dice = 2 * ((prior > 0) & truth).sum() / ((prior > 0).sum() + truth.sum())
+        assert prior_dice < 0.95 and dice > 0.97, (prior_dice, dice)
+    np.testing.assert_array_equal(masks[0], masks[30][30:-30, 30:-30, 30:-30])
+    with pytest.raises(ValueError, match="lies outside the image"):
+        refine_mask(ants.from_numpy(image), ants.from_numpy(np.zeros_like(prior)), 1.0, settings)
 
 
 def _bad_inputs(d: Path) -> dict[str, tuple[Path, str]]:
