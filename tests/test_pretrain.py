@@ -113,7 +113,11 @@ def test_two_process_ddp_matches_single_process(manifest, tmp_path, method):
     table = pd.read_csv(manifest / "pretrain.tsv", sep="\t")
     table = table[(table["participant_id"] != "sub-00") | (table["session_id"] != "ses-2")]
     table.to_csv(tmp_path / "pretrain.tsv", sep="\t", index=False)
-    s = settings(method, epochs=2, batch=4)
+    # one epoch (4 steps): simclr's loss on this tiny table is chaotic after that, once other visits
+    # of a subject are not its negatives (on the full table, no subject held out, epoch 2 of one
+    # process differs by 1.6% between 1 and 2 threads, by 2.4% between 1 and 2 processes, while
+    # step 1 is identical and step 2 within 5e-5), so a longer run compares float noise
+    s = settings(method, epochs=1, batch=4)
     single = pretrain_cmd(manifest, tmp_path / "single", s, pretrain=tmp_path / "pretrain.tsv")
     subprocess.run(single, check=True, capture_output=True)
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "sslad"]
