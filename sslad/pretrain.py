@@ -134,7 +134,8 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
     scan_pool = np.flatnonzero(~np.isin(scans.subject_of(), held))
     if len(pool) < 2:
         raise ValueError(f"{settings['method']}: {len(pool)} pretraining units (subjects with >= "
-                         f"{sampling.min_scans} scans); at least 2 are needed")
+                         f"{sampling.min_scans} scans) besides the {len(held)} subjects held out for the "
+                         "diagnostics (pretrain.train.holdout_subjects); at least 2 are needed")
     batch_size = min(tr["batch_size"], len(pool))
     if batch_size % world:
         raise ValueError(f"pretrain batch size {batch_size} is not divisible by the {world} processes")
@@ -175,8 +176,8 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
             losses.append(distributed.mean(float(loss.detach())))
             for k, v in extra.items():
                 stats.setdefault(k, []).append(distributed.mean(v))
-            seen += world * (len(batch.volumes) * len(sampling.views) + (len(batch.spatial.volumes) * 2 if
-                                                                         batch.spatial is not None else 0))
+            spatial = len(batch.spatial.volumes) if batch.spatial is not None else 0
+            seen += world * (len(batch.volumes) * len(sampling.views) + spatial * len(sampling.spatial_views))
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
                   **{k: float(np.mean(v)) for k, v in stats.items()}}
         history.append(record)

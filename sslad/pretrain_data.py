@@ -138,8 +138,11 @@ def step_batch(scans: ScanSet, volumes: torch.Tensor, chosen: list[np.ndarray], 
         extra = scan_batch(scan_pool, size, seed, epoch, step)
         draws = draw_views(Sampling(1, 1, sampling.spatial_views), size, hp, recipes, gen)
         mine = slice(rank * (size // world), (rank + 1) * (size // world))
-        spatial = Batch(volumes[torch.from_numpy(extra[mine]).to(device)], None, None, None,
-                        [v[mine] for v in draws], gen, torch.from_numpy(subject_of[extra[mine]]).to(device))
+        n = size // world  # one-scan sequences
+        spatial = Batch(volumes[torch.from_numpy(extra[mine]).to(device)],
+                        torch.arange(n, device=device).unsqueeze(1), torch.zeros((n, 1), device=device),
+                        torch.ones((n, 1), dtype=torch.bool, device=device), [v[mine] for v in draws], gen,
+                        torch.from_numpy(subject_of[extra[mine]]).to(device))
     per = len(chosen) // world
     seq = slice(rank * per, (rank + 1) * per)
     used = index[seq][index[seq] >= 0]
