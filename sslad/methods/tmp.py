@@ -50,7 +50,8 @@ class TMP(nn.Module):
 
     def retrieval(self, h: torch.Tensor, months: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
         """One subject's visits (n, D) and times (n,): per visit j, the similarity of its prediction
-        from the other visits to every visit of the subject, and j (the right one)."""
+        from all the other visits (however many: the aggregator takes any length) to every visit of
+        the subject, and j (the right one)."""
         n = len(months)
         masked = torch.eye(n, dtype=torch.bool, device=h.device)
         seq, m = h.unsqueeze(0).expand(n, -1, -1), months.unsqueeze(0).expand(n, -1)
