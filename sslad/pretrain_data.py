@@ -66,7 +66,7 @@ def holdout(scans: ScanSet, fraction: float, seed: int) -> list[int]:
     visits at different times, the ones that have an order to measure."""
     timed = [s for s, rows in enumerate(scans.subjects) if len(np.unique(scans.months[rows])) >= 2]
     n = min(len(timed), max(2, round(fraction * len(timed)))) if fraction > 0 else 0
-    chosen = np.random.default_rng([seed, 15]).choice(len(timed), size=n, replace=False)
+    chosen = np.random.default_rng([seed, 15]).choice(len(timed), size=n, replace=False)  # a stream of its own
     return sorted(timed[i] for i in chosen)
 
 
