@@ -69,3 +69,14 @@ def mean(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item()) / world()[1]
+
+
+def row_offset(count: int, device: torch.device) -> int:
+    """How many rows the earlier ranks hold: where this rank's rows start in a ``gather``. Every rank
+    must call it (it is a collective)."""
+    rank, size = world()
+    if size == 1:
+        return 0
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(size)]
+    dist.all_gather(counts, torch.tensor([count], device=device))
+    return int(sum(int(c) for c in counts[:rank]))

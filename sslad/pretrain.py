@@ -7,8 +7,10 @@ loss history; a rerun on the same inputs (settings, scans, times and array conte
 rerun whose inputs changed in any way starts afresh and logs why. The checkpoint only serves an
 interrupted run: it is removed once the outputs are written, so a finished job that Snakemake
 reruns (its inputs or code changed) always trains from scratch. Outputs (paths given by the
-caller, see :class:`Outputs`): the encoder (for fine-tuning) and the metrics, which carry the
-settings so that the tracking job (sslad.tracking) can log the run without touching this job.
+caller, see :class:`Outputs`): the encoder and, for the temporal methods, the aggregator they
+trained (for fine-tuning), and the metrics, which carry the settings and the diagnostics of temporal
+learning on held-out subjects (sslad.diagnostics, at initialisation and after training) so that
+the tracking job (sslad.tracking) can log the run without touching this job.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import numpy as np
 import torch
 
 from sslad import distributed
+from sslad.diagnostics import diagnose
 from sslad.io import atomic_path, write_json
-from sslad.methods import Batch, build, draw_views
+from sslad.methods import build
 from sslad.networks import build_aggregator, build_encoder, feature_dim, save_encoder
-from sslad.pretrain_data import ScanSet, epoch_batches, load_pretrain_scans, make_batch, step_rng, units
+from sslad.pretrain_data import ScanSet, epoch_batches, holdout, load_pretrain_scans, step_batch, units
 
 
 @dataclass(frozen=True)
@@ -126,13 +129,17 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
     ddp = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda"
                                                     else None, find_unused_parameters=True) if world > 1 else method
 
-    pool = units(scans, sampling)
+    held = holdout(scans, tr["holdout_subjects"], tr["seed"])
+    pool = units(scans, sampling, held)
+    scan_pool = np.flatnonzero(~np.isin(scans.subject_of(), held))
     if len(pool) < 2:
         raise ValueError(f"{settings['method']}: {len(pool)} pretraining units (subjects with >= "
-                         f"{sampling.min_scans} scans); at least 2 are needed")
+                         f"{sampling.min_scans} scans) besides the {len(held)} subjects held out for the "
+                         "diagnostics (pretrain.train.holdout_subjects); at least 2 are needed")
     batch_size = min(tr["batch_size"], len(pool))
     if batch_size % world:
         raise ValueError(f"pretrain batch size {batch_size} is not divisible by the {world} processes")
+    at_init = diagnose(method, encoder, scans, held, device) if rank == 0 else {}
     state_path = Path(out.checkpoint)
     key = fingerprint(settings, scans)
     start, history = 0, []
@@ -151,27 +158,16 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
         else:
             log(f"ignoring {state_path}: {why}; training from scratch")
     volumes = scans.volumes.to(device)
-    log(f"{settings['method']}: {len(scans.keys)} scans, {len(pool)} units, batch {batch_size} x {world} "
-        f"process(es) on {device}, epochs {start + 1}..{epochs}")
+    log(f"{settings['method']}: {len(scans.keys)} scans, {len(held)} subjects held out, {len(pool)} units, "
+        f"batch {batch_size} x {world} process(es) on {device}, epochs {start + 1}..{epochs}")
     clock = time.perf_counter()
     seen = 0
     for epoch in range(start, epochs):
         method.train()
         t0, losses, stats = time.perf_counter(), [], {}
         for step, chosen in enumerate(epoch_batches(len(pool), batch_size, tr["seed"], epoch)):
-            rows, index, months, valid = make_batch(scans, [pool[i] for i in chosen], sampling.seq_len,
-                                                    step_rng(tr["seed"], epoch, step))
-            gen = torch.Generator().manual_seed(int(step_rng(tr["seed"], epoch, step).integers(2**62)))
-            views = draw_views(sampling, len(rows), settings["hp"], settings["augment"], gen)
-            # this rank's slice of the global batch: whole sequences, and their volumes and draws
-            per = len(chosen) // world
-            seq = slice(rank * per, (rank + 1) * per)
-            used = index[seq][index[seq] >= 0]
-            lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
-            local_index = np.where(index[seq] >= 0, index[seq] - lo, -1)
-            batch = Batch(volumes[torch.from_numpy(rows[lo:hi]).to(device)],
-                          torch.from_numpy(local_index).to(device), torch.from_numpy(months[seq]).to(device),
-                          torch.from_numpy(valid[seq]).to(device), [v[lo:hi] for v in views], gen)
+            batch = step_batch(scans, volumes, [pool[i] for i in chosen], scan_pool, sampling, settings, epoch, step,
+                               rank, world)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss, extra = ddp(batch)
             opt.zero_grad(set_to_none=True)
@@ -180,7 +176,8 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
             losses.append(distributed.mean(float(loss.detach())))
             for k, v in extra.items():
                 stats.setdefault(k, []).append(distributed.mean(v))
-            seen += len(rows) * len(sampling.views)
+            spatial = len(batch.spatial.volumes) if batch.spatial is not None else 0
+            seen += world * (len(batch.volumes) * len(sampling.views) + spatial * len(sampling.spatial_views))
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
                   **{k: float(np.mean(v)) for k, v in stats.items()}}
         history.append(record)
@@ -194,13 +191,19 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
                 torch.save({"fingerprint": key, "epoch": epoch + 1, "history": history,
                             "model": method.state_dict(), "optimizer": opt.state_dict()}, tmp)
     elapsed = time.perf_counter() - clock
+    diagnostic: dict[str, Any] = {}
+    if rank == 0:
+        diagnostic = {**diagnose(method, encoder, scans, held, device),
+                      **{f"{k}_at_init": v for k, v in at_init.items() if k.endswith("accuracy")}}
+        log("diagnostic on held-out subjects: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                          for k, v in sorted(diagnostic.items())))
     metrics = {"method": settings["method"], "epochs": epochs, "resumed_after_epoch": start,
                "history": history, "loss": [h["loss"] for h in history], "n_scans": len(scans.keys),
                "n_units": len(pool), "world_size": world, "device": device.type,
                "volumes_per_second": seen / elapsed if seen else None,
-               "encoder": str(out.encoder), "settings": settings}
+               "encoder": str(out.encoder), "settings": settings, "diagnostic": diagnostic}
     if rank == 0:
-        trained_aggregator = aggregator if settings["method"] == "tmp" else None
+        trained_aggregator = aggregator if sampling.seq_len > 1 else None  # the temporal methods train it
         save_encoder(Path(out.encoder), model_cfg, encoder, trained_aggregator, settings["method"])
         write_json(metrics, Path(out.metrics))
         _remove_state(state_path)

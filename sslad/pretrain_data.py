@@ -2,19 +2,26 @@
 
 Batches are a pure function of (seed, epoch, step), not of a running generator, so a resumed job
 draws exactly what an uninterrupted one would, and every data-parallel rank can build the same
-global batch and take its slice.
+global batch and take its slice. Times are fractional months from the acquisition days
+(:func:`sslad.visit_time.acquisition_months`), the unit fine-tuning gives the models too.
+
+A seeded share of the subjects with two or more visits is held out of the SSL loss
+(``pretrain.train.holdout_subjects``): the diagnostics (sslad.diagnostics) measure on them what
+the encoder learned about time, on brains it never trained on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from sslad.io import read_tsv
-from sslad.methods import Sampling
+from sslad.methods import Batch, Sampling, draw_views
+from sslad.visit_time import acquisition_months
 from sslad.volumes import load_arrays, read_visits
 
 
@@ -24,6 +31,13 @@ class ScanSet:
     months: np.ndarray              # (N,) acquisition time
     subjects: list[np.ndarray]      # per subject, its rows sorted by time
     keys: list[tuple[str, str]]     # (participant, session) per row
+
+    def subject_of(self) -> np.ndarray:
+        """(N,) the subject number (position in ``subjects``) of every row."""
+        out = np.zeros(len(self.keys), dtype=np.int64)
+        for s, rows in enumerate(self.subjects):
+            out[rows] = s
+        return out
 
 
 def load_pretrain_scans(pretrain_tsv: str, visits_tsv: str, splits_tsv: str) -> ScanSet:
@@ -35,7 +49,8 @@ def load_pretrain_scans(pretrain_tsv: str, visits_tsv: str, splits_tsv: str) -> 
         raise ValueError(f"{pretrain_tsv}: test participants must never be pretrained on: {', '.join(leaked[:5])}")
     visits = read_visits(visits_tsv)
     keys = list(zip(pretrain["participant_id"], pretrain["session_id"]))
-    months = visits.loc[keys, "months"].to_numpy(dtype=float) if keys else np.zeros(0)
+    days = visits.loc[keys, "days_from_baseline"].to_numpy(dtype=float) if keys else np.zeros(0)
+    months = acquisition_months(days)
     order = sorted(range(len(keys)), key=lambda i: (keys[i][0], months[i]))
     keys = [keys[i] for i in order]
     months = months[order]
@@ -45,11 +60,23 @@ def load_pretrain_scans(pretrain_tsv: str, visits_tsv: str, splits_tsv: str) -> 
     return ScanSet(volumes, months, subjects, keys)
 
 
-def units(scans: ScanSet, sampling: Sampling) -> list[np.ndarray]:
-    """What one batch element is drawn from: a single scan, or a subject with enough scans."""
+def holdout(scans: ScanSet, fraction: float, seed: int) -> list[int]:
+    """Subjects (positions in ``scans.subjects``) kept out of the SSL loss for the diagnostics: a
+    seeded ``fraction`` (rounded, at least 2 when fraction > 0) of the subjects with two or more
+    visits at different times, the ones that have an order to measure."""
+    timed = [s for s, rows in enumerate(scans.subjects) if len(np.unique(scans.months[rows])) >= 2]
+    n = min(len(timed), max(2, round(fraction * len(timed)))) if fraction > 0 else 0
+    chosen = np.random.default_rng([seed, 15]).choice(len(timed), size=n, replace=False)  # a stream of its own
+    return sorted(timed[i] for i in chosen)
+
+
+def units(scans: ScanSet, sampling: Sampling, skip: list[int] | tuple[int, ...] = ()) -> list[np.ndarray]:
+    """What one batch element is drawn from: a single scan, or a subject with enough scans; the
+    subjects ``skip`` (held out) contribute nothing."""
+    kept = [rows for s, rows in enumerate(scans.subjects) if s not in set(skip)]
     if sampling.seq_len == 1:
-        return [np.array([i]) for i in range(len(scans.keys))]
-    return [rows for rows in scans.subjects if len(rows) >= sampling.min_scans]
+        return [np.array([i]) for i in sorted(int(r) for rows in kept for r in rows)]
+    return [rows for rows in kept if len(rows) >= sampling.min_scans]
 
 
 def step_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
@@ -61,6 +88,14 @@ def epoch_batches(n_units: int, batch_size: int, seed: int, epoch: int) -> list[
     perm = np.random.default_rng([seed, epoch]).permutation(n_units)
     n_steps = max(1, n_units // batch_size)
     return [perm[s * batch_size:(s + 1) * batch_size] for s in range(n_steps)]
+
+
+def scan_batch(pool: np.ndarray, size: int, seed: int, epoch: int, step: int) -> np.ndarray:
+    """Rows for a term over single scans beside the sequences (topc's spatial term): step ``step``'s
+    ``size`` rows of a seeded per-epoch permutation of ``pool`` (every scan not held out), taken
+    cyclically, so that an epoch's steps go through the scans as simclr's do."""
+    perm = np.random.default_rng([seed, epoch, 1]).permutation(pool)
+    return perm[(step * size + np.arange(size)) % len(pool)]
 
 
 def make_batch(scans: ScanSet, chosen: list[np.ndarray], seq_len: int,
@@ -81,3 +116,38 @@ def make_batch(scans: ScanSet, chosen: list[np.ndarray], seq_len: int,
         months[i, :k] = scans.months[picked]
         rows.extend(int(r) for r in picked)
     return np.array(rows, dtype=np.int64), index, months, index >= 0
+
+
+def step_batch(scans: ScanSet, volumes: torch.Tensor, chosen: list[np.ndarray], scan_pool: np.ndarray,
+               sampling: Sampling, settings: dict[str, Any], epoch: int, step: int, rank: int = 0,
+               world: int = 1) -> Batch:
+    """This process's slice of step ``step``'s global batch: whole sequences of the units ``chosen``
+    with their volumes (rows of ``volumes``, all scans on the training device) and augmentation
+    draws, and for methods with ``spatial_views`` (topc) a further batch of single scans, as many
+    as the sequences' K slots, from ``scan_pool``. Every rank draws the whole global batch from the
+    step's seeds and takes its part, so a data-parallel run matches a single process."""
+    seed, hp, recipes = settings["train"]["seed"], settings["hp"], settings["augment"]
+    device = volumes.device
+    subject_of = scans.subject_of()
+    rows, index, months, valid = make_batch(scans, chosen, sampling.seq_len, step_rng(seed, epoch, step))
+    gen = torch.Generator().manual_seed(int(step_rng(seed, epoch, step).integers(2**62)))
+    views = draw_views(sampling, len(rows), hp, recipes, gen)
+    spatial = None
+    if sampling.spatial_views:
+        size = len(chosen) * sampling.seq_len
+        extra = scan_batch(scan_pool, size, seed, epoch, step)
+        draws = draw_views(Sampling(1, 1, sampling.spatial_views), size, hp, recipes, gen)
+        mine = slice(rank * (size // world), (rank + 1) * (size // world))
+        n = size // world  # one-scan sequences
+        spatial = Batch(volumes[torch.from_numpy(extra[mine]).to(device)],
+                        torch.arange(n, device=device).unsqueeze(1), torch.zeros((n, 1), device=device),
+                        torch.ones((n, 1), dtype=torch.bool, device=device), [v[mine] for v in draws], gen,
+                        torch.from_numpy(subject_of[extra[mine]]).to(device))
+    per = len(chosen) // world
+    seq = slice(rank * per, (rank + 1) * per)
+    used = index[seq][index[seq] >= 0]
+    lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
+    local_index = np.where(index[seq] >= 0, index[seq] - lo, -1)
+    return Batch(volumes[torch.from_numpy(rows[lo:hi]).to(device)], torch.from_numpy(local_index).to(device),
+                 torch.from_numpy(months[seq]).to(device), torch.from_numpy(valid[seq]).to(device),
+                 [v[lo:hi] for v in views], gen, torch.from_numpy(subject_of[rows[lo:hi]]).to(device), spatial)

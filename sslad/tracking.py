@@ -199,8 +199,9 @@ def read_pretrain_metrics(path: str | Path) -> tuple[dict[str, Any], bytes]:
 
 
 def log_pretrain_runs(target: str | Path, metrics_files: list[str], out: str | Path) -> None:
-    """One tagged run per pretraining job (loss and the method's statistics per epoch, the settings
-    as params), from the jobs' metrics.json, by a single process once the jobs are done."""
+    """One tagged run per pretraining job (loss and the method's statistics per epoch, the final loss
+    and the diagnostics as metrics, the settings as params), from the jobs' metrics.json, by a single
+    process once the jobs are done."""
     jobs = []
     for path in metrics_files:
         m, raw = read_pretrain_metrics(path)
@@ -209,6 +210,9 @@ def log_pretrain_runs(target: str | Path, metrics_files: list[str], out: str | P
     def describe(m: dict[str, Any]) -> tuple:
         curves = {k: [h[k] for h in m["history"]] for k in m["history"][0] if k not in ("epoch", "seconds")}
         final = {"final_loss": m["loss"][-1]}
+        # the diagnostics of temporal learning on held-out subjects (sslad.diagnostics), numbers only
+        final.update({f"diagnostic_{k}": v for k, v in m.get("diagnostic", {}).items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
         if m.get("volumes_per_second"):
             final["volumes_per_second"] = m["volumes_per_second"]
         tags = {"stage": "pretrain", "method": m["method"], "encoder": m["encoder"]}

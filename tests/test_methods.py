@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from sslad.augment import AugmentParams, _theta, apply, draw, masked_zscore
-from sslad.methods import Batch, build, draw_views, sequence_embeddings
+from sslad.methods import Batch, build, sequence_embeddings
 from sslad.methods.simclr import nt_xent
 from sslad.methods.tmp import choose_masked, info_nce
 from sslad.methods.top import OrderHead, order_pairs
 from sslad.networks import TemporalAggregator, build_aggregator, build_encoder, feature_dim
-from sslad.pretrain_data import ScanSet, epoch_batches, make_batch, step_rng, units
+from sslad.pretrain_data import ScanSet, epoch_batches, step_batch, units
 
 
 def tiny_arch(norm: str = "batch", temporal: str = "attention", stem_stride: int = 2) -> dict:
@@ -32,7 +32,7 @@ NONE = {"min_crop": 1.0, "p_rotate": 0.0, "max_rotate_deg": 0, "p_flip": 0.0, "p
 STRONG = {"min_crop": 0.6, "p_rotate": 1.0, "max_rotate_deg": 15, "p_flip": 0.5, "p_gamma": 1.0, "gamma": [0.7, 1.5]}
 HP = {"simclr": {"temperature": 0.5, "projection_dim": 8},
       "top": {"n_scans": 3, "hidden": 16},
-      "tcl": {"temperature": 0.5, "projection_dim": 8},
+      "tcl": {"n_scans": 3, "temperature": 0.5, "projection_dim": 8},
       "tmp": {"n_scans": 3, "temperature": 0.2},
       "topc": {"n_scans": 3, "hidden": 16, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0}}
 
@@ -66,13 +66,9 @@ def atrophy_scans(n_subjects: int, n_visits: int, size: int, seed: int, growth: 
 
 def method_batch(method, scans: ScanSet, chosen: list[np.ndarray], aug: dict, seed: int, epoch: int = 0,
                  step: int = 0) -> Batch:
-    """A Batch built exactly as sslad/pretrain.py builds one (single process)."""
-    sampling = method.sampling
-    rows, index, months, valid = make_batch(scans, chosen, sampling.seq_len, step_rng(seed, epoch, step))
-    gen = torch.Generator().manual_seed(int(step_rng(seed, epoch, step).integers(2**62)))
-    views = draw_views(sampling, len(rows), {"augment": "a", "spatial_augment": "a"}, {"a": aug}, gen)
-    return Batch(scans.volumes[torch.from_numpy(rows)], torch.from_numpy(index), torch.from_numpy(months),
-                 torch.from_numpy(valid), views, gen)
+    """A Batch built exactly as sslad/pretrain.py builds one (single process), spatial scans from every scan."""
+    settings = {"train": {"seed": seed}, "hp": {"augment": "a", "spatial_augment": "a"}, "augment": {"a": aug}}
+    return step_batch(scans, scans.volumes, chosen, np.arange(len(scans.keys)), method.sampling, settings, epoch, step)
 
 
 # ----------------------------------------------------------------------------------------- NT-Xent
@@ -194,7 +190,7 @@ def test_choose_masked_one_real_position_per_row():
     valid = torch.tensor([[True, True, True], [True, False, True], [False, True, False], [True, True, False]])
     counts = torch.zeros(valid.shape)
     for _ in range(500):
-        m = choose_masked(valid, gen)
+        m = choose_masked(valid, torch.rand(valid.shape, generator=gen))
         assert m.dtype == torch.bool and m.shape == valid.shape
         assert (m.sum(1) == 1).all()
         assert not (m & ~valid).any()
@@ -204,10 +200,6 @@ def test_choose_masked_one_real_position_per_row():
     assert torch.allclose(frac[0], torch.full((3,), 1 / 3), atol=0.08)
     assert torch.allclose(frac[1][[0, 2]], torch.full((2,), 0.5), atol=0.08)
     assert frac[2, 1] == 1.0
-    # seeded: same generator seed, same draws
-    a = choose_masked(valid, torch.Generator().manual_seed(3))
-    b = choose_masked(valid, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
 
 
 def test_info_nce_perfect_and_shuffled():
@@ -320,8 +312,10 @@ def test_method_forward_backward_and_step(name, small_scans):
         assert p.grad is None or torch.isfinite(p.grad).all()
     first = encoder.conv1.weight
     assert first.grad is not None and float(first.grad.abs().sum()) > 0
-    if name == "tmp":
-        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in aggregator.parameters())
+    if name != "simclr":  # every temporal method trains the aggregator's readout that fine-tuning reads
+        grads = {k: p.grad for k, p in aggregator.named_parameters()}
+        for key in ("cls", "norm.weight", "time.proj.bias"):
+            assert grads[key] is not None and float(grads[key].abs().sum()) > 0, key
     before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
     opt.step()
     after = encoder.state_dict()
@@ -329,6 +323,46 @@ def test_method_forward_backward_and_step(name, small_scans):
     # everything trainable in the encoder moved
     for k, p in encoder.named_parameters():
         assert not torch.equal(before[k], p.detach()), k
+
+
+@pytest.mark.parametrize("name", ["top", "tcl", "tmp"])
+def test_identity_alone_cannot_meet_a_temporal_objective(name):
+    # every visit of a subject is the same scan (identity, no change): whatever the weights, the
+    # target visit ties with the subject's other visits, so the loss stays at the within-subject
+    # chance level (top: log 2 per pair; tcl, tmp: log 3, the subject's 3 visits being candidates)
+    scans = atrophy_scans(6, 3, 16, seed=2)
+    for rows in scans.subjects:
+        scans.volumes[rows] = scans.volumes[rows[0]].clone()
+    torch.manual_seed(0)
+    arch = tiny_arch(norm="group")
+    method = build(name, build_encoder(arch), build_aggregator(arch), feature_dim(arch), HP[name])
+    opt = torch.optim.Adam(method.parameters(), lr=3e-3)
+    for step in range(8):
+        loss, _ = method(method_batch(method, scans, scans.subjects, NONE, seed=0, step=step))
+        floor = math.log(2) if name == "top" else math.log(3)
+        assert loss.item() >= floor - 1e-4, (step, loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_nt_xent_never_pushes_away_other_visits_of_the_subject():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
+    groups = torch.tensor([0, 0, 1, 2])  # scans 0 and 1: two visits of one subject
+    with_groups = nt_xent(z1, z2, 0.5, groups)
+    # anchor 0's denominator leaves out scan 1's two views, and anchor 1's scan 0's: as if each were
+    # alone in the batch with subjects 1 and 2
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / 0.5
+    losses = []
+    for a in range(8):
+        pos = (a + 4) % 8
+        same = {a % 4} | ({0, 1} if a % 4 in (0, 1) else set())
+        keep = [c for c in range(8) if c == pos or c % 4 not in same]
+        losses.append(-sim[a, pos] + torch.logsumexp(sim[a, keep], 0))
+    torch.testing.assert_close(with_groups, torch.stack(losses).mean())
+    assert not torch.isclose(with_groups, nt_xent(z1, z2, 0.5))
 
 
 def test_sequence_embeddings_zero_at_padding():
@@ -345,10 +379,7 @@ def test_sequence_embeddings_zero_at_padding():
 def order_accuracy(method, scans: ScanSet) -> float:
     """Pairwise order accuracy over every held-out subject's scans, no augmentation, eval mode."""
     method.eval()
-    rows, index, months, valid = make_batch(scans, scans.subjects, 3, np.random.default_rng(123))
-    gen = torch.Generator().manual_seed(0)
-    batch = Batch(scans.volumes[torch.from_numpy(rows)], torch.from_numpy(index), torch.from_numpy(months),
-                  torch.from_numpy(valid), [draw(len(rows), NONE, gen)], gen)
+    batch = method_batch(method, scans, scans.subjects, NONE, 123)
     with torch.no_grad():
         _, stats = method(batch)
     method.train()

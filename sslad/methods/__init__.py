@@ -3,6 +3,12 @@
 
 Every method takes a :class:`Batch` (the scans of a global-batch slice, how they form subject
 sequences, their times and augmentation draws) and returns its loss and a few statistics.
+
+What the temporal methods share, so that subject identity alone cannot meet their objectives: the
+targets are other visits *of the same subject* (an order, or the visit at a given time), and the
+same subject's other visits are candidates the model must rule out. Each temporal method trains the
+temporal aggregator it hands to fine-tuning through the aggregator's pooled readout, the vector
+fine-tuning reads.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslad import distributed
 from sslad.augment import AugmentParams, draw
 from sslad.registry import METHODS as REGISTRY
 
@@ -28,6 +35,8 @@ class Batch:
     valid: torch.Tensor          # (B, K) True for real scans
     views: list[AugmentParams]   # one augmentation draw per view, for every row of ``volumes``
     generator: torch.Generator   # seeded per step, for draws a method makes itself
+    subjects: torch.Tensor       # (N,) subject number of each row of ``volumes`` (equal = same subject)
+    spatial: "Batch | None" = None  # single scans for a spatial term beside sequences (``Sampling.spatial_views``)
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class Sampling:
     seq_len: int
     min_scans: int
     views: tuple[str, ...]
+    spatial_views: tuple[str, ...] = ()  # views of a further batch of single scans from every scan (topc)
 
 
 def draw_views(sampling: Sampling, n: int, hp: dict[str, Any], recipes: dict[str, dict[str, Any]],
@@ -46,6 +56,24 @@ def draw_views(sampling: Sampling, n: int, hp: dict[str, Any], recipes: dict[str
     """One augmentation draw per view for ``n`` scans, each from the recipe the method's settings
     ``hp`` name for that view (``recipes``: pretrain.augment)."""
     return [draw(n, recipes[hp[key]], generator) for key in sampling.views]
+
+
+def step_draw(batch: Batch, shape: tuple[int, int]) -> torch.Tensor:
+    """Uniform draws for this process's (B, K) sequences, taken from one draw for the global batch
+    (the generator is seeded per step, the same on every rank): each data-parallel rank gets its own
+    numbers, the ones a single process would give those sequences."""
+    rank, world = distributed.world()
+    u = torch.rand((shape[0] * world, shape[1]), generator=batch.generator)
+    return u[rank * shape[0]:(rank + 1) * shape[0]].to(batch.valid.device)
+
+
+def masked_readout(aggregator: nn.Module, seq: torch.Tensor, months: torch.Tensor, valid: torch.Tensor,
+                   masked: torch.Tensor) -> torch.Tensor:
+    """(B, 2D): the aggregator's pooled readout (what fine-tuning reads) beside its output at the one
+    masked position per row, whose content is hidden and whose time is kept. Both carry the target's
+    time (the mean aggregator's pool does not), and training through both trains the readout."""
+    pooled, tokens = aggregator.tokens(seq, months, valid, masked)
+    return torch.cat([pooled, tokens[masked]], dim=1)
 
 
 def sequence_embeddings(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,8 @@
-"""SimCLR: two augmented views of each scan are positives, every other view in the global batch a
-negative (NT-Xent). The spatial-only baseline, and the spatial term of ``topc``."""
+"""SimCLR: two augmented views of each scan are positives, the other scans' views in the global batch
+negatives (NT-Xent). The spatial-only baseline, and the spatial term of ``topc`` (which draws its
+scans the same way, from every pretraining scan). Another visit of the same subject is never a
+negative: it is the same brain, and pushing it away would teach the encoder to tell visits apart by
+whatever differs between them, i.e. time, which is the temporal terms' business, not this one's."""
 
 from __future__ import annotations
 
@@ -15,14 +18,21 @@ from sslad.methods import Batch, Sampling
 from sslad.networks import ProjectionHead
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
+            groups: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised-temperature cross entropy: row i of ``z1`` and of ``z2`` are a positive pair; the
-    other 2(N-1) rows are negatives. Mean over the 2N anchors."""
+    other 2(N-1) rows are negatives, except rows of another scan in the same group (``groups`` (N,):
+    the subject), which are left out. Mean over the 2N anchors."""
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     n = z1.shape[0]
     sim = z @ z.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    drop = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    if groups is not None:
+        g = torch.cat([groups, groups]).to(z.device)
+        drop |= g[:, None] == g[None, :]
+        drop[torch.arange(2 * n, device=z.device), target] = False  # the positive stays
+    sim = sim.masked_fill(drop, float("-inf"))
     return F.cross_entropy(sim, target)
 
 
@@ -35,11 +45,12 @@ class SimCLR(nn.Module):
         self.projector = ProjectionHead(dim, dim, hp["projection_dim"])
         self.temperature = hp["temperature"]
 
-    def spatial_loss(self, volumes: torch.Tensor, view1: AugmentParams, view2: AugmentParams) -> torch.Tensor:
-        """NT-Xent between two augmented views of every scan."""
+    def spatial_loss(self, volumes: torch.Tensor, view1: AugmentParams, view2: AugmentParams,
+                     subjects: torch.Tensor) -> torch.Tensor:
+        """NT-Xent between two augmented views of every scan, other visits of a subject not negatives."""
         z1 = gather(self.projector(self.encoder(apply(volumes, view1))))
         z2 = gather(self.projector(self.encoder(apply(volumes, view2))))
-        return nt_xent(z1, z2, self.temperature)
+        return nt_xent(z1, z2, self.temperature, gather(subjects))
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.spatial_loss(batch.volumes, batch.views[0], batch.views[1]), {}
+        return self.spatial_loss(batch.volumes, batch.views[0], batch.views[1], batch.subjects), {}

@@ -1,35 +1,78 @@
-"""Temporal contrastive learning: two scans of a subject at different times are positives, other
-subjects' scans negatives (NT-Xent). The earlier scan's encoding is shifted by an embedding of the
-interval to the later one, so the model learns change over a known time, not invariance to it."""
+"""Temporal contrastive learning: from one visit of a subject and a time gap, pick out the visit
+at that gap (InfoNCE).
+
+The query is one scan carried to another visit's time by the temporal aggregator: the sequence
+(that scan, a masked scan at the other visit's time), read out as fine-tuning reads the aggregator
+(:func:`sslad.methods.masked_readout`). Its positive is that other visit's encoding; its negatives
+are every other scan of the global batch, *including the same subject's other visits and the
+query's own scan*. Subject identity then cannot solve the task (every visit of the subject has it);
+only how the brain changes over the gap can. Every ordered pair of a subject's sampled visits
+(``n_scans``) is a query, so both directions of time are learned."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sslad.augment import apply
-from sslad.distributed import gather
-from sslad.methods import Batch, Sampling, sequence_embeddings
-from sslad.methods.simclr import nt_xent
-from sslad.networks import ProjectionHead, TimeEncoding
+from sslad.distributed import gather, global_mean, row_offset
+from sslad.methods import Batch, Sampling, masked_readout, sequence_embeddings
+from sslad.networks import ProjectionHead
+
+
+def ordered_pairs(months: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, i, j) for every ordered pair of real positions i != j with different times."""
+    k = months.shape[1]
+    i, j = (~torch.eye(k, dtype=torch.bool, device=months.device)).nonzero(as_tuple=True)
+    ok = valid[:, i] & valid[:, j] & (months[:, i] != months[:, j])
+    rows, pair = ok.nonzero(as_tuple=True)
+    return rows, i[pair], j[pair]
 
 
 class TCL(nn.Module):
-    sampling = Sampling(seq_len=2, min_scans=2, views=("augment",))
-
     def __init__(self, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> None:
         super().__init__()
+        self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2, views=("augment",))
         self.encoder = encoder
-        self.interval = TimeEncoding(dim)
-        self.projector = ProjectionHead(dim, dim, hp["projection_dim"])
+        self.aggregator = aggregator
+        self.query = ProjectionHead(2 * dim, dim, hp["projection_dim"])
+        self.key = ProjectionHead(dim, dim, hp["projection_dim"])
         self.temperature = hp["temperature"]
+
+    def carry(self, h_from: torch.Tensor, m_from: torch.Tensor, m_to: torch.Tensor) -> torch.Tensor:
+        """(P, proj) queries: scans ``h_from`` (P, D) at times ``m_from`` carried to times ``m_to``."""
+        seq = torch.stack([h_from, torch.zeros_like(h_from)], dim=1)
+        months = torch.stack([m_from, m_to], dim=1)
+        valid = torch.ones_like(months, dtype=torch.bool)
+        masked = torch.zeros_like(valid)
+        masked[:, 1] = True
+        return self.query(masked_readout(self.aggregator, seq, months, valid, masked))
+
+    def retrieval(self, h: torch.Tensor, months: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+        """One subject's visits (n, D) and times (n,): per ordered pair (i, j), the similarity of the
+        query (scan i carried to j's time) to every visit of the subject, and j (the right one)."""
+        keys = F.normalize(self.key(h).float(), dim=1)
+        out = []
+        for i in range(len(months)):
+            for j in range(len(months)):
+                if i != j and months[i] != months[j]:
+                    q = F.normalize(self.carry(h[i:i + 1], months[i:i + 1], months[j:j + 1]).float(), dim=1)
+                    out.append(((q @ keys.T)[0], j))
+        return out
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         h = self.encoder(apply(batch.volumes, batch.views[0]))
         seq = sequence_embeddings(h, batch.index)
-        delta = batch.months[:, 1] - batch.months[:, 0]
-        q = self.projector(seq[:, 0] + self.interval(delta).to(seq.dtype))
-        k = self.projector(seq[:, 1])
-        return nt_xent(gather(q), gather(k), self.temperature), {"mean_interval_months": float(delta.abs().mean())}
+        rows, i, j = ordered_pairs(batch.months, batch.valid)
+        q = self.carry(seq[rows, i], batch.months[rows, i], batch.months[rows, j])
+        keys = gather(self.key(h))
+        target = batch.index[rows, j] + row_offset(h.shape[0], h.device)
+        logits = F.normalize(q.float(), dim=1) @ F.normalize(keys.float(), dim=1).T / self.temperature
+        total = F.cross_entropy(logits, target, reduction="sum") + h.sum() * 0.0
+        hits = float((logits.argmax(1) == target).float().mean()) if len(rows) else 0.0
+        gap = (batch.months[rows, j] - batch.months[rows, i]).abs()
+        return global_mean(total, len(rows)), {"batch_retrieval": hits,
+                                               "mean_interval_months": float(gap.mean()) if len(rows) else 0.0}

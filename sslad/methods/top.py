@@ -2,7 +2,14 @@
 
 Each scan gets a scalar "progression" score; the logit that scan i precedes scan j is
 score_j - score_i, so swapping a pair flips the prediction exactly (the head is antisymmetric, as
-LILAC's feature-difference head). Only the encoder carries over to fine-tuning."""
+LILAC's feature-difference head). Pairs are within a subject, so identity cancels out of every
+logit: only what changes with time can order them.
+
+The score is read through the temporal aggregator: the aggregator's pooled readout of the scan as a
+one-scan sequence (what fine-tuning reads, for ``inputs: index`` exactly), then a small head. The
+aggregator fine-tuning starts from is thus the one the order loss trained (saved in encoder.pt).
+Times are withheld from the order term (each scan alone, at relative time 0): given the times, the
+order is known."""
 
 from __future__ import annotations
 
@@ -27,6 +34,12 @@ def order_pairs(months: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor
     return rows, i[pair], j[pair], (months[rows, i[pair]] < months[rows, j[pair]]).float()
 
 
+def alone(aggregator: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """(N, D) the aggregator's pooled readout of each scan as a sequence of one, at time 0."""
+    n = h.shape[0]
+    return aggregator(h.unsqueeze(1), h.new_zeros((n, 1)), torch.ones((n, 1), dtype=torch.bool, device=h.device))
+
+
 class OrderHead(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -49,9 +62,10 @@ class TOP(nn.Module):
         super().__init__()
         self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2, views=("augment",))
         self.encoder = encoder
+        self.aggregator = aggregator
         self.head = OrderHead(dim, hp["hidden"])
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        h = self.encoder(apply(batch.volumes, batch.views[0]))
+        h = alone(self.aggregator, self.encoder(apply(batch.volumes, batch.views[0])))
         loss, acc = self.head(sequence_embeddings(h, batch.index), batch.months, batch.valid)
         return loss, {"order_accuracy": float(acc)}

@@ -1,7 +1,9 @@
-"""TOP + spatial contrastive ("SSL-TOPC"): ``top``'s order loss on one view of every scan (its
-recipe, ``augment``), plus ``simclr``'s NT-Xent between two further views (``spatial_augment``),
-weighted by ``spatial_weight`` (the robust-spatial-features extension). Each term sees the inputs it
-sees alone: resized crops would rescale the anatomy whose change the order term follows."""
+"""TOP + spatial contrastive ("SSL-TOPC"): ``top``'s order loss through the aggregator on one view of
+each sampled subject's scans (recipe ``augment``), plus ``spatial_weight`` x ``simclr``'s NT-Xent
+between two further views (``spatial_augment``) of a separate batch of single scans drawn from
+every pretraining scan, as simclr draws them (single-visit subjects included, other visits of a
+subject never negatives). So topc against simclr and top isolates the combination. Each term sees
+the inputs it sees alone: resized crops would rescale the anatomy whose change the order term follows."""
 
 from __future__ import annotations
 
@@ -18,14 +20,15 @@ from sslad.methods.top import TOP
 class TOPC(nn.Module):
     def __init__(self, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> None:
         super().__init__()
-        self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2,
-                                 views=("augment", "spatial_augment", "spatial_augment"))
+        self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2, views=("augment",),
+                                 spatial_views=("spatial_augment", "spatial_augment"))
         self.order = TOP(encoder, aggregator, dim, hp)
         self.spatial = SimCLR(encoder, aggregator, dim, hp)
         self.weight = hp["spatial_weight"]
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         order, stats = self.order(batch)
-        spatial = self.spatial.spatial_loss(batch.volumes, batch.views[1], batch.views[2])
+        s = batch.spatial
+        spatial = self.spatial.spatial_loss(s.volumes, s.views[0], s.views[1], s.subjects)
         return order + self.weight * spatial, {**stats, "order_loss": float(order.detach()),
                                                "spatial_loss": float(spatial.detach())}
