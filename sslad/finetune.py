@@ -109,12 +109,12 @@ def _sequence(items: list, inputs: str) -> list:
     return items[-1:] if inputs == "index" else items
 
 
-def build_samples(parts: dict[str, pd.DataFrame], inputs: str,
-                  row_of: dict[tuple[str, str], int]) -> dict[str, Samples]:
-    """Input sequences of every split (whole history, or the index scan alone) as rows of the loaded
-    volumes (``row_of``: the position of each scan in ``scan_keys`` of the task table). Splits are
-    disjoint in subjects and keep the table's order, so a batch meets its scans in the same order
-    whatever else the job loaded."""
+def build_samples(parts: dict[str, pd.DataFrame], inputs: str, row_of: dict[tuple[str, str], int],
+                  seed: int = 0) -> dict[str, Samples]:
+    """Input sequences of every split (whole history, the index scan alone, or the history with its
+    times shuffled by ``seed``) as rows of the loaded volumes (``row_of``: the position of each scan
+    in ``scan_keys`` of the task table). Splits are disjoint in subjects and keep the table's order,
+    so a batch meets its scans in the same order whatever else the job loaded."""
     out = {}
     for name, part in parts.items():
         seqs = [(_sequence(str(r.input_sessions).split(";"), inputs),
@@ -126,21 +126,22 @@ def build_samples(parts: dict[str, pd.DataFrame], inputs: str,
             index[i, :len(sessions)] = torch.tensor([row_of[(pid, s)] for s in sessions])
             months[i, :len(days)] = torch.from_numpy(acquisition_months(days)).float()
         if inputs == "time_shuffled":
-            months = shuffle_times(part, months, index >= 0)
+            months = shuffle_times(part, months, index >= 0, seed)
         out[name] = Samples(part, torch.tensor(part["label"].to_numpy(), dtype=torch.float32), index, months,
                             index >= 0)
     return out
 
 
-def shuffle_times(table: pd.DataFrame, months: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def shuffle_times(table: pd.DataFrame, months: torch.Tensor, valid: torch.Tensor, seed: int) -> torch.Tensor:
     """The time-shuffled control: each sample's times permuted among its real scans (the scans keep
-    their place, each gets another scan's time). The permutation is drawn from the sample's own key
-    (participant, index session), so every init and every split sees the same shuffled inputs, and
-    a model trained and tested on them cannot draw on when each scan was taken."""
+    their place, each gets another scan's time), so that a model trained and tested on them cannot
+    draw on when each scan was taken. The permutation is drawn from the job's seed and the sample's
+    key (participant, index session): every init sees the same shuffled inputs at a seed (their
+    comparison stays paired), and the seeds, over which the study averages, shuffle anew."""
     out = months.clone()
     for i, (pid, session) in enumerate(zip(table["participant_id"], table["index_session"])):
         n = int(valid[i].sum())
-        gen = torch.Generator().manual_seed(zlib.crc32(f"{pid}/{session}".encode()))
+        gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{pid}/{session}".encode()))
         out[i, :n] = months[i, :n][torch.randperm(n, generator=gen)]
     return out
 
@@ -333,7 +334,7 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
         metrics = {**job, "rows": [], "curves": {}, "skipped": str(exc)}
         write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), cell.metrics, cell.predictions)
         return metrics
-    data = {k: s.to(device) for k, s in build_samples(parts, settings["inputs"], row_of).items()}
+    data = {k: s.to(device) for k, s in build_samples(parts, settings["inputs"], row_of, seed).items()}
     rows, curves, predictions = [], {}, []
     for mode in settings["modes"]:
         torch.manual_seed(seed)

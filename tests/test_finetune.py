@@ -70,12 +70,13 @@ def cohort(tmp_path_factory) -> dict[str, str]:
             "frac": str(root / "frac.tsv")}
 
 
-def _data(cohort: dict[str, str], inputs: str = "history") -> tuple[torch.Tensor, dict[str, finetune.Samples]]:
+def _data(cohort: dict[str, str], inputs: str = "history",
+          seed: int = 0) -> tuple[torch.Tensor, dict[str, finetune.Samples]]:
     """The volumes and samples of every split, as a job builds them."""
     table = pd.read_csv(cohort["task"], sep="\t")
     keys = finetune.scan_keys(table, inputs)
     parts = finetune.select_samples(table, cohort["task"], cohort["frac"])
-    data = finetune.build_samples(parts, inputs, {k: i for i, k in enumerate(keys)})
+    data = finetune.build_samples(parts, inputs, {k: i for i, k in enumerate(keys)}, seed)
     return load_arrays(read_visits(cohort["visits"]), keys, cohort["task"]), data
 
 
@@ -217,17 +218,19 @@ def test_history_times_are_fractional_months_and_the_shuffled_control_permutes_t
     assert torch.equal(train.months[0, :2], months[:2]) and not train.valid[0, 2]
     _, shuffled = _data(cohort, "time_shuffled")
     _, again = _data(cohort, "time_shuffled")
+    _, other_seed = _data(cohort, "time_shuffled", seed=1)
     changed = 0
     for name, s in shuffled.items():
         h = data[name]
         assert torch.equal(s.index, h.index) and torch.equal(s.valid, h.valid)  # the same scans, in place
-        assert torch.equal(s.months, again[name].months)  # seeded by the sample: the same every time
+        assert torch.equal(s.months, again[name].months)  # seeded: the same every time (and for every init)
         for i in range(len(s.labels)):
             n = int(h.valid[i].sum())
             assert sorted(s.months[i, :n].tolist()) == sorted(h.months[i, :n].tolist())  # the same times
             assert torch.equal(s.months[i, n:], h.months[i, n:])
             changed += not torch.equal(s.months[i], h.months[i])
     assert changed >= len(DAYS) * 3  # most samples get another order (1/2 and 5/6 of them by chance)
+    assert any(not torch.equal(s.months, other_seed[n].months) for n, s in shuffled.items())  # a seed shuffles anew
     with pytest.raises(ValueError, match="inputs must be one of"):
         finetune.scan_keys(pd.read_csv(cohort["task"], sep="\t"), "shuffled")
 

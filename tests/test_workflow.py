@@ -393,6 +393,14 @@ def test_bad_config_fails_before_any_job(tmp_path, override, key):
     assert not (work / "results").exists()
 
 
+def test_a_control_must_change_the_inputs(tmp_path):
+    work = make_study(tmp_path)
+    proc = snakemake(work, "--config", "finetune={inputs: index}", "study={primary: {inputs: index}}", "-n",
+                     check=False)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "study.controls.inputs lists 'index', the inputs of every job" in out
+
+
 def test_resources_in_the_config_are_refused_with_where_they_went(tmp_path):
     work = make_study(tmp_path)
     proc = snakemake(work, "--config", "pretrain={gpu: 2}", "-n", check=False)
