@@ -7,6 +7,12 @@ unpaired comparison of two intervals would not see. Subjects, not samples, are r
 subject's index visits are not independent evidence. Seeds are resampled too, because a
 difference that comes and goes with the training seed is not a property of the init.
 
+Why controls beside it: a gain of a temporal init may come from the history (several scans) or from
+their times, or from neither. The primary init and reference fine-tuned again on reduced inputs
+(the index scan alone; the history with its times shuffled) show which: per control, the init's
+difference to the reference, and each one's own AUC change from the full inputs, on the same test
+samples and seeds (:func:`control_comparisons`).
+
 Why a pre-specified primary comparison: with several inits, modes, fractions and tasks, some
 comparison looks good by chance; the study's claim rests on one comparison named in the config
 before the results, judged with Holm-adjusted p-values and simultaneous (Bonferroni) intervals
@@ -63,6 +69,11 @@ PRIMARY_KEYS = ("init", "reference", "mode", "inputs", "fraction")
 PRIMARY_COLUMNS = ["task", "n_seeds", "n_test_subjects_pos", "n_test_subjects_neg", "auc_init", "auc_reference",
                    "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_seed_sd", "auc_diff_p", "auc_diff_p_holm",
                    "auc_diff_adj_low", "auc_diff_adj_high", "favours", "favours_reference"]
+# the controls of the primary comparison (summary.md), one row per task x control inputs:
+# init - reference with those inputs, and each one's AUC with the primary inputs minus with those
+CONTROL_COLUMNS = ["task", "inputs", "n_seeds", "auc_init", "auc_reference", "auc_diff", "auc_diff_low",
+                   "auc_diff_high", "init_change", "init_change_low", "init_change_high", "reference_change",
+                   "reference_change_low", "reference_change_high"]
 # fixed colours, so that a method looks the same in every figure and every run
 COLOURS = colours()
 SPARE_COLOURS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
@@ -455,6 +466,52 @@ def primary_comparison(table: pd.DataFrame, primary: dict[str, Any], n_boot: int
     return primary_rows(comparisons, n_boot, level, primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS))
 
 
+def _compare(a: pd.DataFrame, b: pd.DataFrame, mode: str, n_boot: int, seed: int, level: float,
+             preds: PredictionSource) -> tuple[Comparison, float, float] | None:
+    """Paired comparison of two jobs' tables (indexed by seed) on their common seeds, with its interval."""
+    seeds = sorted(set(a.index) & set(b.index))
+    if not seeds:
+        return None
+    c = paired_auc_diff(_seed_pairs(a, b, seeds, mode, preds), n_boot, seed)
+    return (c, *c.interval(level))
+
+
+def control_comparisons(table: pd.DataFrame, primary: dict[str, Any], n_boot: int, seed: int = 0,
+                        level: float = 0.95, preds: PredictionSource | None = None) -> pd.DataFrame:
+    """The controls of the primary comparison (:data:`CONTROL_COLUMNS`): at the primary mode and
+    fraction, for every task and inputs other than the primary's where both inits have results, the
+    init's AUC difference to the reference with those inputs, and each init's change from the
+    primary inputs to those (primary minus control: what the removed history or times were worth
+    to it). Intervals unadjusted; draws keyed as in :func:`summarise`."""
+    preds = preds or _Predictions()
+
+    def jobs(init: str, inputs: str) -> dict[str, pd.DataFrame]:
+        at = _at(table, {**primary, "inputs": inputs}, init)
+        return {t: g.set_index("seed") for t, g in at.groupby("task")}
+
+    init, ref, mode = primary["init"], primary["reference"], primary["mode"]
+    full = {name: jobs(name, primary["inputs"]) for name in (init, ref)}
+    rows = []
+    for inputs in sorted(set(table["inputs"]) - {primary["inputs"]}):
+        ctl = {name: jobs(name, inputs) for name in (init, ref)}
+        for task in sorted(set(ctl[init]) & set(ctl[ref])):
+            pair = _compare(ctl[init][task], ctl[ref][task], mode, n_boot, seed, level, preds)
+            if pair is None:
+                continue
+            c, low, high = pair
+            row = {"task": task, "inputs": inputs, "n_seeds": c.n_seeds, "auc_init": float(np.mean(c.auc_a)),
+                   "auc_reference": float(np.mean(c.auc_b)), "auc_diff": c.diff, "auc_diff_low": low,
+                   "auc_diff_high": high}
+            for name, key in ((init, "init_change"), (ref, "reference_change")):
+                own = _compare(full[name][task], ctl[name][task], mode, n_boot, seed, level, preds) \
+                    if task in full[name] else None
+                row.update({key: own[0].diff, f"{key}_low": own[1], f"{key}_high": own[2]} if own else
+                           {key: math.nan, f"{key}_low": math.nan, f"{key}_high": math.nan})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=CONTROL_COLUMNS).sort_values(["task", "inputs"], kind="mergesort",
+                                                                   ignore_index=True)
+
+
 def _pm(mean: float, sd: float) -> str:
     return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
@@ -538,6 +595,39 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
     return lines + [""]
 
 
+def _diff(value: float, low: float, high: float) -> str:
+    return "" if pd.isna(value) else f"{value:+.3f} {_ci(low, high)}"
+
+
+def _controls_section(controls: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, Any], level: float) -> list[str]:
+    if controls.empty:
+        return []
+    init, reference, inputs = primary["init"], primary["reference"], primary["inputs"]
+    setting = _setting(primary).replace(f", {inputs} inputs", "")
+    lines = ["## Controls of the primary comparison", "",
+             f"Where the difference comes from: {init} and {reference} fine-tuned again ({setting}) on reduced "
+             f"inputs. **index**: the index scan alone, no history; **time_shuffled**: the history with its times "
+             f"permuted among its scans (in training and test). A gain of {init} that stays with the index scan "
+             f"alone is not carried by the history; one that stays with shuffled times is not carried by the times. "
+             f"\"{inputs} − control\": an init's own AUC change when its inputs are reduced (near 0: it does not "
+             f"use what was removed). Exploratory: {_pct(level)} intervals unadjusted.", ""]
+    head = ["task", "inputs", f"AUC {init}", f"AUC {reference}", f"ΔAUC {init} − {reference} [{_pct(level)} CI]",
+            f"{init}: {inputs} − control", f"{reference}: {inputs} − control", "seeds"]
+    prim = prim.set_index("task")
+    rows = []
+    for task, g in controls.groupby("task", sort=True):
+        if task in prim.index:
+            r = prim.loc[task]
+            rows.append([task, f"{inputs} (primary)", f"{r.auc_init:.3f}", f"{r.auc_reference:.3f}",
+                         _diff(r.auc_diff, r.auc_diff_low, r.auc_diff_high), "", "", str(r.n_seeds)])
+        for r in g.itertuples(index=False):
+            rows.append([task, r.inputs, f"{r.auc_init:.3f}", f"{r.auc_reference:.3f}",
+                         _diff(r.auc_diff, r.auc_diff_low, r.auc_diff_high),
+                         _diff(r.init_change, r.init_change_low, r.init_change_high),
+                         _diff(r.reference_change, r.reference_change_low, r.reference_change_high), str(r.n_seeds)])
+    return lines + _table(head, rows) + [""]
+
+
 def _skipped_section(skipped: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     if skipped.empty:
         return []
@@ -573,11 +663,14 @@ def _exploratory_section(summary_df: pd.DataFrame, reference: str, n_boot: int, 
 
 
 def summary_markdown(summary_df: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, Any], table: pd.DataFrame,
-                     skipped: pd.DataFrame, n_boot: int, level: float = 0.95) -> str:
-    """The report: the pre-specified primary comparison first, then the tasks not evaluated, then the
-    exploratory table of everything."""
+                     skipped: pd.DataFrame, n_boot: int, level: float = 0.95,
+                     controls: pd.DataFrame | None = None) -> str:
+    """The report: the pre-specified primary comparison first, its controls beside it, then the
+    tasks not evaluated, then the exploratory table of everything."""
+    controls = pd.DataFrame(columns=CONTROL_COLUMNS) if controls is None else controls
     lines = ["# Fine-tuning results", "", *_primary_section(prim, primary, table, n_boot, level),
-             *_skipped_section(skipped, table), *_exploratory_section(summary_df, primary["reference"], n_boot, level)]
+             *_controls_section(controls, prim, primary, level), *_skipped_section(skipped, table),
+             *_exploratory_section(summary_df, primary["reference"], n_boot, level)]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -680,10 +773,11 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
     table, skipped = build_table(metrics_paths, n_boot, level, preds)
     summary = summarise(table, n_boot, seed, primary["reference"], level, preds)
     prim = primary_comparison(table, primary, n_boot, seed, level, preds)
+    controls = control_comparisons(table, primary, n_boot, seed, level, preds)
     write_csv(table.drop(columns="source"), table_csv)
     write_csv(summary, summary_csv)
     with atomic_path(summary_md) as tmp:
-        tmp.write_text(summary_markdown(summary, prim, primary, table, skipped, n_boot, level))
+        tmp.write_text(summary_markdown(summary, prim, primary, table, skipped, n_boot, level, controls))
     colours = _colours(sorted(table["init"].unique()))
     Path(figures_dir).mkdir(parents=True, exist_ok=True)
     for task in sorted(table["task"].unique()):

@@ -1,12 +1,21 @@
 """Fine-tuning on one task x initialisation x seed: every label fraction, in every configured mode.
 
-full: encoder, temporal aggregator and a linear head trained together. probe: the encoder frozen
-(its features computed once), a linear head on the pretrained aggregator's output, or on the mean
-of the scan features when the aggregator was not pretrained. Both select the epoch with the best
+full: encoder, temporal aggregator and a linear head trained together (every init trains the same
+aggregator architecture, from its pretrained weights where the init has them). probe: the encoder
+frozen, a linear head on one readout for every init, the masked mean of the frozen scan features
+over the sample's inputs (:func:`frozen_features`): a probe row then differs from another only by
+the encoder, which is what a probe measures; reading a pretrained aggregator for the inits that
+have one would compare encoder+aggregator with encoder alone. Both select the epoch with the best
 validation AUC, weight positives by the class ratio, set the decision threshold on validation
 (Youden) and report test metrics (their bootstrap intervals are aggregation's). No augmentation, as
 in 3D-Neuro-SimCLR. Scores are logits, kept in float64 and written so that they round-trip: a
 sigmoid saturates to 1.0 for large logits and ties what the model ranked apart.
+
+Inputs (``settings["inputs"]``): ``history`` (the sample's scans up to the index visit and their
+times, fractional months from :func:`sslad.visit_time.acquisition_months`), ``index`` (the index
+scan alone) or ``time_shuffled`` (the history with its times permuted among its scans, a seeded
+permutation per sample, in every split). The last two are the study's controls: whether the gain of
+an init needs the history, and whether it needs the history's times.
 
 One job runs the seed's label fractions one after the other on arrays loaded once: starting Python and
 torch costs more CPU than a demo cell's training, and a new seed still adds jobs without rerunning
@@ -22,6 +31,7 @@ import copy
 import functools
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -90,16 +100,21 @@ def scan_keys(table: pd.DataFrame, inputs: str) -> list[tuple[str, str]]:
     return list(keys)
 
 
+INPUTS = ("history", "index", "time_shuffled")
+
+
 def _sequence(items: list, inputs: str) -> list:
+    if inputs not in INPUTS:
+        raise ValueError(f"finetune inputs must be one of {INPUTS}, got {inputs!r}")
     return items[-1:] if inputs == "index" else items
 
 
-def build_samples(parts: dict[str, pd.DataFrame], inputs: str,
-                  row_of: dict[tuple[str, str], int]) -> dict[str, Samples]:
-    """Input sequences of every split (whole history, or the index scan alone) as rows of the loaded
-    volumes (``row_of``: the position of each scan in ``scan_keys`` of the task table). Splits are
-    disjoint in subjects and keep the table's order, so a batch meets its scans in the same order
-    whatever else the job loaded."""
+def build_samples(parts: dict[str, pd.DataFrame], inputs: str, row_of: dict[tuple[str, str], int],
+                  seed: int = 0) -> dict[str, Samples]:
+    """Input sequences of every split (whole history, the index scan alone, or the history with its
+    times shuffled by ``seed``) as rows of the loaded volumes (``row_of``: the position of each scan
+    in ``scan_keys`` of the task table). Splits are disjoint in subjects and keep the table's order,
+    so a batch meets its scans in the same order whatever else the job loaded."""
     out = {}
     for name, part in parts.items():
         seqs = [(_sequence(str(r.input_sessions).split(";"), inputs),
@@ -110,8 +125,24 @@ def build_samples(parts: dict[str, pd.DataFrame], inputs: str,
         for i, ((sessions, days), pid) in enumerate(zip(seqs, part["participant_id"])):
             index[i, :len(sessions)] = torch.tensor([row_of[(pid, s)] for s in sessions])
             months[i, :len(days)] = torch.from_numpy(acquisition_months(days)).float()
+        if inputs == "time_shuffled":
+            months = shuffle_times(part, months, index >= 0, seed)
         out[name] = Samples(part, torch.tensor(part["label"].to_numpy(), dtype=torch.float32), index, months,
                             index >= 0)
+    return out
+
+
+def shuffle_times(table: pd.DataFrame, months: torch.Tensor, valid: torch.Tensor, seed: int) -> torch.Tensor:
+    """The time-shuffled control: each sample's times permuted among its real scans (the scans keep
+    their place, each gets another scan's time), so that a model trained and tested on them cannot
+    draw on when each scan was taken. The permutation is drawn from the job's seed and the sample's
+    key (participant, index session): every init sees the same shuffled inputs at a seed (their
+    comparison stays paired), and the seeds, over which the study averages, shuffle anew."""
+    out = months.clone()
+    for i, (pid, session) in enumerate(zip(table["participant_id"], table["index_session"])):
+        n = int(valid[i].sum())
+        gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{pid}/{session}".encode()))
+        out[i, :n] = months[i, :n][torch.randperm(n, generator=gen)]
     return out
 
 
@@ -193,12 +224,12 @@ def predict(model: Classifier, volumes: torch.Tensor, s: Samples) -> np.ndarray:
 
 
 @torch.no_grad()
-def frozen_features(aggregator: nn.Module | None, s: Samples, seq: torch.Tensor) -> torch.Tensor:
-    """Per-sample representation from frozen scan features (``encode_scans``): the pretrained
-    aggregator's output, or the mean over the sample's scans."""
-    if aggregator is not None:
-        aggregator.eval()
-        return aggregator(seq, s.months, s.valid)
+def frozen_features(s: Samples, seq: torch.Tensor) -> torch.Tensor:
+    """The probe's readout, the same for every init: the mean of the frozen scan features
+    (``encode_scans``) over the sample's real inputs. Parameter-free, so a probe row measures the
+    encoder alone: scratch, simclr and external have no pretrained aggregator, and a random one
+    would be a random projection; the aggregator's worth shows in full fine-tuning instead, where
+    every init trains the same aggregator architecture."""
     return seq.sum(1) / s.valid.sum(1, keepdim=True)
 
 
@@ -226,6 +257,15 @@ def train_probe(reps: dict[str, torch.Tensor], data: dict[str, Samples], cfg: di
     head.load_state_dict(best_state)
     with torch.no_grad():
         return {k: head(v).squeeze(-1).double().cpu().numpy() for k, v in x.items()}, curves
+
+
+def fit_probe(encoder: nn.Module, volumes: torch.Tensor, data: dict[str, Samples], cfg: dict[str, Any],
+              seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The probe mode: the frozen encoder's readout (:func:`frozen_features`) of every split, and a
+    linear head trained on it (:func:`train_probe`); the encoder's weights and statistics stay as
+    they were."""
+    reps = {k: frozen_features(s, encode_scans(encoder, volumes, s)) for k, s in data.items()}
+    return train_probe(reps, data, cfg, seed)
 
 
 def evaluate(scores: dict[str, np.ndarray], data: dict[str, Samples]) -> dict[str, Any]:
@@ -294,14 +334,14 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
         metrics = {**job, "rows": [], "curves": {}, "skipped": str(exc)}
         write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), cell.metrics, cell.predictions)
         return metrics
-    data = {k: s.to(device) for k, s in build_samples(parts, settings["inputs"], row_of).items()}
+    data = {k: s.to(device) for k, s in build_samples(parts, settings["inputs"], row_of, seed).items()}
     rows, curves, predictions = [], {}, []
     for mode in settings["modes"]:
         torch.manual_seed(seed)
         if encoder_pt:
-            encoder, aggregator, arch, agg_pretrained = load_encoder(encoder_pt)
+            encoder, aggregator, arch, _ = load_encoder(encoder_pt)
         else:
-            arch, agg_pretrained = settings["model"], False
+            arch = settings["model"]
             encoder, aggregator = build_encoder(arch), build_aggregator(arch)
         vols = volumes().permute(0, 1, 4, 3, 2).contiguous() if arch.get("axes") == "zyx" else volumes()
         if mode == "full":
@@ -309,10 +349,7 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
             model, curve = train_full(model, vols, data, settings, seed)
             scores = {k: predict(model, vols, s) for k, s in data.items()}
         else:
-            encoder, aggregator = encoder.to(device), aggregator.to(device)
-            reps = {k: frozen_features(aggregator if agg_pretrained else None, s, encode_scans(encoder, vols, s))
-                    for k, s in data.items()}
-            scores, curve = train_probe(reps, data, settings, seed)
+            scores, curve = fit_probe(encoder.to(device), vols, data, settings, seed)
         row = evaluate(scores, data)
         row.update(mode=mode, best_epoch=curve.pop("best_epoch"))
         rows.append(row)

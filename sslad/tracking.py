@@ -171,9 +171,9 @@ def log_finetune_runs(target: str | Path, metrics_files: list[str], out: str | P
         jobs.append((path, raw, m))
 
     def describe(m: dict[str, Any]) -> tuple:
-        name = f"{m['task']}/{m['init']}/frac-{m['fraction']:g}/seed-{m['seed']}"
-        tags = {"stage": "finetune", "task": m["task"], "init": m["init"], "fraction": f"{m['fraction']:g}",
-                "seed": str(m["seed"]), "encoder": m["encoder"]}
+        name = f"{m['task']}/{m['init']}/{m['inputs']}/frac-{m['fraction']:g}/seed-{m['seed']}"
+        tags = {"stage": "finetune", "task": m["task"], "init": m["init"], "inputs": m["inputs"],
+                "fraction": f"{m['fraction']:g}", "seed": str(m["seed"]), "encoder": m["encoder"]}
         if m.get("skipped"):
             tags["skipped"] = m["skipped"]
         final = {f"{r['mode']}_{k}": r[k] for r in m["rows"] for k in ("auc", "balanced_accuracy", "val_auc")}

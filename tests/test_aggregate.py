@@ -39,15 +39,17 @@ REASON = "the test samples need both classes, got 3 positive and 0 negative"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _job_json(task: str, init: str, fraction: float, seed: int, rows: list, **extra) -> str:
+def _job_json(task: str, init: str, fraction: float, seed: int, rows: list, inputs: str = "history", **extra) -> str:
     curves = {"full": {"train_loss": [1.0, 0.5], "val_auc": [0.6, 0.7]}} if rows else {}
-    return json.dumps({"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": "history",
+    return json.dumps({"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": inputs,
                        "rows": rows, "curves": curves, "settings": {"lr": 0.001, "epochs": 2},
                        "encoder": f"results/pretrain/{init}/encoder.pt", **extra})
 
 
-def _write_job(root: Path, task: str, init: str, fraction: float, seed: int, test: pd.DataFrame = TEST) -> Path:
-    """A job directory with predictions.tsv and the metrics.json that the fine-tuning module writes."""
+def _write_job(root: Path, task: str, init: str, fraction: float, seed: int, test: pd.DataFrame = TEST,
+               inputs: str = "history", effect: float | None = None) -> Path:
+    """A job directory with predictions.tsv and the metrics.json that the fine-tuning module writes;
+    ``effect`` replaces the signal strength of :data:`EFFECT` (a control job's)."""
     job = root / task / init / f"f{fraction:g}" / f"seed{seed}"
     job.mkdir(parents=True)
     labels = test["label"].to_numpy()
@@ -55,9 +57,11 @@ def _write_job(root: Path, task: str, init: str, fraction: float, seed: int, tes
     n_subjects = test["participant_id"].nunique()
     rows, preds = [], []
     for m, mode in enumerate(("full", "probe")):
-        rng = np.random.default_rng([TASKS.index(task), INITS.index(init), int(fraction * 10), seed, m])
-        effect = EFFECT[task, init] * (1.0 if mode == "full" else 0.8) * (0.7 + 0.3 * fraction)
-        logits = (effect * (labels - 0.5) + 0.5 * rng.normal(size=subject.max() + 1)[subject]
+        control = [len(inputs)] if inputs != "history" else []  # a control job's own noise
+        rng = np.random.default_rng([TASKS.index(task), INITS.index(init), int(fraction * 10), seed, m, *control])
+        strength = (EFFECT[task, init] if effect is None else effect) * (1.0 if mode == "full" else 0.8) * \
+            (0.7 + 0.3 * fraction)
+        logits = (strength * (labels - 0.5) + 0.5 * rng.normal(size=subject.max() + 1)[subject]
                   + rng.normal(size=len(test)))
         point = metrics.binary_metrics(labels, logits, 0.0)
         row = {"mode": mode, "val_auc": point["auc"], "best_epoch": 3, "threshold": 0.0,
@@ -68,7 +72,7 @@ def _write_job(root: Path, task: str, init: str, fraction: float, seed: int, tes
         row.update(point)
         rows.append(row)
         preds.append(test.assign(mode=mode, logit=logits))
-    (job / "metrics.json").write_text(_job_json(task, init, fraction, seed, rows))
+    (job / "metrics.json").write_text(_job_json(task, init, fraction, seed, rows, inputs))
     pd.concat(preds)[list(aggregate.PREDICTION_COLUMNS)].to_csv(job / "predictions.tsv", sep="\t", index=False,
                                                                float_format="%.17g")
     return job / "metrics.json"
@@ -190,6 +194,49 @@ def test_primary_comparison_leads_the_summary(study):
     assert prim.set_index("task").favours.to_dict() == {"dx_cn_ad": True, "fut_mci_ad": False}
     assert prim.set_index("task").favours_reference.to_dict() == {"dx_cn_ad": False, "fut_mci_ad": True}
     assert prim.auc_diff_p_holm.to_numpy() == pytest.approx(metrics.holm(np.maximum(prim.auc_diff_p, 1 / N_BOOT)))
+
+
+def test_controls_sit_beside_the_primary_comparison(study, tmp_path):
+    """Control jobs of topc and scratch on dx_cn_ad, where topc's gain (planted) needs the history and
+    not the times: with the index scan alone topc falls to scratch's strength, with shuffled times it
+    keeps its own. summary.md reports both beside the primary comparison, from the same draws as
+    summary.csv's rows."""
+    planted = {"index": {"topc": EFFECT["dx_cn_ad", "scratch"], "scratch": EFFECT["dx_cn_ad", "scratch"]},
+               "time_shuffled": {"topc": EFFECT["dx_cn_ad", "topc"], "scratch": EFFECT["dx_cn_ad", "scratch"]}}
+    controls = [str(_write_job(tmp_path / "jobs" / inputs, "dx_cn_ad", init, 1.0, s, inputs=inputs, effect=e))
+                for inputs, effects in planted.items() for init, e in effects.items() for s in SEEDS]
+    out = _outputs(tmp_path / "results")
+    _run(study["paths"] + controls, out)
+    table = pd.read_csv(out["table_csv"])
+    assert set(table["inputs"]) == {"history", "index", "time_shuffled"}
+    assert len(table) == len(pd.read_csv(study["table_csv"])) + len(controls) * 2  # both modes of each job
+    t, _ = aggregate.build_table(study["paths"] + controls, N_BOOT)
+    ctl = aggregate.control_comparisons(t, PRIMARY, N_BOOT).set_index("inputs")
+    assert list(ctl.columns) == [c for c in aggregate.CONTROL_COLUMNS if c != "inputs"]
+    assert list(ctl.index) == ["index", "time_shuffled"] and set(ctl["task"]) == {"dx_cn_ad"}
+    index, shuffled = ctl.loc["index"], ctl.loc["time_shuffled"]
+    assert index.init_change_low > 0 and index.auc_diff_low < 0.05  # the gain went with the history
+    assert index.reference_change_low < 0 < index.reference_change_high
+    assert shuffled.auc_diff_low > 0 and shuffled.init_change_low < 0 < shuffled.init_change_high  # times: no
+    # each number is the paired one on the same test samples and seeds
+    full = t[(t["mode"] == "full") & (t.fraction == 1.0) & (t.task == "dx_cn_ad")]
+    auc = full.set_index(["init", "inputs", "seed"])["auc"]
+    assert index.init_change == pytest.approx(np.mean([auc["topc", "history", s] - auc["topc", "index", s]
+                                                       for s in SEEDS]))
+    summary = pd.read_csv(out["summary_csv"]).set_index(["task", "init", "mode", "inputs", "fraction"])
+    row = summary.loc[("dx_cn_ad", "topc", "full", "index", 1.0)]
+    assert (row.auc_diff, row.auc_diff_low, row.auc_diff_high) == pytest.approx(
+        (index.auc_diff, index.auc_diff_low, index.auc_diff_high), abs=1e-5)
+    text = out["summary_md"].read_text()
+    start = text.index("## Controls of the primary comparison")
+    assert text.index("## Primary comparison") < start < text.index("## Exploratory")
+    section = text[start:text.index("## Exploratory")]
+    assert "| dx_cn_ad | history (primary) |" in section and "| dx_cn_ad | index |" in section
+    assert "| dx_cn_ad | time_shuffled |" in section and "fut_mci_ad" not in section  # no controls there
+    assert "Controls" not in study["summary_md"].read_text()  # a study without controls has no section
+    # the primary comparison itself is unchanged by the control jobs
+    head = text[:start]
+    assert head == study["summary_md"].read_text()[:len(head)]
 
 
 @pytest.mark.parametrize("change,expected", [

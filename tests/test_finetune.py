@@ -1,16 +1,30 @@
-"""Fine-tuning job edges: a task that cannot be evaluated is reported, scores round-trip exactly."""
+"""Fine-tuning on its own: model selection, threshold, the probe's readout, the inputs each mode sees
+(history, the index scan alone, the time-shuffled control) and what a job writes. Real code paths on
+a tiny synthetic task (8^3 volumes, a 4-channel ResNet-10)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from sslad import finetune
 from sslad.aggregate import PREDICTION_COLUMNS
 from sslad.io import write_tsv
 from sslad.metrics import auc
+from sslad.networks import build_aggregator, build_encoder, save_encoder
+from sslad.visit_time import DAYS_PER_MONTH
+from sslad.volumes import load_arrays, read_visits
+
+ARCH = {"depth": 10, "widths": [4, 4, 8, 8], "stem_kernel": 3, "stem_stride": 2, "max_pool": True, "norm": "batch",
+        "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
+SETTINGS = {"device": "cpu", "inputs": "history", "modes": ["full", "probe"], "epochs": 4, "batch_size": 4,
+            "lr": 0.01, "probe_lr": 0.05, "probe_epochs": 30, "weight_decay": 0.0, "model": ARCH}
+DAYS = [0, 182, 371]  # about 0, 6 and 12 months: fractional months, never rounded
 
 
 def _tables(tmp_path, test_labels: list[int]) -> tuple[str, str]:
@@ -23,6 +37,54 @@ def _tables(tmp_path, test_labels: list[int]) -> tuple[str, str]:
     frac = task[task["split"] != "test"][["participant_id", "index_session", "label", "split"]]
     write_tsv(frac, tmp_path / "frac.tsv")
     return str(tmp_path / "task.tsv"), str(tmp_path / "frac.tsv")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> dict[str, str]:
+    """24 subjects (12 train, 6 val, 6 test), three scans each (days 0, 182, 371) whose arrays hold a
+    blob that grows with time in positive subjects; two samples per subject (index at the second and
+    the third scan, so histories overlap). Returns the paths a job reads."""
+    root = tmp_path_factory.mktemp("cohort")
+    rng = np.random.default_rng(0)
+    visits, samples = [], []
+    splits = ["train"] * 12 + ["val"] * 6 + ["test"] * 6
+    for i, split in enumerate(splits):
+        pid, label = f"sub-{i:02d}", i % 2
+        sessions = [f"ses-M{round(d / DAYS_PER_MONTH):03d}" for d in DAYS]
+        for k, (session, day) in enumerate(zip(sessions, DAYS)):
+            arr = rng.normal(size=(8, 8, 8)).astype(np.float16)
+            arr[2:6, 2:6, 2:6] += np.float16(label * (1 + k))
+            path = root / f"{pid}_{session}.npy"
+            np.save(path, arr)
+            visits.append({"participant_id": pid, "session_id": session, "days_from_baseline": day,
+                           "array": str(path)})
+        for k in (2, 3):
+            samples.append({"participant_id": pid, "index_session": sessions[k - 1],
+                            "input_sessions": ";".join(sessions[:k]), "input_days": ";".join(map(str, DAYS[:k])),
+                            "n_inputs": k, "label": label, "split": split})
+    task = pd.DataFrame(samples)
+    write_tsv(pd.DataFrame(visits), root / "visits.tsv")
+    write_tsv(task, root / "task.tsv")
+    write_tsv(task[task["split"] != "test"][["participant_id", "index_session", "label", "split"]], root / "frac.tsv")
+    return {"root": str(root), "task": str(root / "task.tsv"), "visits": str(root / "visits.tsv"),
+            "frac": str(root / "frac.tsv")}
+
+
+def _data(cohort: dict[str, str], inputs: str = "history",
+          seed: int = 0) -> tuple[torch.Tensor, dict[str, finetune.Samples]]:
+    """The volumes and samples of every split, as a job builds them."""
+    table = pd.read_csv(cohort["task"], sep="\t")
+    keys = finetune.scan_keys(table, inputs)
+    parts = finetune.select_samples(table, cohort["task"], cohort["frac"])
+    data = finetune.build_samples(parts, inputs, {k: i for i, k in enumerate(keys)}, seed)
+    return load_arrays(read_visits(cohort["visits"]), keys, cohort["task"]), data
+
+
+def _run(cohort, tmp_path, init: str, encoder: str | None, **settings) -> pd.DataFrame:
+    """One job of one cell; returns its predictions.tsv."""
+    cell = finetune.Cell(1.0, cohort["frac"], str(tmp_path / f"{init}.json"), str(tmp_path / f"{init}.tsv"))
+    finetune.run({**SETTINGS, **settings}, "det_mci_ad", init, 0, [cell], cohort["task"], cohort["visits"], encoder, 1)
+    return pd.read_csv(cell.predictions, sep="\t", dtype={"logit": np.float64})
 
 
 def test_task_without_both_classes_is_skipped_with_its_reason(tmp_path):
@@ -47,3 +109,134 @@ def test_logits_round_trip_and_keep_their_order(tmp_path):
     back = pd.read_csv(tmp_path / "predictions.tsv", sep="\t")
     assert (back["logit"].to_numpy() == logits).all()
     assert auc(back["label"], back["logit"]) == auc(labels, logits) != 0.5
+
+
+def test_threshold_is_the_youden_point_on_validation_scores(cohort):
+    _, data = _data(cohort)
+    yv, yt = data["val"].labels.numpy(), data["test"].labels.numpy()
+    rng = np.random.default_rng(1)
+    scores = {"train": rng.normal(size=len(data["train"].labels)),
+              "val": rng.normal(size=len(yv)) + yv, "test": rng.normal(size=len(yt)) + yt}
+    row = finetune.evaluate(scores, data)
+    t = row["threshold"]
+
+    def youden(s, y, thr):
+        pred = s >= thr
+        return pred[y == 1].mean() + (~pred[y == 0]).mean() - 1
+
+    # no threshold does better on validation (every cut between two scores, and below all of them)
+    cuts = np.concatenate([[scores["val"].min() - 1], (np.sort(scores["val"])[1:] + np.sort(scores["val"])[:-1]) / 2])
+    assert youden(scores["val"], yv, t) == pytest.approx(max(youden(scores["val"], yv, c) for c in cuts))
+    # and the test metrics are read at that threshold, not at one fitted on test
+    pred = scores["test"] >= t
+    assert row["sensitivity"] == pred[yt == 1].mean() and row["specificity"] == (~pred[yt == 0]).mean()
+    assert row["val_auc"] == auc(yv, scores["val"])
+
+
+def test_full_finetuning_keeps_the_epoch_of_best_validation_auc(cohort):
+    volumes, data = _data(cohort)
+    torch.manual_seed(0)
+    model = finetune.Classifier(build_encoder(ARCH), build_aggregator(ARCH), 8)
+    model, curves = finetune.train_full(model, volumes, data, {**SETTINGS, "epochs": 6}, seed=0)
+    val = curves["val_auc"]
+    assert len(val) == 6 and len(set(val)) > 1  # the epochs differ, so the choice matters
+    assert curves["best_epoch"] == int(np.argmax(val)) + 1  # the first of the best
+    # the returned model is that epoch's: it scores validation as it did then
+    assert auc(data["val"].labels.numpy(), finetune.predict(model, volumes, data["val"])) == max(val)
+
+
+def test_probe_keeps_its_best_epoch_and_leaves_the_encoder_unchanged(cohort):
+    volumes, data = _data(cohort)
+    torch.manual_seed(0)
+    encoder = build_encoder(ARCH).train()  # in training mode, batch norm would move its statistics
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    scores, curves = finetune.fit_probe(encoder, volumes, data, SETTINGS, seed=0)
+    after = encoder.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any("running_mean" in k for k in before)
+    assert curves["best_epoch"] == int(np.argmax(curves["val_auc"])) + 1
+    assert auc(data["val"].labels.numpy(), scores["val"]) == max(curves["val_auc"])
+
+
+def test_probe_rows_use_the_same_readout_for_every_init(cohort, tmp_path):
+    """scratch, an init whose encoder.pt carries a pretrained aggregator (tmp, top, topc, tcl) and one
+    without (simclr, external): with the same encoder weights, the probe's logits are identical,
+    so a probe row measures the encoder alone. Full fine-tuning does start from the pretrained
+    aggregator (its logits differ)."""
+    torch.manual_seed(0)  # what a scratch job draws: encoder, then aggregator, from the job's seed
+    encoder, aggregator = build_encoder(ARCH), build_aggregator(ARCH)
+    with torch.no_grad():
+        for p in aggregator.parameters():
+            p.add_(torch.randn_like(p))  # "pretrained": anything but the scratch draw
+    save_encoder(tmp_path / "with.pt", ARCH, encoder, aggregator, "tmp")
+    save_encoder(tmp_path / "without.pt", ARCH, encoder, None, "simclr")
+    runs = {init: _run(cohort, tmp_path, init, path, epochs=1)
+            for init, path in (("scratch", None), ("tmp", str(tmp_path / "with.pt")),
+                               ("simclr", str(tmp_path / "without.pt")))}
+    probe = {init: p[p["mode"] == "probe"].reset_index(drop=True) for init, p in runs.items()}
+    assert probe["scratch"].equals(probe["tmp"]) and probe["scratch"].equals(probe["simclr"])
+    full = {init: p.loc[p["mode"] == "full", "logit"].to_numpy() for init, p in runs.items()}
+    assert not np.array_equal(full["tmp"], full["simclr"])
+    # the readout is the mean over the real scans: padding (a shorter history) does not enter it
+    seq = torch.tensor([[[1.0, 2.0], [3.0, 6.0], [0.0, 0.0]], [[5.0, 5.0], [0.0, 0.0], [0.0, 0.0]]])
+    s = finetune.Samples(pd.DataFrame(), torch.zeros(2), torch.tensor([[0, 1, -1], [2, -1, -1]]), torch.zeros(2, 3),
+                         torch.tensor([[True, True, False], [True, False, False]]))
+    assert torch.equal(finetune.frozen_features(s, seq), torch.tensor([[2.0, 4.0], [5.0, 5.0]]))
+
+
+def test_predictions_cover_exactly_the_test_split(cohort, tmp_path):
+    preds = _run(cohort, tmp_path, "scratch", None)
+    test = pd.read_csv(cohort["task"], sep="\t").query("split == 'test'")
+    expected = sorted(zip(test["participant_id"], test["index_session"], test["label"]))
+    for mode in ("full", "probe"):
+        p = preds[preds["mode"] == mode]
+        assert sorted(zip(p["participant_id"], p["index_session"], p["label"])) == expected, mode
+        assert np.isfinite(p["logit"]).all()
+    assert set(preds["mode"]) == {"full", "probe"}
+
+
+def test_index_inputs_feed_one_scan_the_index_scan(cohort):
+    volumes, data = _data(cohort, "index")
+    table = pd.read_csv(cohort["task"], sep="\t")
+    assert finetune.scan_keys(table, "index") == list(zip(table["participant_id"], table["index_session"]))
+    for s in data.values():
+        assert s.index.shape[1] == 1 and bool(s.valid.all())
+        assert torch.equal(s.months[:, 0], torch.tensor([d / DAYS_PER_MONTH for d in (182, 371)] * (len(s.labels) // 2),
+                                                        dtype=torch.float32))
+    seen = []
+    model = finetune.Classifier(build_encoder(ARCH), build_aggregator(ARCH), 8)
+    model.aggregator.register_forward_pre_hook(lambda _m, args: seen.append(args[2].sum(1)))
+    finetune.predict(model, volumes, data["test"])
+    assert seen and all(bool((v == 1).all()) for v in seen)  # the aggregator gets one real scan per sample
+
+
+def test_history_times_are_fractional_months_and_the_shuffled_control_permutes_them(cohort):
+    _, data = _data(cohort)
+    months = torch.tensor([d / DAYS_PER_MONTH for d in DAYS], dtype=torch.float32)
+    train = data["train"]
+    assert torch.equal(train.months[1], months)  # days 0, 182, 371: months 0, 5.98, 12.19 (not 0, 6, 12)
+    assert torch.equal(train.months[0, :2], months[:2]) and not train.valid[0, 2]
+    _, shuffled = _data(cohort, "time_shuffled")
+    _, again = _data(cohort, "time_shuffled")
+    _, other_seed = _data(cohort, "time_shuffled", seed=1)
+    changed = 0
+    for name, s in shuffled.items():
+        h = data[name]
+        assert torch.equal(s.index, h.index) and torch.equal(s.valid, h.valid)  # the same scans, in place
+        assert torch.equal(s.months, again[name].months)  # seeded: the same every time (and for every init)
+        for i in range(len(s.labels)):
+            n = int(h.valid[i].sum())
+            assert sorted(s.months[i, :n].tolist()) == sorted(h.months[i, :n].tolist())  # the same times
+            assert torch.equal(s.months[i, n:], h.months[i, n:])
+            changed += not torch.equal(s.months[i], h.months[i])
+    assert changed >= len(DAYS) * 3  # most samples get another order (1/2 and 5/6 of them by chance)
+    assert any(not torch.equal(s.months, other_seed[n].months) for n, s in shuffled.items())  # a seed shuffles anew
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        finetune.scan_keys(pd.read_csv(cohort["task"], sep="\t"), "shuffled")
+
+
+def test_a_job_is_bit_identical_when_rerun(cohort, tmp_path):
+    first = _run(cohort, tmp_path / "a", "scratch", None, inputs="time_shuffled", modes=["full"])
+    again = _run(cohort, tmp_path / "b", "scratch", None, inputs="time_shuffled", modes=["full"])
+    assert first.equals(again)
+    assert json.loads(Path(tmp_path / "a" / "scratch.json").read_text())["inputs"] == "time_shuffled"

@@ -26,6 +26,10 @@ from test_envs import pypi_requirements
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["dx_cn_ad", "det_mci_ad"]  # those of .test/config.yaml
 INITS = ["scratch", "simclr", "top", "tcl", "tmp", "topc"]
+# the controls of the primary comparison (topc vs scratch) on its control task det_mci_ad: index and
+# time_shuffled inputs x 2 inits x seed 0
+CONTROL_INITS = ["scratch", "topc"]
+CONTROLS = 2 * len(CONTROL_INITS)
 CODE = ("Snakefile", "workflow", "envs", "sslad")  # what a clone holds and the jobs need
 RUN = ("config.yaml", ".test")  # what a user edits in the run directory
 
@@ -148,12 +152,16 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
     import pandas as pd
 
     table = pd.read_csv(study / "results/table.csv")
-    assert len(table) == len(TASKS) * len(INITS) * 2  # x modes (full, probe), one fraction, one seed
+    assert len(table) == len(TASKS) * len(INITS) * 2 + CONTROLS  # x modes (full, probe); controls: full only
     assert set(table["init"]) == set(INITS) and set(table["mode"]) == {"full", "probe"}
+    controls = table[table["inputs"] != "history"]
+    assert sorted(zip(controls["task"], controls["init"], controls["inputs"], controls["mode"])) == sorted(
+        ("det_mci_ad", i, c, "full") for i in CONTROL_INITS for c in ("index", "time_shuffled"))
     assert table["fraction"].tolist() == [1.0] * len(table)
     for col in ("auc", "balanced_accuracy"):
         assert table[col].between(0, 1).all()
     assert (study / "results/summary.csv").exists() and (study / "results/summary.md").exists()
+    assert "## Controls of the primary comparison" in (study / "results/summary.md").read_text()
     assert sorted(p.name for p in (study / "results/figures").glob("*.png")) == sorted(f"{t}.png" for t in TASKS)
     assert (study / "results/preproc/qc_mosaic.png").stat().st_size > 10_000
     from mlflow.tracking import MlflowClient
@@ -161,7 +169,7 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
     client = MlflowClient(tracking_uri=f"sqlite:///{study / 'results/mlflow/mlflow.db'}")
     runs = {e: client.search_runs([client.get_experiment_by_name(e).experiment_id]) for e in ("pretrain", "finetune")}
     assert sorted(r.data.tags["method"] for r in runs["pretrain"]) == sorted(INITS[1:])
-    assert len(runs["finetune"]) == len(TASKS) * len(INITS)
+    assert len(runs["finetune"]) == len(TASKS) * len(INITS) + CONTROLS
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
 
 
@@ -208,7 +216,7 @@ def test_tracking_server_gets_every_pretraining_and_finetuning_run(study, mlflow
     runs = {e: client.search_runs([client.get_experiment_by_name(e).experiment_id]) for e in ("pretrain", "finetune")}
     assert sorted(r.data.tags["method"] for r in runs["pretrain"]) == sorted(INITS[1:])
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
-    assert sorted(r.data.tags["init"] for r in runs["finetune"]) == sorted(INITS * len(TASKS))
+    assert sorted(r.data.tags["init"] for r in runs["finetune"]) == sorted(INITS * len(TASKS) + CONTROL_INITS * 2)
     assert {r.data.params["epochs"] for r in runs["finetune"]} == {"2"}
     # back to the SQLite store: the tracking jobs rerun and find every result logged already
     snakemake(study)
@@ -223,7 +231,8 @@ def test_stage_targets_and_benchmarks(study):
         assert planned_jobs(study, stage) == {}, stage
     assert planned_jobs(study, "pretrain_all", "--forcerun", "pretrain") == {"pretrain": 5, "track_pretrain": 1,
                                                                           "pretrain_all": 1}
-    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_seed-0.tsv", "simulate_cohort.tsv"):
+    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_seed-0.tsv", "simulate_cohort.tsv",
+                  "finetune_control/det_mci_ad/topc_time_shuffled_frac-1_seed-0.tsv"):
         assert (study / "results/benchmarks" / heavy).read_text().startswith("s\th:m:s\tmax_rss"), heavy
 
 
@@ -249,15 +258,16 @@ def test_scores_are_full_precision_logits_and_counts_are_reported(study):
 
 
 def test_learning_edits_rerun_only_what_they_affect(study):
-    set_config(study, "finetune", "lr", 0.002)
-    assert planned_jobs(study) == {"finetune": len(TASKS) * len(INITS), "track_finetune": 1, "aggregate": 1}
+    set_config(study, "finetune", "lr", 0.002)  # the controls are fine-tuning with the same settings
+    assert planned_jobs(study) == {"finetune": len(TASKS) * len(INITS), "finetune_control": CONTROLS,
+                                   "track_finetune": 1, "aggregate": 1}
     set_config(study, "finetune", "lr", 0.001)
     # the bootstrap is aggregation's: more resamples retrain nothing (.test/config.yaml sets it: --config)
     assert planned_jobs(study, "--config", "finetune={n_bootstrap: 300}") == {"aggregate": 1}
     # the splits pretraining draws on: the pretraining set and what follows, not scratch's fine-tuning
     set_config(study, "manifest", "pretrain_splits", ["train"])
     assert planned_jobs(study) == {"pretrain_set": 1, "pretrain": 5, "track_pretrain": 1, "finetune": 5 * len(TASKS),
-                                   "track_finetune": 1, "aggregate": 1}
+                                   "finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1}
     set_config(study, "manifest", "pretrain_splits", ["train", "val"])
     # a method's block: that method's pretraining and what fine-tunes from it, nothing else
     set_config(study, "pretrain", "methods.top.hidden", 32)
@@ -266,34 +276,52 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "pretrain", "methods.top.hidden", 64)
     # an augmentation recipe reruns the methods that use it: the temporal one all but simclr
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.5)
-    assert planned_jobs(study) == {"pretrain": 4, "track_pretrain": 1, "finetune": 4 * len(TASKS), "track_finetune": 1,
-                                   "aggregate": 1}
+    assert planned_jobs(study) == {"pretrain": 4, "track_pretrain": 1, "finetune": 4 * len(TASKS),
+                                   "finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1}
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.8)
     # validation subsampling: the fractions and what follows; the primary comparison: aggregation only
     set_config(study, "study", "subsample_validation", False)
     assert planned_jobs(study) == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(INITS),
-                                   "track_finetune": 1, "aggregate": 1}
+                                   "finetune_control": CONTROLS, "track_finetune": 1, "aggregate": 1}
     set_config(study, "study", "subsample_validation", True)
+    # another primary init: aggregation, and the controls of the new pair (top's; scratch's are there)
     set_config(study, "study", "primary.init", "top")
-    assert planned_jobs(study) == {"aggregate": 1}
+    assert planned_jobs(study) == {"finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1}
     set_config(study, "study", "primary.init", "topc")
     # one new seed (the grid comes from .test/config.yaml, so --config it): only its jobs
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1]}")
-    assert grown == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(INITS), "track_finetune": 1,
-                     "aggregate": 1}
-    # and a new fraction: each seed's job runs its fractions, the old one again too
+    assert grown == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(INITS), "finetune_control": CONTROLS,
+                     "track_finetune": 1, "aggregate": 1}
+    # and a new fraction: each seed's job runs its fractions, the old one again too (and the controls
+    # read the primary fraction's subset, which those jobs rewrite)
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1], label_fractions: [0.5, 1.0]}")
     assert grown == {"label_fraction": 2 * len(TASKS), "finetune": 2 * len(TASKS) * len(INITS),
-                     "track_finetune": 1, "aggregate": 1}
+                     "finetune_control": 2 * CONTROLS, "track_finetune": 1, "aggregate": 1}
+    assert planned_jobs(study) == {}
+
+
+def test_control_edits_rerun_only_control_jobs(study):
+    """study.controls and the primary comparison's mode reach the control jobs only: no job of the
+    grid (finetune) is planned."""
+    set_config(study, "study", "controls.tasks", ["dx_cn_ad", "det_mci_ad"])  # a task more: its controls
+    assert planned_jobs(study) == {"finetune_control": CONTROLS, "track_finetune": 1, "aggregate": 1}
+    set_config(study, "study", "controls.tasks", ["det_cn_mci", "det_mci_ad", "fut_cn_mci", "fut_mci_ad"])
+    set_config(study, "study", "controls.inputs", ["index"])  # one control less: nothing to train
+    assert planned_jobs(study) == {"track_finetune": 1, "aggregate": 1}
+    set_config(study, "study", "controls.inputs", ["index", "time_shuffled"])
+    set_config(study, "study", "primary.mode", "probe")  # the controls run the primary's mode
+    assert planned_jobs(study) == {"finetune_control": CONTROLS, "track_finetune": 1, "aggregate": 1}
+    set_config(study, "study", "primary.mode", "full")
     assert planned_jobs(study) == {}
 
 
 def test_finetuning_is_deterministic_and_the_report_builds(study):
     before = (study / "results/table.csv").read_bytes()
-    snakemake(study, "--forcerun", "finetune")
+    snakemake(study, "--forcerun", "finetune", "finetune_control")  # the shuffled times are seeded too
     assert (study / "results/table.csv").read_bytes() == before
     tracked = (study / "results/mlflow/finetune_runs.tsv").read_text().splitlines()
-    assert len(tracked) == 1 + len(TASKS) * len(INITS) and all("\tFalse\t" in r for r in tracked[1:])  # no duplicates
+    assert len(tracked) == 1 + len(TASKS) * len(INITS) + CONTROLS
+    assert all("\tFalse\t" in r for r in tracked[1:])  # no duplicates
     snakemake(study, "--report", "results/report.html")
     html = (study / "results/report.html").read_text(errors="replace")
     for name in ("table.csv", "summary.csv", "qc_mosaic.png", "dx_cn_ad.png"):
@@ -355,6 +383,7 @@ def test_manifest_rerun_is_byte_identical(study):
     ("manifest={split: {val: 0.2, test: 0.9}}", "manifest.split.test"),
     ("study={inits: [scratch, simclr2]}", "study.inits.1"),  # the registry's methods are the valid inits
     ("tracking={uri: mlflow.example.org}", "tracking.uri"),
+    ("study={controls: {inputs: [history], tasks: [det_mci_ad]}}", "study.controls.inputs.0"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, override, key):
     work = make_study(tmp_path)
@@ -362,6 +391,14 @@ def test_bad_config_fails_before_any_job(tmp_path, override, key):
     assert proc.returncode != 0
     assert f"config key {key}:" in proc.stderr + proc.stdout
     assert not (work / "results").exists()
+
+
+def test_a_control_must_change_the_inputs(tmp_path):
+    work = make_study(tmp_path)
+    proc = snakemake(work, "--config", "finetune={inputs: index}", "study={primary: {inputs: index}}", "-n",
+                     check=False)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "study.controls.inputs lists 'index', the inputs of every job" in out
 
 
 def test_resources_in_the_config_are_refused_with_where_they_went(tmp_path):

@@ -1,11 +1,12 @@
-# The study's results: one table row per fine-tuning job and mode, summary with paired
-# comparisons against scratch, curves per task; all of them in `snakemake --report`.
+# The study's results: one table row per fine-tuning job and mode (controls included), summary with
+# paired comparisons against scratch and the controls beside the primary comparison, curves per
+# task; all of them in `snakemake --report`.
 
 
 rule aggregate:
     input:
         metrics=finetune_metrics(),
-        predictions=finetune_outputs("predictions.tsv"),
+        predictions=finetune_predictions(),
         # a finished table means every job is in MLflow too
         tracked=[rules.track_pretrain.output, rules.track_finetune.output],
     output:

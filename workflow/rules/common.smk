@@ -162,13 +162,25 @@ def pretrain_settings(method):
     )
 
 
-def finetune_settings(wildcards):
+def finetune_block(init):
     """The fine-tuning block minus n_bootstrap (aggregation's: the intervals come from the
     predictions); the encoder block only for scratch (pretrained inits carry their architecture in
     encoder.pt, an input)."""
     ft = {k: v for k, v in config["finetune"].items() if k != "n_bootstrap"}
-    if wildcards.init == "scratch":
+    if init == "scratch":
         ft["model"] = config["model"]
+    return ft
+
+
+def finetune_settings(wildcards):
+    return json.dumps(finetune_block(wildcards.init), sort_keys=True)
+
+
+def control_settings(wildcards):
+    """A control job's settings: the fine-tuning block with the control's inputs and the primary
+    comparison's mode only; no other study key, so editing study.controls reruns no other job."""
+    ft = finetune_block(wildcards.init)
+    ft.update(inputs=wildcards.control, modes=[config["study"]["primary"]["mode"]])
     return json.dumps(ft, sort_keys=True)
 
 
@@ -203,6 +215,14 @@ def finetune_inputs(wildcards):
     return files
 
 
+def control_inputs(wildcards):
+    """A control job's files: those of the task x init x seed job, with the primary fraction's subset only."""
+    files = finetune_inputs(wildcards)
+    w = wildcards
+    files["fractions"] = f"results/manifest/fractions/{w.task}/seed-{w.seed}/frac-{w.fraction}.tsv"
+    return files
+
+
 def finetune_outputs(name):
     """One output (metrics.json or predictions.tsv) of every fine-tuning job of the study."""
     study = config["study"]
@@ -215,8 +235,33 @@ def finetune_outputs(name):
     )
 
 
+CONTROL_CELL = "results/controls/{task}/{init}/{control}/frac-{fraction}/seed-{seed}/{name}"
+
+
+def control_outputs(name):
+    """One output of every control job: study.primary's init and reference at its mode and label
+    fraction, every seed, each input of study.controls, for the control tasks the study runs."""
+    study = config["study"]
+    primary, controls = study["primary"], study["controls"]
+    return expand(
+        CONTROL_CELL,
+        task=[t for t in study["tasks"] if t in controls["tasks"]],
+        init=[primary["init"], primary["reference"]],
+        control=controls["inputs"],
+        fraction=fraction_name(primary["fraction"]),
+        seed=study["seeds"],
+        name=name,
+    )
+
+
 def finetune_metrics():
-    return finetune_outputs("metrics.json")
+    """metrics.json of every fine-tuning job, the controls' last."""
+    return finetune_outputs("metrics.json") + control_outputs("metrics.json")
+
+
+def finetune_predictions():
+    """predictions.tsv of every fine-tuning job, in the order of finetune_metrics()."""
+    return finetune_outputs("predictions.tsv") + control_outputs("predictions.tsv")
 
 
 def pretrain_metrics():
@@ -258,6 +303,11 @@ def check_study(cfg):
         raise ValueError(
             f"invalid configuration: study.primary.inputs {primary['inputs']!r} is not finetune.inputs "
             f"{cfg['finetune']['inputs']!r}"
+        )
+    if cfg["finetune"]["inputs"] in study["controls"]["inputs"]:
+        raise ValueError(
+            f"invalid configuration: study.controls.inputs lists {cfg['finetune']['inputs']!r}, the inputs of "
+            f"every job (finetune.inputs): a control must change them"
         )
     if not any(abs(primary["fraction"] - f) < 1e-9 for f in study["label_fractions"]):
         raise ValueError(

@@ -9,6 +9,7 @@ wildcard_constraints:
     init="|".join(inits()),
     fraction="[0-9.e-]+",
     seed="[0-9]+",
+    control="index|time_shuffled",
 
 
 rule finetune:
@@ -33,6 +34,38 @@ rule finetune:
         settings=finetune_settings,
         encoder=lambda wildcards, input: f"--encoder {input.encoder}" if "encoder" in input.keys() else "",
         cells=lambda wildcards, input, output: cell_args(FRACTIONS, input.fractions, output.metrics, output.predictions),
+    shell:
+        "sslad finetune --settings {params.settings:q} --task {wildcards.task} --init {wildcards.init}"
+        " --seed {wildcards.seed} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
+        " {params.encoder} --threads {threads} > {log:q} 2>&1"
+
+
+# The controls of the primary comparison (study.controls): one job per task x init x control inputs
+# x seed, the primary's mode and label fraction only. Outputs of their own (results/controls/), so
+# that editing the controls reruns these jobs and aggregation, never a job of the grid above.
+rule finetune_control:
+    input:
+        unpack(control_inputs),
+    output:
+        metrics=CONTROL_CELL.replace("{name}", "metrics.json"),
+        predictions=CONTROL_CELL.replace("{name}", "predictions.tsv"),
+    log:
+        "results/logs/finetune_control/{task}/{init}_{control}_frac-{fraction}_seed-{seed}.log",
+    benchmark:
+        "results/benchmarks/finetune_control/{task}/{init}_{control}_frac-{fraction}_seed-{seed}.tsv"
+    conda:
+        "../../envs/learning.yaml"
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=60,
+    params:
+        settings=control_settings,
+        encoder=lambda wildcards, input: f"--encoder {input.encoder}" if "encoder" in input.keys() else "",
+        cells=lambda wildcards, input, output: cell_args(
+            [wildcards.fraction], [input.fractions], [output.metrics], [output.predictions]
+        ),
     shell:
         "sslad finetune --settings {params.settings:q} --task {wildcards.task} --init {wildcards.init}"
         " --seed {wildcards.seed} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
