@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslad import distributed
+from sslad import distributed, preflight
 from sslad.io import atomic_path, write_json
 from sslad.methods import Batch, build, draw_views
-from sslad.networks import build_aggregator, build_encoder, feature_dim, save_encoder
+from sslad.networks import bound_memory, build_aggregator, build_encoder, feature_dim, save_encoder
 from sslad.pretrain_data import ScanSet, epoch_batches, load_pretrain_scans, make_batch, step_rng, units
 
 
@@ -106,8 +106,9 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> dict[str, Any]:
-    """Train, checkpointing as it goes; returns the metrics (also written by rank 0)."""
+def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, memory_gb: float = 0.0) -> dict[str, Any]:
+    """Train, checkpointing as it goes; returns the metrics (also written by rank 0). Stops before
+    training when one step would not fit in the device's memory (or ``memory_gb``): sslad.preflight."""
     tr, model_cfg = settings["train"], settings["model"]
     device = distributed.pick_device(tr["device"], "pretrain.train.device")
     rank, world = distributed.init(device.type)
@@ -115,6 +116,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
         torch.cuda.set_device(device)
     torch.manual_seed(tr["seed"])
     encoder, aggregator = build_encoder(model_cfg), build_aggregator(model_cfg)
+    bound_memory(encoder, tr.get("checkpoint_activations", False), tr.get("micro_batch", 0))
     method = build(settings["method"], encoder, aggregator, feature_dim(model_cfg), settings["hp"])
     if world > 1 and device.type == "cuda":
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -133,6 +135,8 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
     batch_size = min(tr["batch_size"], len(pool))
     if batch_size % world:
         raise ValueError(f"pretrain batch size {batch_size} is not divisible by the {world} processes")
+    preflight.check(settings, method, encoder, device, world, batch_size, tuple(scans.volumes.shape[-3:]),
+                    memory_gb, log)
     state_path = Path(out.checkpoint)
     key = fingerprint(settings, scans)
     start, history = 0, []
@@ -208,7 +212,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
 
 
 def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv: str, out: Outputs,
-        threads: int) -> dict[str, Any]:
+        threads: int, memory_gb: float = 0.0) -> dict[str, Any]:
     """The ``sslad pretrain`` job: load, train, save (rank 0). No MLflow here: the job's metrics
     reach the tracking store through the tracking job, so no training job writes to a shared
     database (SQLite locking on NFS or Lustre is unreliable)."""
@@ -220,4 +224,4 @@ def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv
         if distributed.world()[0] == 0:
             print(msg, file=sys.stderr, flush=True)
 
-    return train(settings, scans, out, log)
+    return train(settings, scans, out, log, memory_gb)
