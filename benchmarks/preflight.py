@@ -7,8 +7,12 @@ warm-up convolution, with the peak reset). The estimate is computed in another p
 its probes do not raise the peak. Default: 3D-Neuro-SimCLR's ResNet-18 (stride-1 stem) on a
 quarter and a third of the paper grid per axis.
 
+With ``--paper``, it prints instead the estimate of every method at config/paper.yaml's settings
+on its grid, per process, for bf16 autocast (a GPU's training), against an 80 GB GPU.
+
     python benchmarks/preflight.py
     python benchmarks/preflight.py --methods simclr --grids 24x26x21 --preset demo
+    python benchmarks/preflight.py --paper
 """
 
 from __future__ import annotations
@@ -34,6 +38,56 @@ def _status_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base`` key by key (as Snakemake merges a --configfile)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def paper_settings(method: str) -> tuple[dict, tuple[int, ...]]:
+    """A pretraining job's settings in the paper-scale study (config.yaml + config/paper.yaml), and
+    its model grid."""
+    cfg = merged(yaml.safe_load((ROOT / "config.yaml").read_text()),
+                 yaml.safe_load((ROOT / "config/paper.yaml").read_text()))
+    hp = cfg["pretrain"]["methods"][method]
+    recipes = {hp[k] for k in ("augment", "spatial_augment") if k in hp}
+    pre = cfg["preprocess"]
+    grid = tuple(round((hi - lo) / pre["voxel_mm"]) for lo, hi in (pre["crop_mm"][a] for a in "xyz"))
+    return {"method": method, "hp": hp, "model": cfg["model"], "train": cfg["pretrain"]["train"],
+            "augment": {r: cfg["pretrain"]["augment"][r] for r in recipes}}, grid
+
+
+def paper_table(gpu_gb: float) -> None:
+    from sslad.methods import METHODS
+    from sslad.preflight import GB, GPU_RESERVE
+
+    limit = gpu_gb * (1 - GPU_RESERVE)
+    rows = []
+    for method in METHODS:
+        s, grid = paper_settings(method)
+        m, encoder = build(s)
+        parts, _, plan = estimate_parts(s, m, encoder, grid)
+        rows.append((method, plan, {k: v / GB for k, v in parts.items()}))
+    tr = s["train"]
+    print(f"\nconfig/paper.yaml, one process, bf16 autocast, grid {'x'.join(map(str, grid))}: batch "
+          f"{tr['batch_size']}, checkpoint_activations {tr['checkpoint_activations']}, micro_batch "
+          f"{tr['micro_batch']}; limit {limit:.0f} GB ({gpu_gb:.0f} GB less {100 * GPU_RESERVE:.0f}%)\n")
+    print("| method | encoder passes per step | activations GB | data GB | weights+grads+Adam GB | total GB | fits |")
+    print("|---|---|---|---|---|---|---|")
+    for method, plan, gb in rows:
+        print(f"| {method} | {plan.passes} | {gb['activations']:.1f} | {gb['data']:.1f} | "
+              f"{gb['weights_grads_adam']:.2f} | {gb['total']:.1f} | {'yes' if gb['total'] <= limit else 'NO'} |")
+
+
+def estimate_parts(s: dict, method, encoder, grid: tuple[int, ...]):
+    """The pre-flight estimate for bf16 autocast (a GPU's step), probed on this machine's CPU."""
+    from sslad.preflight import estimate as preflight_estimate
+
+    return preflight_estimate(s, method, encoder, torch.device("cpu"), 1, s["train"]["batch_size"], grid, bf16=True)
 
 
 def settings(method: str, preset: str, batch: int) -> dict:
@@ -100,11 +154,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", action="store_true", help="with activation checkpointing")
     parser.add_argument("--micro-batch", type=int, default=0)
+    parser.add_argument("--paper", action="store_true", help="estimates at config/paper.yaml's settings instead")
+    parser.add_argument("--gpu-gb", type=float, default=80.0, help="with --paper: the GPU's memory")
     parser.add_argument("--child", choices=["measure", "estimate"], help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     parser.add_argument("--grid", help=argparse.SUPPRESS)
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
+    if a.paper:
+        paper_table(a.gpu_gb)
+        return
     if a.child:
         grid = tuple(int(v) for v in a.grid.split("x"))
         print(json.dumps((measure if a.child == "measure" else estimate)(json.loads(a.settings), grid)))

@@ -26,6 +26,7 @@ GB = 1024**3
 # at once: the float32 copy, its mask, the sampling grid (3 floats), the 2-channel resampled pair
 AUGMENT_BYTES_PER_VOXEL = 36
 PROBE_SCANS = 2
+GPU_RESERVE = 0.1
 
 
 class DoesNotFit(ValueError):
@@ -58,12 +59,13 @@ def encoder_passes(sampling: Any, batch_size: int, world: int) -> tuple[int, int
     return scans * len(sampling.views), scans
 
 
-def _probe(encoder: nn.Module, grid: tuple[int, ...], device: torch.device) -> list[tuple[int, int]]:
-    """(saved bytes, output bytes) per stage for PROBE_SCANS scans of ``grid``, as training runs it."""
+def _probe(encoder: nn.Module, grid: tuple[int, ...], device: torch.device, bf16: bool) -> list[tuple[int, int]]:
+    """(saved bytes, output bytes) per stage for PROBE_SCANS scans of ``grid``, as training runs it
+    (bf16 autocast on GPUs)."""
     params = {p.untyped_storage().data_ptr() for p in encoder.parameters()}
     x = torch.randn(PROBE_SCANS, 1, *grid, generator=torch.Generator().manual_seed(0)).to(device)
     out = []
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for stage in encoder.stages():
             seen: dict[int, int] = {}
 
@@ -80,9 +82,10 @@ def _probe(encoder: nn.Module, grid: tuple[int, ...], device: torch.device) -> l
     return out
 
 
-def stage_bytes(encoder: nn.Module, grid: tuple[int, ...], device: torch.device) -> list[StageBytes]:
+def stage_bytes(encoder: nn.Module, grid: tuple[int, ...], device: torch.device, bf16: bool) -> list[StageBytes]:
     """Each stage's bytes per scan on ``grid``, extrapolated linearly in the voxels from two probes
-    on grids of about 24^3 and 32^3 voxels shaped like ``grid`` (never larger than it)."""
+    on grids of about 24^3 and 32^3 voxels shaped like ``grid`` (never larger than it). ``bf16``:
+    under autocast, as on GPUs (a CPU's autocast gives the same sizes, for estimates made off the GPU)."""
     probe = copy.deepcopy(encoder).to(device).train()  # the probe must not move the job's BN statistics
     for p in probe.parameters():
         p.requires_grad_(True)
@@ -93,7 +96,7 @@ def stage_bytes(encoder: nn.Module, grid: tuple[int, ...], device: torch.device)
         sizes.append(tuple(max(8, round(d * f)) for d in grid))
     (g1, g2) = sizes
     v1, v2 = (float(torch.tensor(g, dtype=torch.float64).prod()) for g in sizes)
-    m1, m2 = _probe(probe, g1, device), _probe(probe, g2, device)
+    m1, m2 = _probe(probe, g1, device, bf16), _probe(probe, g2, device, bf16)
     result = []
     for (s1, o1), (s2, o2) in zip(m1, m2):
         per = [(s1, s2), (o1, o2)]
@@ -134,11 +137,12 @@ def state_bytes(model: nn.Module) -> int:
 
 
 def device_limit(device: torch.device, memory_gb: float) -> float:
-    """Bytes the step may use: ``memory_gb`` when set, else the GPU's memory or the host's RAM."""
+    """Bytes the step may use: ``memory_gb`` when set, else the GPU's memory less GPU_RESERVE (the
+    CUDA context, cuDNN workspaces, the allocator's fragmentation) or the host's RAM."""
     if memory_gb:
         return memory_gb * GB
     if device.type == "cuda":
-        return float(torch.cuda.get_device_properties(device).total_memory)
+        return float(torch.cuda.get_device_properties(device).total_memory) * (1 - GPU_RESERVE)
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
@@ -174,13 +178,15 @@ def suggestions(stages: list[StageBytes], plan: Plan, state: int, limit: float, 
 
 
 def estimate(settings: dict[str, Any], method: nn.Module, encoder: nn.Module, device: torch.device,
-             world: int, batch_size: int, grid: tuple[int, ...]) -> tuple[dict[str, float], list[StageBytes], Plan]:
-    """The estimate of one step's peak memory on ``device`` (bytes, by part), with what it was built from."""
+             world: int, batch_size: int, grid: tuple[int, ...],
+             bf16: bool | None = None) -> tuple[dict[str, float], list[StageBytes], Plan]:
+    """The estimate of one step's peak memory (bytes, by part), probed on ``device``, with what it
+    was built from; ``bf16`` defaults to training's choice (autocast on GPUs)."""
     tr = settings["train"]
     passes, scans = encoder_passes(method.sampling, batch_size, world)
     voxels = int(torch.tensor(grid).prod())
     plan = Plan(passes, scans, voxels, bool(tr.get("checkpoint_activations", False)), int(tr.get("micro_batch", 0)))
-    stages = stage_bytes(encoder, grid, device)
+    stages = stage_bytes(encoder, grid, device, device.type == "cuda" if bf16 is None else bf16)
     return step_bytes(stages, plan, state_bytes(method)), stages, plan
 
 

@@ -20,8 +20,8 @@ CPU = torch.device("cpu")
 def test_stage_bytes_extrapolate_to_the_probe_on_the_grid_itself():
     encoder = build_encoder(MODEL)
     grid = (40, 48, 40)
-    direct = preflight._probe(encoder, grid, CPU)  # (saved, output) bytes of PROBE_SCANS scans per stage
-    got = preflight.stage_bytes(encoder, grid, CPU)  # per scan, from probes on 24^3 and 32^3 voxels
+    direct = preflight._probe(encoder, grid, CPU, False)  # (saved, output) bytes of PROBE_SCANS scans per stage
+    got = preflight.stage_bytes(encoder, grid, CPU, False)  # per scan, from probes on 24^3 and 32^3 voxels
     total = sum(g.saved + g.output for g in got) * preflight.PROBE_SCANS
     assert abs(total / sum(s + o for s, o in direct) - 1) < 0.03
     for g, (saved, _) in zip(got, direct):  # the deep stages' rounded sizes drift, but they weigh little
@@ -31,7 +31,7 @@ def test_stage_bytes_extrapolate_to_the_probe_on_the_grid_itself():
 
 def test_checkpointing_and_micro_batches_bound_the_activations():
     encoder = build_encoder(dict(MODEL, stem_stride=1))
-    stages = preflight.stage_bytes(encoder, (64, 64, 64), CPU)
+    stages = preflight.stage_bytes(encoder, (64, 64, 64), CPU, False)
     plan = preflight.Plan(passes=36, scans=12, voxels=64**3, checkpoint=False, micro_batch=0)
     full = preflight.step_bytes(stages, plan, 0)["activations"]
     ckpt = preflight.step_bytes(stages, preflight.Plan(36, 12, 64**3, True, 0), 0)["activations"]
