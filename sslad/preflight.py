@@ -114,14 +114,15 @@ def step_bytes(stages: list[StageBytes], plan: Plan, state_bytes: int) -> dict[s
     the gradient of the stage it is in (twice its output) and, when recomputing, that stage's
     saved tensors for the passes recomputed together (the micro-batch, else all)."""
     n = plan.passes
-    group = plan.micro_batch or n
+    micro = plan.micro_batch if plan.micro_batch < plan.scans else 0  # each encoder call takes all the scans
+    group = micro or n
     scan = plan.voxels * 4.0  # one augmented fp32 input: all a micro-batched pass keeps until backward
     inputs = [scan] + [s.output for s in stages[:-1]]  # what a checkpointed stage keeps
     if plan.checkpoint:
         per_scan = max(sum(inputs[:k + 1]) + s.saved + 2 * s.output for k, s in enumerate(stages))
     else:
         per_scan = max(sum(s.saved for s in stages[:k + 1]) + 2 * s.output for k, s in enumerate(stages))
-    if plan.micro_batch:
+    if micro:
         activations = n * scan + group * per_scan
     else:
         activations = n * per_scan
@@ -154,17 +155,17 @@ def suggestions(stages: list[StageBytes], plan: Plan, state: int, limit: float, 
                 per_unit: int, scans_per_unit: int) -> list[str]:
     """Settings that would fit, each changing as little as possible."""
     out = []
-    unit = replace(plan, passes=per_unit, scans=scans_per_unit)
-    fitting = [b for b in range(world, batch_size, world)
-               if _fits(stages, replace(unit, passes=per_unit * b // world, scans=scans_per_unit * b // world),
-                        state, limit)]
+    fitting = [b for b in range(world, batch_size, world)  # a contrastive batch needs two
+               if b >= 2 and _fits(stages, replace(plan, passes=per_unit * b // world,
+                                                   scans=scans_per_unit * b // world), state, limit)]
     if fitting:
         out.append(f"pretrain.train.batch_size: {fitting[-1]}")
     if not plan.checkpoint and _fits(stages, replace(plan, checkpoint=True), state, limit):
         out.append("pretrain.train.checkpoint_activations: true")
     for checkpoint in ((plan.checkpoint,) if plan.checkpoint else (False, True)):
-        micro = [m for m in range(1, plan.passes) if _fits(stages, replace(plan, checkpoint=checkpoint, micro_batch=m),
-                                                           state, limit)]
+        # the encoder takes a view of the process's scans at a time: chunks of fewer scans than that
+        micro = [m for m in range(1, plan.scans) if _fits(stages, replace(plan, checkpoint=checkpoint, micro_batch=m),
+                                                          state, limit)]
         if micro:
             extra = ", checkpoint_activations: true" if checkpoint and not plan.checkpoint else ""
             out.append(f"pretrain.train.micro_batch: {micro[-1]}{extra}")
