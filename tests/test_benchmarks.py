@@ -36,3 +36,13 @@ def test_gpu_check_stops_clearly_without_cuda_and_runs_its_cpu_smoke_test():
     rows = [line for line in out.stdout.splitlines() if line.startswith("| topc |")]
     assert [r.split("|")[2].strip() for r in rows] == ["ncdhw", "cl3d"]
     assert all(float(r.split("|")[6]) > 0 for r in rows)  # volumes/s
+
+
+def test_preflight_benchmark_prints_estimate_against_measured_memory():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/preflight.py"), "--preset", "demo", "--methods",
+                          "simclr", "--grids", "20x24x20", "--threads", "1"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| simclr | 20x24x20 | 4 |"))
+    estimate, measured = (float(row.split("|")[i]) for i in (4, 5))
+    assert estimate > 0 and measured > 0

@@ -55,7 +55,7 @@ rule pretrain:
         # sslad.distributed takes ranks and rendezvous from SLURM); with several GPUs on one node,
         # torchrun; otherwise one plain process.
         "ranks=$(( {resources.nodes} * {resources.tasks_per_node} ));"
-        " if [ $ranks -gt 1 ] && {{ [ -z ${{SLURM_JOB_ID:-}} ] || [ -n ${{SLURM_STEP_ID:-}} ]; }}; then"
+        ' if [ $ranks -gt 1 ] && {{ [ -z "${{SLURM_JOB_ID:-}}" ] || [ -n "${{SLURM_STEP_ID:-}}" ]; }}; then'
         " echo 'pretrain: {resources.nodes} node(s) x {resources.tasks_per_node} tasks need a SLURM job that runs"
         " this command itself (profiles/slurm, with resources mpi=srun)' > {log:q}; exit 1;"
         " elif [ $ranks -gt 1 ]; then"
