@@ -194,22 +194,22 @@ def estimate(settings: dict[str, Any], method: nn.Module, encoder: nn.Module, de
 def check(settings: dict[str, Any], method: nn.Module, encoder: nn.Module, device: torch.device, world: int,
           batch_size: int, grid: tuple[int, ...], memory_gb: float, log=print) -> dict[str, float]:
     """Estimate the step's memory; raise DoesNotFit (estimate, limit, settings that fit) when it
-    exceeds the device's. Returns the estimate in GB by part, for the metrics."""
+    exceeds the device's. Returns the estimate in GB by part (3 significant digits), for the metrics."""
     parts, stages, plan = estimate(settings, method, encoder, device, world, batch_size, grid)
     limit = device_limit(device, memory_gb)
-    gb = {k: round(v / GB, 2) for k, v in parts.items()}
+    gb = {k: float(f"{v / GB:.3g}") for k, v in parts.items()}
     where = f"{'pretrain.device_memory_gb' if memory_gb else device.type + ' memory'} {limit / GB:.1f} GB"
-    log(f"pre-flight: one step needs ~{gb['total']} GB per process ({plan.passes} encoder passes on "
-        f"{'x'.join(map(str, grid))}: activations {gb['activations']}, data {gb['data']}, weights/gradients/"
-        f"Adam {gb['weights_grads_adam']} GB); limit {where}")
+    log(f"pre-flight: one step needs ~{gb['total']:g} GB per process ({plan.passes} encoder passes on "
+        f"{'x'.join(map(str, grid))}: activations {gb['activations']:g}, data {gb['data']:g}, weights/gradients/"
+        f"Adam {gb['weights_grads_adam']:g} GB); limit {where}")
     if parts["total"] > limit:
         per_unit = plan.passes // max(1, batch_size // world)
         fits = suggestions(stages, plan, state_bytes(method), limit, batch_size, world, per_unit,
                            plan.scans // max(1, batch_size // world))
         raise DoesNotFit(
-            f"{settings['method']}: one training step needs ~{gb['total']:.1f} GB per process at batch "
+            f"{settings['method']}: one training step needs ~{gb['total']:g} GB per process at batch "
             f"{batch_size} over {world} process(es) on {'x'.join(map(str, grid))} (activations "
-            f"{gb['activations']:.1f} GB for {plan.passes} encoder passes), more than the {where}. "
+            f"{gb['activations']:g} GB for {plan.passes} encoder passes), more than the {where}. "
             + ("Settings that would fit: " + "; ".join(fits) if fits else "No batch of this model fits: "
                "use a smaller grid or model") + ".")
     return gb

@@ -137,8 +137,8 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
     batch_size = min(tr["batch_size"], len(pool))
     if batch_size % world:
         raise ValueError(f"pretrain batch size {batch_size} is not divisible by the {world} processes")
-    preflight.check(settings, method, encoder, device, world, batch_size, tuple(scans.volumes.shape[-3:]),
-                    memory_gb, log)
+    memory = preflight.check(settings, method, encoder, device, world, batch_size, tuple(scans.volumes.shape[-3:]),
+                             memory_gb, log)
     state_path = Path(out.checkpoint)
     key = fingerprint(settings, scans)
     start, history = 0, []
@@ -203,7 +203,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
     metrics = {"method": settings["method"], "epochs": epochs, "resumed_after_epoch": start,
                "history": history, "loss": [h["loss"] for h in history], "n_scans": len(scans.keys),
                "n_units": len(pool), "world_size": world, "device": device.type,
-               "volumes_per_second": seen / elapsed if seen else None,
+               "volumes_per_second": seen / elapsed if seen else None, "preflight_gb": memory,
                "encoder": str(out.encoder), "settings": settings}
     if rank == 0:
         trained_aggregator = aggregator if settings["method"] == "tmp" else None

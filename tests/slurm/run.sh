@@ -2,7 +2,8 @@
 # Real SLURM test: a one-node SLURM (Debian's slurm-wlm + munge) on localhost, then the tiny study
 # (.test/config.yaml) through `--profile profiles/slurm`. Checks that every job went through sbatch
 # and that the outputs are complete, and that the pretraining jobs ran as 2 ranks launched by srun
-# (gloo on the CPU) with the loss curve of a single process; stops the daemons it started (by PID) on exit.
+# (gloo on the CPU) with torchrun's loss curve and, within float noise, a single process's; stops the
+# daemons it started (by PID) on exit.
 #
 #   bash tests/slurm/run.sh            (as root, from the repository root, with the venv active)
 set -euo pipefail
@@ -137,28 +138,37 @@ done
 scans=$(( $(wc -l < results/cohort/scans.tsv) - 1 ))
 qcs=$(find results/preproc -name '*_qc.json' | wc -l)
 [ "$scans" -eq "$qcs" ] || { echo "FAIL: $scans scans but $qcs QC records"; exit 1; }
-# every pretraining job ran as 2 ranks that srun started; simclr's and topc's loss curves match one
-# process on the same inputs within the DDP test's tolerance (tests/test_pretrain.py: 0.5%)
+# every pretraining job ran as 2 ranks that srun started. simclr's and topc's loss curves are those
+# of torchrun's 2 processes on the same inputs, bit for bit (the DDP that tests/test_pretrain.py
+# checks against one process), and within 1% of one process's here: on this tiny study, float noise
+# alone moves them that much (one process with 2 threads instead of 1: simclr 0.42%, topc 0.12%;
+# 2 ranks: 0.67%, 0.48%; with the learning rate at 1e-9 they agree to 3e-8; measured 2026-11-30).
+# Without the gather of negatives the difference is 44% (tests/test_pretrain.py).
 for method in simclr top tcl tmp topc; do
   grep -q "batch 4 x 2 process(es)" "results/logs/pretrain/$method.log" \
     || { echo "FAIL: pretraining $method did not run as 2 processes"; cat "results/logs/pretrain/$method.log"; exit 1; }
 done
 for method in simclr topc; do
   PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}" python - "$method" <<'PY'
-import json, subprocess, sys
+import json, shutil, subprocess, sys
 import numpy as np
 method = sys.argv[1]
 ranks = json.load(open(f"results/pretrain/{method}/metrics.json"))
 assert ranks["world_size"] == 2, ranks["world_size"]
-out = f"single/{method}"
-subprocess.run([sys.executable, "-m", "sslad", "pretrain", "--settings", json.dumps(ranks["settings"]),
-                "--pretrain", "results/manifest/pretrain.tsv", "--visits", "results/manifest/visits.tsv",
-                "--splits", "results/manifest/splits.tsv", "--encoder", f"{out}/encoder.pt",
-                "--metrics", f"{out}/metrics.json", "--checkpoint", f"{out}/state/last.pt", "--threads", "1"],
-               check=True, capture_output=True)
-one = json.load(open(f"{out}/metrics.json"))["loss"]
-print(f"{method}: 2 SLURM ranks {np.round(ranks['loss'], 5).tolist()} vs 1 process {np.round(one, 5).tolist()}")
-np.testing.assert_allclose(ranks["loss"], one, rtol=5e-3)
+curves = {}
+for name, launch in [("torchrun", [shutil.which("torchrun"), "--standalone", "--nproc_per_node=2", "-m", "sslad"]),
+                     ("single", [sys.executable, "-m", "sslad"])]:
+    out = f"compare/{name}/{method}"
+    subprocess.run([*launch, "pretrain", "--settings", json.dumps(ranks["settings"]),
+                    "--pretrain", "results/manifest/pretrain.tsv", "--visits", "results/manifest/visits.tsv",
+                    "--splits", "results/manifest/splits.tsv", "--encoder", f"{out}/encoder.pt",
+                    "--metrics", f"{out}/metrics.json", "--checkpoint", f"{out}/state/last.pt", "--threads", "1"],
+                   check=True, capture_output=True)
+    curves[name] = json.load(open(f"{out}/metrics.json"))["loss"]
+print(f"{method}: 2 SLURM ranks {np.round(ranks['loss'], 5).tolist()}, torchrun 2 processes "
+      f"{np.round(curves['torchrun'], 5).tolist()}, 1 process {np.round(curves['single'], 5).tolist()}")
+np.testing.assert_array_equal(ranks["loss"], curves["torchrun"])
+np.testing.assert_allclose(ranks["loss"], curves["single"], rtol=1e-2)
 PY
 done
-echo "SLURM test passed: $(echo "$ids" | wc -w) sbatch submissions (preprocessing grouped, $gpu_jobs on GPUs, pretraining as 2 srun ranks matching one process), $scans scans, table.csv complete"
+echo "SLURM test passed: $(echo "$ids" | wc -w) sbatch submissions (preprocessing grouped, $gpu_jobs on GPUs, pretraining as 2 srun ranks matching torchrun and one process), $scans scans, table.csv complete"
