@@ -109,7 +109,8 @@ def _cmd_mlflow_store(a: argparse.Namespace) -> None:
 def _cmd_pretrain(a: argparse.Namespace) -> None:
     from sslad.pretrain import Outputs, run
 
-    run(a.settings, a.pretrain, a.visits, a.splits, Outputs(a.encoder, a.metrics, a.checkpoint), a.threads)
+    run(a.settings, a.pretrain, a.visits, a.splits, Outputs(a.encoder, a.metrics, a.checkpoint), a.threads,
+        a.device_memory_gb)
 
 
 def _cmd_import_external(a: argparse.Namespace) -> None:
@@ -232,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="resumable checkpoint while training (removed once the run is complete)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per process")
+    p.add_argument("--device-memory-gb", type=float, default=0.0,
+                   help="memory one process may use on its device; 0: the device's (pre-flight check)")
 
     p = add("import-external", _cmd_import_external,
             "Turn a 3D-Neuro-SimCLR checkpoint (model_state_dict, MONAI ResNet) into an encoder.pt.")

@@ -1,8 +1,11 @@
-"""Data-parallel helpers: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them everything is local."""
+"""Data-parallel helpers. Processes come from torchrun (WORLD_SIZE/RANK/LOCAL_RANK and a rendezvous
+of its own) or from srun across a SLURM job's nodes (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, with
+the first node of SLURM_JOB_NODELIST as the rendezvous host); otherwise everything is local."""
 
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -15,18 +18,44 @@ def pick_device(setting: str, key: str) -> torch.device:
         if setting == "cuda":
             raise RuntimeError(f"{key} is 'cuda' but no GPU is visible")
         return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    # a site that binds one GPU per task shows each process only its own
+    return torch.device("cuda", local_rank() % torch.cuda.device_count())
+
+
+def first_host(nodelist: str) -> str:
+    """The first node of a SLURM node list: ``gpu[07-09,12],cpu1`` -> ``gpu07``."""
+    head = re.match(r"[^,\[]*(\[[^\]]*\][^,\[]*)*", nodelist).group(0)
+    return re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[-,]", m.group(1))[0], head)
+
+
+def slurm_ranks() -> dict[str, str] | None:
+    """torch's rendezvous variables for a process that srun started as one of several tasks (None
+    otherwise, and under torchrun, which sets its own). The port follows the job id, so that two
+    jobs sharing a node do not meet."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in os.environ:
+        return None
+    return {"RANK": os.environ["SLURM_PROCID"], "WORLD_SIZE": os.environ["SLURM_NTASKS"],
+            "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
+            "MASTER_ADDR": first_host(os.environ["SLURM_JOB_NODELIST"]),
+            "MASTER_PORT": str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)}
+
+
+def local_rank() -> int:
+    """This process's index on its node (selects its GPU)."""
+    env = slurm_ranks() or os.environ
+    return int(env.get("LOCAL_RANK", "0"))
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) when not launched by torchrun."""
+    """(rank, world size) of this process; (0, 1) when not launched as one of several."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def init(device_type: str) -> tuple[int, int]:
-    """Join the process group torchrun prepared (NCCL on GPUs, gloo on CPUs)."""
+    """Join the process group of torchrun's or srun's processes (NCCL on GPUs, gloo on CPUs)."""
+    os.environ.update(slurm_ranks() or {})
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return world()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -78,9 +78,32 @@ class ResNetEncoder(nn.Module):
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    # Pretraining's memory bounds (``bound_memory``), not part of the architecture: recompute each
+    # stage in the backward pass instead of keeping its activations, and encode at most
+    # ``micro_batch`` scans at a time (each chunk recomputed in the backward pass).
+    checkpoint_stages = False
+    micro_batch = 0
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.act(self.bn1(self.conv1(x))))
+
+    def stages(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The encoder's segments in order (stem, layer1..4): the units of activation checkpointing."""
+        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        if self.micro_batch and torch.is_grad_enabled() and x.shape[0] > self.micro_batch:
+            from torch.utils.checkpoint import checkpoint  # lazily: fine-tuning jobs never need it
+
+            return torch.cat([checkpoint(self.encode, part, use_reentrant=False) for part in x.split(self.micro_batch)])
+        return self.encode(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        recompute = self.checkpoint_stages and torch.is_grad_enabled()
+        if recompute:
+            from torch.utils.checkpoint import checkpoint
+        for stage in self.stages():
+            x = checkpoint(stage, x, use_reentrant=False) if recompute else stage(x)
         return self.avgpool(x).flatten(1)
 
 
@@ -90,6 +113,14 @@ def build_encoder(arch: dict[str, Any]) -> nn.Module:
     3D-Neuro-SimCLR's encoder."""
     return ResNetEncoder(arch["depth"], list(arch["widths"]), arch["stem_kernel"], arch["stem_stride"],
                          arch["max_pool"], arch["norm"])
+
+
+def bound_memory(encoder: nn.Module, checkpoint_stages: bool, micro_batch: int) -> nn.Module:
+    """Trade compute for device memory in training (see ``ResNetEncoder``); the same function, so
+    the same weights and outputs, up to batch-norm statistics: those are per micro-batch, and a
+    recomputed stage updates the running statistics a second time."""
+    encoder.checkpoint_stages, encoder.micro_batch = checkpoint_stages, micro_batch
+    return encoder
 
 
 def feature_dim(arch: dict[str, Any]) -> int:

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslad import distributed
+from sslad import distributed, preflight
 from sslad.diagnostics import diagnose
 from sslad.io import atomic_path, write_json
 from sslad.methods import build
-from sslad.networks import build_aggregator, build_encoder, feature_dim, save_encoder
+from sslad.networks import bound_memory, build_aggregator, build_encoder, feature_dim, save_encoder
 from sslad.pretrain_data import ScanSet, epoch_batches, holdout, load_pretrain_scans, step_batch, units
 
 
@@ -109,8 +109,9 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> dict[str, Any]:
-    """Train, checkpointing as it goes; returns the metrics (also written by rank 0)."""
+def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, memory_gb: float = 0.0) -> dict[str, Any]:
+    """Train, checkpointing as it goes; returns the metrics (also written by rank 0). Stops before
+    training when one step would not fit in the device's memory (or ``memory_gb``): sslad.preflight."""
     tr, model_cfg = settings["train"], settings["model"]
     device = distributed.pick_device(tr["device"], "pretrain.train.device")
     rank, world = distributed.init(device.type)
@@ -118,11 +119,14 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
         torch.cuda.set_device(device)
     torch.manual_seed(tr["seed"])
     encoder, aggregator = build_encoder(model_cfg), build_aggregator(model_cfg)
+    bound_memory(encoder, tr.get("checkpoint_activations", False), tr.get("micro_batch", 0))
     method = build(settings["method"], encoder, aggregator, feature_dim(model_cfg), settings["hp"])
-    if world > 1 and device.type == "cuda":
+    # SyncBatchNorm needs GPUs, and the same number of encoder calls on every rank (not so with
+    # micro-batches of ranks that hold different numbers of scans)
+    if world > 1 and device.type == "cuda" and not tr.get("micro_batch"):
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     elif world > 1 and model_cfg["norm"] == "batch":
-        log("note: batch-norm statistics are per process on CPU (SyncBatchNorm needs GPUs)")
+        log("note: batch-norm statistics are per process (per micro-batch with micro_batch set)")
     method.to(device)
     sampling = method.sampling
     opt = torch.optim.Adam(method.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
@@ -139,6 +143,8 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
     batch_size = min(tr["batch_size"], len(pool))
     if batch_size % world:
         raise ValueError(f"pretrain batch size {batch_size} is not divisible by the {world} processes")
+    memory = preflight.check(settings, method, encoder, device, world, batch_size, tuple(scans.volumes.shape[-3:]),
+                             memory_gb, log)
     at_init = diagnose(method, encoder, scans, held, device) if rank == 0 else {}
     state_path = Path(out.checkpoint)
     key = fingerprint(settings, scans)
@@ -200,8 +206,9 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
     metrics = {"method": settings["method"], "epochs": epochs, "resumed_after_epoch": start,
                "history": history, "loss": [h["loss"] for h in history], "n_scans": len(scans.keys),
                "n_units": len(pool), "world_size": world, "device": device.type,
-               "volumes_per_second": seen / elapsed if seen else None,
-               "encoder": str(out.encoder), "settings": settings, "diagnostic": diagnostic}
+               "volumes_per_second": seen / elapsed if seen else None, "preflight_gb": memory,
+               "encoder": str(out.encoder), "settings": settings,
+               "diagnostic": diagnostic}
     if rank == 0:
         trained_aggregator = aggregator if sampling.seq_len > 1 else None  # the temporal methods train it
         save_encoder(Path(out.encoder), model_cfg, encoder, trained_aggregator, settings["method"])
@@ -211,7 +218,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
 
 
 def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv: str, out: Outputs,
-        threads: int) -> dict[str, Any]:
+        threads: int, memory_gb: float = 0.0) -> dict[str, Any]:
     """The ``sslad pretrain`` job: load, train, save (rank 0). No MLflow here: the job's metrics
     reach the tracking store through the tracking job, so no training job writes to a shared
     database (SQLite locking on NFS or Lustre is unreliable)."""
@@ -223,4 +230,4 @@ def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv
         if distributed.world()[0] == 0:
             print(msg, file=sys.stderr, flush=True)
 
-    return train(settings, scans, out, log)
+    return train(settings, scans, out, log, memory_gb)

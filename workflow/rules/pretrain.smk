@@ -37,22 +37,37 @@ rule pretrain:
         "../../envs/learning.yaml"
     threads: 1
     resources:
-        # defaults for the demo on a laptop; profiles set the real ones (profiles/slurm: one GPU or more)
+        # defaults for the demo on a laptop; profiles set the real ones (profiles/slurm: one GPU or more;
+        # across nodes: nodes x tasks_per_node processes launched by srun, with mpi="srun")
         gpu=0,
+        nodes=1,
+        tasks_per_node=1,
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=120,
     params:
         settings=lambda wildcards: pretrain_settings(wildcards.method),
+        device_memory_gb=config["pretrain"]["device_memory_gb"],
         # a scratch file while training (a killed job resumes from it), removed once the run is complete
         checkpoint=lambda wildcards, output: os.path.join(os.path.dirname(output.encoder), "state", "last.pt"),
     shell:
-        # one process per GPU under torchrun when the job has several, a plain process otherwise
-        "if [ {resources.gpu} -gt 1 ]; then"
+        # One process per GPU: with several tasks (nodes x tasks_per_node), srun starts them across the
+        # SLURM job's nodes (the job must run this command itself, not inside a one-task step: mpi="srun";
+        # sslad.distributed takes ranks and rendezvous from SLURM); with several GPUs on one node,
+        # torchrun; otherwise one plain process.
+        "ranks=$(( {resources.nodes} * {resources.tasks_per_node} ));"
+        ' if [ $ranks -gt 1 ] && {{ [ -z "${{SLURM_JOB_ID:-}}" ] || [ -n "${{SLURM_STEP_ID:-}}" ]; }}; then'
+        " echo 'pretrain: {resources.nodes} node(s) x {resources.tasks_per_node} tasks need a SLURM job that runs"
+        " this command itself (profiles/slurm, with resources mpi=srun)' > {log:q}; exit 1;"
+        " elif [ $ranks -gt 1 ]; then"
+        " launch='srun --nodes={resources.nodes} --ntasks-per-node={resources.tasks_per_node} --kill-on-bad-exit=1"
+        " python -m sslad';"
+        " elif [ {resources.gpu} -gt 1 ]; then"
         " launch='torchrun --standalone --nproc_per_node={resources.gpu} -m sslad';"
         " else launch=sslad; fi;"
         " $launch pretrain --settings {params.settings:q} --pretrain {input.pretrain:q} --visits {input.visits:q}"
         " --splits {input.splits:q} --encoder {output.encoder:q} --metrics {output.metrics:q}"
-        " --checkpoint {params.checkpoint:q} --threads {threads} > {log:q} 2>&1"
+        " --checkpoint {params.checkpoint:q} --threads {threads} --device-memory-gb {params.device_memory_gb}"
+        " > {log:q} 2>&1"
 
 
 # One process logs every pretraining job to MLflow after the jobs; results already logged are skipped.
