@@ -26,6 +26,7 @@ import torch
 
 from sslad import distributed
 from sslad.io import atomic_path, write_json
+from sslad.loader import Stream, Volumes
 from sslad.methods import Batch, build, draw_views
 from sslad.networks import build_aggregator, build_encoder, feature_dim, save_encoder
 from sslad.pretrain_data import ScanSet, epoch_batches, load_pretrain_scans, make_batch, step_rng, units
@@ -47,18 +48,18 @@ class Outputs:
         return cls(out / "encoder.pt", out / "metrics.json", out / "state" / "last.pt")
 
 
-def arrays_digest(volumes: torch.Tensor) -> str:
-    """sha256 of the arrays' float16 bytes (with dtype and shape), one scan at a time, no copy.
+def arrays_digest(volumes: Volumes) -> str:
+    """sha256 of the arrays' float16 bytes (with dtype and shape), read one scan at a time.
 
     Cost (AMD EPYC, 2 cores, sha_ni; hashlib at ~1.4 GB/s on one core): the demo's pretraining
     arrays (<= 177 scans of 24x26x21, 4.6 MB) take 4 ms, the tests' 24 arrays of 16^3 0.2 ms; one
-    whole-brain 1-mm array (152x192x152 float16, 8.9 MB) 6.5 ms, so 10,000 of them (89 GB, which the
-    job holds in memory anyway) ~65 s: less than reading them from disk, once per job start (each DDP
-    process hashes its own copy, in parallel). CPUs without SHA extensions are several times slower.
+    whole-brain 1-mm array (152x192x152 float16, 8.9 MB) 6.5 ms, so 10,000 of them (89 GB) ~65 s
+    plus reading them once, once per job start, in the memory of one array (each DDP process hashes
+    on its own, in parallel). CPUs without SHA extensions are several times slower.
     """
     h = hashlib.sha256(f"float16 {tuple(volumes.shape)}\n".encode())
-    for row in volumes.detach().cpu():
-        h.update(row.to(torch.float16).contiguous().numpy())
+    for row in range(len(volumes)):
+        h.update(volumes[[row]].to(torch.float16).contiguous().numpy())
     return h.hexdigest()
 
 
@@ -106,11 +107,24 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> dict[str, Any]:
-    """Train, checkpointing as it goes; returns the metrics (also written by rank 0)."""
+def _rank_slice(index: np.ndarray, rank: int, world: int) -> tuple[slice, int, int]:
+    """This rank's slice of a global batch: its whole sequences, and the range [lo, hi) of the
+    batch's rows (volumes and augmentation draws) that they use."""
+    per = len(index) // world
+    seq = slice(rank * per, (rank + 1) * per)
+    used = index[seq][index[seq] >= 0]
+    lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
+    return seq, lo, hi
+
+
+def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, workers: int = 0) -> dict[str, Any]:
+    """Train, checkpointing as it goes; returns the metrics (also written by rank 0). Each step's
+    volumes are read from disk while the step before runs, by the job's ``workers`` loader
+    processes (shared evenly by its data-parallel processes)."""
     tr, model_cfg = settings["train"], settings["model"]
     device = distributed.pick_device(tr["device"], "pretrain.train.device")
     rank, world = distributed.init(device.type)
+    workers //= world
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(tr["seed"])
@@ -150,27 +164,25 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
             log(f"resumed from {state_path} after epoch {start}")
         else:
             log(f"ignoring {state_path}: {why}; training from scratch")
-    volumes = scans.volumes.to(device)
     log(f"{settings['method']}: {len(scans.keys)} scans, {len(pool)} units, batch {batch_size} x {world} "
-        f"process(es) on {device}, epochs {start + 1}..{epochs}")
+        f"process(es) on {device}, {workers} loader worker(s) each, epochs {start + 1}..{epochs}")
     clock = time.perf_counter()
     seen = 0
     for epoch in range(start, epochs):
         method.train()
         t0, losses, stats = time.perf_counter(), [], {}
-        for step, chosen in enumerate(epoch_batches(len(pool), batch_size, tr["seed"], epoch)):
-            rows, index, months, valid = make_batch(scans, [pool[i] for i in chosen], sampling.seq_len,
-                                                    step_rng(tr["seed"], epoch, step))
+        steps = [make_batch(scans, [pool[i] for i in chosen], sampling.seq_len, step_rng(tr["seed"], epoch, step))
+                 for step, chosen in enumerate(epoch_batches(len(pool), batch_size, tr["seed"], epoch))]
+        slices = [_rank_slice(index, rank, world) for _, index, _, _ in steps]
+        stream = Stream(scans.volumes, [rows[lo:hi] for (rows, *_), (_, lo, hi) in zip(steps, slices)], device,
+                        workers)
+        for step, volumes in enumerate(stream):
+            (rows, index, months, valid), (seq, lo, hi) = steps[step], slices[step]
             gen = torch.Generator().manual_seed(int(step_rng(tr["seed"], epoch, step).integers(2**62)))
             views = draw_views(sampling, len(rows), settings["hp"], settings["augment"], gen)
             # this rank's slice of the global batch: whole sequences, and their volumes and draws
-            per = len(chosen) // world
-            seq = slice(rank * per, (rank + 1) * per)
-            used = index[seq][index[seq] >= 0]
-            lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
             local_index = np.where(index[seq] >= 0, index[seq] - lo, -1)
-            batch = Batch(volumes[torch.from_numpy(rows[lo:hi]).to(device)],
-                          torch.from_numpy(local_index).to(device), torch.from_numpy(months[seq]).to(device),
+            batch = Batch(volumes, torch.from_numpy(local_index).to(device), torch.from_numpy(months[seq]).to(device),
                           torch.from_numpy(valid[seq]).to(device), [v[lo:hi] for v in views], gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss, extra = ddp(batch)
@@ -181,13 +193,14 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
             for k, v in extra.items():
                 stats.setdefault(k, []).append(distributed.mean(v))
             seen += len(rows) * len(sampling.views)
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
-                  **{k: float(np.mean(v)) for k, v in stats.items()}}
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds,
+                  "data_wait": stream.waited / seconds, **{k: float(np.mean(v)) for k, v in stats.items()}}
         history.append(record)
         rate = seen / max(time.perf_counter() - clock, 1e-9)
         extras = " ".join(f"{k} {record[k]:.3f}" for k in stats)
         log(f"epoch {epoch + 1}/{epochs} [{_bar(epoch + 1, epochs)}] loss {record['loss']:.4f} {extras} | "
-            f"{rate:.1f} vol/s | {record['seconds']:.1f} s")
+            f"{rate:.1f} vol/s | {record['seconds']:.1f} s, {100 * record['data_wait']:.0f}% waiting for data")
         # the last epoch is not checkpointed: a finished run is never resumed
         if rank == 0 and epoch + 1 < epochs and (epoch + 1) % tr["checkpoint_every"] == 0:
             with atomic_path(state_path) as tmp:
@@ -208,7 +221,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print) -> 
 
 
 def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv: str, out: Outputs,
-        threads: int) -> dict[str, Any]:
+        threads: int, workers: int = 0) -> dict[str, Any]:
     """The ``sslad pretrain`` job: load, train, save (rank 0). No MLflow here: the job's metrics
     reach the tracking store through the tracking job, so no training job writes to a shared
     database (SQLite locking on NFS or Lustre is unreliable)."""
@@ -220,4 +233,4 @@ def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv
         if distributed.world()[0] == 0:
             print(msg, file=sys.stderr, flush=True)
 
-    return train(settings, scans, out, log)
+    return train(settings, scans, out, log, workers)

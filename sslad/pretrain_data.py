@@ -1,5 +1,8 @@
 """Pretraining data: the scans of ``pretrain.tsv`` (never a test subject) and seeded batch sampling.
 
+The scans' arrays stay on disk (:class:`sslad.volumes.ArrayFiles`); a training loop streams the rows
+of each batch (:mod:`sslad.loader`).
+
 Batches are a pure function of (seed, epoch, step), not of a running generator, so a resumed job
 draws exactly what an uninterrupted one would, and every data-parallel rank can build the same
 global batch and take its slice.
@@ -11,23 +14,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from sslad.io import read_tsv
+from sslad.loader import Volumes
 from sslad.methods import Sampling
-from sslad.volumes import load_arrays, read_visits
+from sslad.volumes import open_arrays, read_visits
 
 
 @dataclass
 class ScanSet:
-    volumes: torch.Tensor           # (N, 1, X, Y, Z) float16
+    volumes: Volumes                # (N, 1, X, Y, Z) float16: the files, or a tensor
     months: np.ndarray              # (N,) acquisition time
     subjects: list[np.ndarray]      # per subject, its rows sorted by time
     keys: list[tuple[str, str]]     # (participant, session) per row
 
 
 def load_pretrain_scans(pretrain_tsv: str, visits_tsv: str, splits_tsv: str) -> ScanSet:
-    """Load the arrays of the pretraining scans; refuse a pretraining table that names a test subject."""
+    """The pretraining scans and their arrays (checked, not read); refuse a pretraining table that
+    names a test subject."""
     pretrain = read_tsv(pretrain_tsv)
     splits = read_tsv(splits_tsv).set_index("participant_id")["split"]
     leaked = sorted(set(pretrain["participant_id"]) & set(splits.index[splits == "test"]))
@@ -39,7 +43,7 @@ def load_pretrain_scans(pretrain_tsv: str, visits_tsv: str, splits_tsv: str) -> 
     order = sorted(range(len(keys)), key=lambda i: (keys[i][0], months[i]))
     keys = [keys[i] for i in order]
     months = months[order]
-    volumes = load_arrays(visits, keys, pretrain_tsv)
+    volumes = open_arrays(visits, keys, pretrain_tsv)
     groups = pd.Series(range(len(keys))).groupby([k[0] for k in keys], sort=True)
     subjects = [g.to_numpy() for _, g in groups]
     return ScanSet(volumes, months, subjects, keys)

@@ -39,6 +39,10 @@ rule pretrain:
     resources:
         # defaults for the demo on a laptop; profiles set the real ones (profiles/slurm: one GPU or more)
         gpu=0,
+        # data-loader processes that read the next batches from disk during a step: the job's threads
+        # but the training loop's (0 on the demo: its main process reads); no rerun trigger, the
+        # batches are the same whatever their number
+        loader_workers=lambda wildcards, threads: threads - 1,
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=120,
     params:
@@ -52,7 +56,7 @@ rule pretrain:
         " else launch=sslad; fi;"
         " $launch pretrain --settings {params.settings:q} --pretrain {input.pretrain:q} --visits {input.visits:q}"
         " --splits {input.splits:q} --encoder {output.encoder:q} --metrics {output.metrics:q}"
-        " --checkpoint {params.checkpoint:q} --threads {threads} > {log:q} 2>&1"
+        " --checkpoint {params.checkpoint:q} --threads {threads} --workers {resources.loader_workers} > {log:q} 2>&1"
 
 
 # One process logs every pretraining job to MLflow after the jobs; results already logged are skipped.
