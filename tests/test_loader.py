@@ -142,13 +142,13 @@ def test_finetuning_predictions_do_not_depend_on_the_workers(cohort, tmp_path):
 
 
 def test_memory_scale_benchmark_prints_its_table(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/memory_scale.py"), "--scans", "24", "48",
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/memory_scale.py"), "--scans", "40", "80",
                           "--shape", "16", "18", "14", "--steps", "2", "--workers", "1", "--dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| pretrain") or
             line.startswith("| finetune")]
-    assert sorted((r[1].strip(), int(r[2])) for r in rows) == [("finetune", 24), ("finetune", 48),
-                                                               ("pretrain", 24), ("pretrain", 48)]
+    assert sorted((r[1].strip(), int(r[2])) for r in rows) == [("finetune", 40), ("finetune", 80),
+                                                               ("pretrain", 40), ("pretrain", 80)]
     assert all(float(r[4]) > 0 for r in rows)  # peak RSS, MB
     assert not list(tmp_path.glob("**/*.npy")), "the benchmark removes the arrays it wrote"
