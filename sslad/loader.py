@@ -54,9 +54,6 @@ class Stream:
                                  generator=torch.Generator())
         self.device, self.waited = device, 0.0
 
-    def __len__(self) -> int:
-        return len(self.loader)
-
     def __iter__(self) -> Iterator[torch.Tensor]:
         batches = iter(self.loader)
         while True:
