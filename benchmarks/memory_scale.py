@@ -1,7 +1,7 @@
 """Peak host memory of pretraining and fine-tuning as the dataset grows, and the loader's data wait.
 
-Writes N model-ready arrays (float16 .npy, noise in an ellipsoid brain, masked z-scored as
-preprocessing leaves them; by default N = 200, 800 and 1,600 on the paper grid 152x192x152, 8.9 MB
+Writes N model-ready arrays (float16 .npy in Fortran order, noise in an ellipsoid brain, zero
+outside, as preprocessing leaves them; by default N = 200, 800 and 1,600 on the paper grid 152x192x152, 8.9 MB
 each) with the manifest tables that point at them, and runs on each N, in a fresh process:
 
 - pretraining (``sslad.pretrain.run``, the job's code) on every scan of the train and val subjects,
@@ -58,7 +58,8 @@ def write_arrays(root: Path, start: int, stop: int, shape: tuple[int, int, int])
     for i in range(start, stop):
         x = np.random.default_rng(i).standard_normal(shape, dtype=np.float32)
         x[~brain] = 0
-        np.save(root / f"sub-{i // VISITS:05d}_ses-{i % VISITS}.npy", x.astype(np.float16))
+        # Fortran order, as preprocessing writes them (nibabel's arrays)
+        np.save(root / f"sub-{i // VISITS:05d}_ses-{i % VISITS}.npy", np.asfortranarray(x.astype(np.float16)))
 
 
 def write_tables(root: Path, n: int) -> dict[str, str]:
