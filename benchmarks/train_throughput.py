@@ -82,7 +82,7 @@ def run_variant(a, cfg: dict, scans: ScanSet, device: torch.device, bf16: bool, 
     opt = torch.optim.Adam(method.parameters(), lr=cfg["pretrain"]["train"]["lr"])
     rows, index, months, valid = make_batch(scans, scans.subjects, method.sampling.seq_len,
                                             np.random.default_rng(a.seed))
-    host = scans.volumes[torch.from_numpy(rows)]  # float16, as ScanSet holds them
+    host = scans.volumes[torch.from_numpy(rows)]  # float16, as the model-ready arrays are
     volumes = host.to(device)
     if channels_last:
         volumes = volumes.contiguous(memory_format=torch.channels_last_3d)

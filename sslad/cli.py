@@ -110,7 +110,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
     from sslad.pretrain import Outputs, run
 
     run(a.settings, a.pretrain, a.visits, a.splits, Outputs(a.encoder, a.metrics, a.checkpoint), a.threads,
-        a.device_memory_gb)
+        a.device_memory_gb, a.workers)
 
 
 def _cmd_import_external(a: argparse.Namespace) -> None:
@@ -124,7 +124,7 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
     from sslad.finetune import Cell, run
 
     cells = [Cell(float(fraction), table, metrics, predictions) for fraction, table, metrics, predictions in a.cell]
-    run(a.settings, a.task, a.init, a.seed, cells, a.task_table, a.visits, a.encoder, a.threads)
+    run(a.settings, a.task, a.init, a.seed, cells, a.task_table, a.visits, a.encoder, a.threads, a.workers)
 
 
 def _cmd_track_finetune(a: argparse.Namespace) -> None:
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     p.add_argument("--device-memory-gb", type=float, default=0.0,
                    help="memory one process may use on its device; 0: the device's (pre-flight check)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data-loader worker processes of the job (split across its processes) that read the next "
+                        "batches from disk while a step runs (0: the main process reads each batch when it is due)")
 
     p = add("import-external", _cmd_import_external,
             "Turn a 3D-Neuro-SimCLR checkpoint (model_state_dict, MONAI ResNet) into an encoder.pt.")
@@ -254,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--visits", required=True, help="visits.tsv (array paths)")
     p.add_argument("--encoder", default=None, help="encoder.pt of a pretrained init (none for scratch)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0,
+                   help="data-loader worker processes that read the next batches from disk while a step runs "
+                        "(0: the main process reads each batch when it is due)")
 
     tracking_help = "MLflow tracking: a server URI (http://host:port) or the SQLite store's path"
     p = add("track-finetune", _cmd_track_finetune,

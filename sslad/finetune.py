@@ -17,9 +17,10 @@ scan alone) or ``time_shuffled`` (the history with its times permuted among its 
 permutation per sample, in every split). The last two are the study's controls: whether the gain of
 an init needs the history, and whether it needs the history's times.
 
-One job runs the seed's label fractions one after the other on arrays loaded once: starting Python and
-torch costs more CPU than a demo cell's training, and a new seed still adds jobs without rerunning
-the old ones.
+One job runs the seed's label fractions one after the other: starting Python and torch costs more
+CPU than a demo cell's training, and a new seed still adds jobs without rerunning the old ones.
+Arrays stay on disk; each batch (full) or chunk of scans (probe, prediction) is streamed from them
+(:mod:`sslad.loader`).
 
 A task whose label-fraction subset, validation or test samples lack a class cannot be trained or
 evaluated: the job says why in metrics.json (``skipped``) and the study goes on without it.
@@ -33,7 +34,7 @@ import os
 import sys
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -44,20 +45,21 @@ from torch import nn
 from sslad.aggregate import PREDICTION_COLUMNS
 from sslad.distributed import pick_device
 from sslad.io import read_tsv, write_json, write_tsv
+from sslad.loader import Stream, Volumes, local_rows
 from sslad.metrics import auc, binary_metrics, youden_threshold
 from sslad.networks import build_aggregator, build_encoder, feature_dim, load_encoder
 from sslad.optim import Adam
 from sslad.visit_time import acquisition_months
-from sslad.volumes import load_arrays, read_visits
+from sslad.volumes import open_arrays, read_visits
 
 
 @dataclass
 class Samples:
-    """Samples of one split: label, and their input scans as rows of a shared volume tensor."""
+    """Samples of one split: label, and their input scans as rows of the job's arrays."""
 
     table: pd.DataFrame
     labels: torch.Tensor   # (B,)
-    index: torch.Tensor    # (B, K) rows of the volume tensor, -1 = padding
+    index: torch.Tensor    # (B, K) rows of the job's arrays, -1 = padding
     months: torch.Tensor   # (B, K)
     valid: torch.Tensor    # (B, K)
 
@@ -146,6 +148,22 @@ def shuffle_times(table: pd.DataFrame, months: torch.Tensor, valid: torch.Tensor
     return out
 
 
+@dataclass(frozen=True)
+class Scans:
+    """Where a job's scans come from: its arrays, the device, the loader's workers and the axis
+    order the encoder was trained on (``zyx``: 3D-Neuro-SimCLR's (Z, Y, X))."""
+
+    volumes: Volumes
+    device: torch.device
+    workers: int = 0
+    zyx: bool = False
+
+    def stream(self, batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The volumes of each list of rows, on the device, in the encoder's axis order."""
+        for x in Stream(self.volumes, batches, self.device, self.workers):
+            yield x.permute(0, 1, 4, 3, 2).contiguous() if self.zyx else x
+
+
 class Classifier(nn.Module):
     """Encoder per scan -> aggregator over the sequence -> one logit."""
 
@@ -172,9 +190,10 @@ def _weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=(len(labels) - pos) / pos)
 
 
-def train_full(model: Classifier, volumes: torch.Tensor, data: dict[str, Samples], cfg: dict[str, Any],
+def train_full(model: Classifier, scans: Scans, data: dict[str, Samples], cfg: dict[str, Any],
                seed: int) -> tuple[Classifier, dict[str, Any]]:
-    """End-to-end fine-tuning; returns the model of the best validation epoch and the curves."""
+    """End-to-end fine-tuning; returns the model of the best validation epoch and the curves. Each
+    batch reads only the scans its samples use."""
     opt = Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     gen = torch.Generator().manual_seed(seed)
     tr = data["train"]
@@ -185,17 +204,17 @@ def train_full(model: Classifier, volumes: torch.Tensor, data: dict[str, Samples
         model.train()
         perm = torch.randperm(len(tr.labels), generator=gen)
         losses = []
-        for start in range(0, len(perm), cfg["batch_size"]):
-            b = perm[start:start + cfg["batch_size"]]
-            if len(b) < 2 and len(perm) > 1:  # batch norm needs two samples
-                continue
-            logits = model(volumes, tr.index[b], tr.months[b], tr.valid[b])
+        batches = [perm[start:start + cfg["batch_size"]] for start in range(0, len(perm), cfg["batch_size"])]
+        batches = [b for b in batches if len(b) >= 2 or len(perm) == 1]  # batch norm needs two samples
+        local = [local_rows(tr.index[b], tr.valid[b]) for b in batches]
+        for volumes, b, (_, index) in zip(scans.stream([rows for rows, _ in local]), batches, local):
+            logits = model(volumes, index, tr.months[b], tr.valid[b])
             loss = F.binary_cross_entropy_with_logits(logits, tr.labels[b], pos_weight=weights)  # train-set ratio
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        val = auc(data["val"].labels.cpu().numpy(), predict(model, volumes, data["val"]))
+        val = auc(data["val"].labels.cpu().numpy(), predict(model, scans, data["val"]))
         curves["train_loss"].append(float(np.mean(losses)))
         curves["val_auc"].append(val)
         if val > best:
@@ -205,21 +224,22 @@ def train_full(model: Classifier, volumes: torch.Tensor, data: dict[str, Samples
 
 
 @torch.no_grad()
-def encode_scans(encoder: nn.Module, volumes: torch.Tensor, s: Samples, chunk: int = 32) -> torch.Tensor:
-    """Eval-mode features of every scan the samples use, each encoded once: (B, K, D), 0 at padding."""
+def encode_scans(encoder: nn.Module, scans: Scans, s: Samples, chunk: int = 32) -> torch.Tensor:
+    """Eval-mode features of every scan the samples use, each encoded once, ``chunk`` scans read at a
+    time: (B, K, D), 0 at padding."""
     encoder.eval()
     rows, inverse = torch.unique(s.index[s.valid], return_inverse=True)
-    feats = torch.cat([encoder(volumes[rows[i:i + chunk]].float()) for i in range(0, len(rows), chunk)])
+    feats = torch.cat([encoder(x.float()) for x in scans.stream(list(rows.split(chunk)))])
     seq = torch.zeros(*s.index.shape, feats.shape[-1], dtype=feats.dtype, device=feats.device)
     seq[s.valid] = feats[inverse]
     return seq
 
 
 @torch.no_grad()
-def predict(model: Classifier, volumes: torch.Tensor, s: Samples) -> np.ndarray:
+def predict(model: Classifier, scans: Scans, s: Samples) -> np.ndarray:
     """Logits of every sample, as float64."""
     model.eval()
-    logits = model.sequence_logits(encode_scans(model.encoder, volumes, s), s.months, s.valid)
+    logits = model.sequence_logits(encode_scans(model.encoder, scans, s), s.months, s.valid)
     return logits.double().cpu().numpy()
 
 
@@ -259,12 +279,12 @@ def train_probe(reps: dict[str, torch.Tensor], data: dict[str, Samples], cfg: di
         return {k: head(v).squeeze(-1).double().cpu().numpy() for k, v in x.items()}, curves
 
 
-def fit_probe(encoder: nn.Module, volumes: torch.Tensor, data: dict[str, Samples], cfg: dict[str, Any],
+def fit_probe(encoder: nn.Module, scans: Scans, data: dict[str, Samples], cfg: dict[str, Any],
               seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The probe mode: the frozen encoder's readout (:func:`frozen_features`) of every split, and a
     linear head trained on it (:func:`train_probe`); the encoder's weights and statistics stay as
     they were."""
-    reps = {k: frozen_features(s, encode_scans(encoder, volumes, s)) for k, s in data.items()}
+    reps = {k: frozen_features(s, encode_scans(encoder, scans, s)) for k, s in data.items()}
     return train_probe(reps, data, cfg, seed)
 
 
@@ -301,8 +321,9 @@ def write_outputs(metrics: dict[str, Any], predictions: pd.DataFrame, metrics_pa
 
 
 def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[Cell], task_tsv: str,
-        visits_tsv: str, encoder_pt: str | None, threads: int) -> list[dict[str, Any]]:
-    """The ``sslad finetune`` job: every label fraction (``cells``) and mode of one task x init x seed."""
+        visits_tsv: str, encoder_pt: str | None, threads: int, workers: int = 0) -> list[dict[str, Any]]:
+    """The ``sslad finetune`` job: every label fraction (``cells``) and mode of one task x init x seed,
+    its scans read from disk per batch by ``workers`` loader processes."""
     torch.set_num_threads(max(1, threads))
     device = pick_device(settings["device"], "finetune.device")
     if device.type == "cuda":  # CPU kernels here are deterministic already; asking imports TorchInductor (~1.4 s)
@@ -313,16 +334,16 @@ def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[C
     row_of = {key: i for i, key in enumerate(keys)}
 
     @functools.cache
-    def volumes() -> torch.Tensor:  # loaded once, and only if a cell can be evaluated
-        return load_arrays(read_visits(visits_tsv), keys, task_tsv).to(device)
+    def arrays() -> Volumes:  # checked once, and only if a cell can be evaluated
+        return open_arrays(read_visits(visits_tsv), keys, task_tsv)
 
-    return [run_cell(settings, task, init, seed, cell, table, task_tsv, volumes, row_of, encoder_pt, device)
+    return [run_cell(settings, task, init, seed, cell, table, task_tsv, arrays, row_of, encoder_pt, device, workers)
             for cell in cells]
 
 
 def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Cell, table: pd.DataFrame,
-             task_tsv: str, volumes: Callable[[], torch.Tensor], row_of: dict[tuple[str, str], int],
-             encoder_pt: str | None, device: torch.device) -> dict[str, Any]:
+             task_tsv: str, arrays: Callable[[], Volumes], row_of: dict[tuple[str, str], int],
+             encoder_pt: str | None, device: torch.device, workers: int = 0) -> dict[str, Any]:
     """Every mode of one grid cell; writes its metrics.json and predictions.tsv."""
     fraction = cell.fraction
     job = {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": settings["inputs"],
@@ -343,13 +364,13 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
         else:
             arch = settings["model"]
             encoder, aggregator = build_encoder(arch), build_aggregator(arch)
-        vols = volumes().permute(0, 1, 4, 3, 2).contiguous() if arch.get("axes") == "zyx" else volumes()
+        scans = Scans(arrays(), device, workers, arch.get("axes") == "zyx")
         if mode == "full":
             model = Classifier(encoder, aggregator, feature_dim(arch)).to(device)
-            model, curve = train_full(model, vols, data, settings, seed)
-            scores = {k: predict(model, vols, s) for k, s in data.items()}
+            model, curve = train_full(model, scans, data, settings, seed)
+            scores = {k: predict(model, scans, s) for k, s in data.items()}
         else:
-            scores, curve = fit_probe(encoder.to(device), vols, data, settings, seed)
+            scores, curve = fit_probe(encoder.to(device), scans, data, settings, seed)
         row = evaluate(scores, data)
         row.update(mode=mode, best_epoch=curve.pop("best_epoch"))
         rows.append(row)

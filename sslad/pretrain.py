@@ -29,9 +29,10 @@ import torch
 from sslad import distributed, preflight
 from sslad.diagnostics import diagnose
 from sslad.io import atomic_path, write_json
+from sslad.loader import Stream, Volumes
 from sslad.methods import build
 from sslad.networks import bound_memory, build_aggregator, build_encoder, feature_dim, save_encoder
-from sslad.pretrain_data import ScanSet, epoch_batches, holdout, load_pretrain_scans, step_batch, units
+from sslad.pretrain_data import ScanSet, assemble, epoch_batches, holdout, load_pretrain_scans, plan_step, units
 
 
 @dataclass(frozen=True)
@@ -50,18 +51,18 @@ class Outputs:
         return cls(out / "encoder.pt", out / "metrics.json", out / "state" / "last.pt")
 
 
-def arrays_digest(volumes: torch.Tensor) -> str:
-    """sha256 of the arrays' float16 bytes (with dtype and shape), one scan at a time, no copy.
+def arrays_digest(volumes: Volumes) -> str:
+    """sha256 of the arrays' float16 bytes (with dtype and shape), read one scan at a time.
 
     Cost (AMD EPYC, 2 cores, sha_ni; hashlib at ~1.4 GB/s on one core): the demo's pretraining
     arrays (<= 177 scans of 24x26x21, 4.6 MB) take 4 ms, the tests' 24 arrays of 16^3 0.2 ms; one
-    whole-brain 1-mm array (152x192x152 float16, 8.9 MB) 6.5 ms, so 10,000 of them (89 GB, which the
-    job holds in memory anyway) ~65 s: less than reading them from disk, once per job start (each DDP
-    process hashes its own copy, in parallel). CPUs without SHA extensions are several times slower.
+    whole-brain 1-mm array (152x192x152 float16, 8.9 MB) 6.5 ms, so 10,000 of them (89 GB) ~65 s
+    plus reading them once, once per job start, in the memory of one array (each DDP process hashes
+    on its own, in parallel). CPUs without SHA extensions are several times slower.
     """
     h = hashlib.sha256(f"float16 {tuple(volumes.shape)}\n".encode())
-    for row in volumes.detach().cpu():
-        h.update(row.to(torch.float16).contiguous().numpy())
+    for row in range(len(volumes)):
+        h.update(volumes[[row]].to(torch.float16).contiguous().numpy())
     return h.hexdigest()
 
 
@@ -109,12 +110,16 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, memory_gb: float = 0.0) -> dict[str, Any]:
+def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, memory_gb: float = 0.0,
+          workers: int = 0) -> dict[str, Any]:
     """Train, checkpointing as it goes; returns the metrics (also written by rank 0). Stops before
-    training when one step would not fit in the device's memory (or ``memory_gb``): sslad.preflight."""
+    training when one step would not fit in the device's memory (or ``memory_gb``): sslad.preflight.
+    Each step's volumes are read from disk while the step before runs, by the job's ``workers``
+    loader processes (shared evenly by its data-parallel processes)."""
     tr, model_cfg = settings["train"], settings["model"]
     device = distributed.pick_device(tr["device"], "pretrain.train.device")
     rank, world = distributed.init(device.type)
+    workers //= world
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(tr["seed"])
@@ -163,17 +168,19 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
             log(f"resumed from {state_path} after epoch {start}")
         else:
             log(f"ignoring {state_path}: {why}; training from scratch")
-    volumes = scans.volumes.to(device)
     log(f"{settings['method']}: {len(scans.keys)} scans, {len(held)} subjects held out, {len(pool)} units, "
-        f"batch {batch_size} x {world} process(es) on {device}, epochs {start + 1}..{epochs}")
+        f"batch {batch_size} x {world} process(es) on {device}, {workers} loader worker(s) each, "
+        f"epochs {start + 1}..{epochs}")
     clock = time.perf_counter()
     seen = 0
     for epoch in range(start, epochs):
         method.train()
         t0, losses, stats = time.perf_counter(), [], {}
-        for step, chosen in enumerate(epoch_batches(len(pool), batch_size, tr["seed"], epoch)):
-            batch = step_batch(scans, volumes, [pool[i] for i in chosen], scan_pool, sampling, settings, epoch, step,
-                               rank, world)
+        plans = [plan_step(scans, [pool[i] for i in chosen], scan_pool, sampling, settings, epoch, step, rank, world)
+                 for step, chosen in enumerate(epoch_batches(len(pool), batch_size, tr["seed"], epoch))]
+        stream = Stream(scans.volumes, [plan.rows for plan in plans], device, workers)
+        for step, volumes in enumerate(stream):
+            batch = assemble(plans[step], volumes)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss, extra = ddp(batch)
             opt.zero_grad(set_to_none=True)
@@ -184,13 +191,14 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
                 stats.setdefault(k, []).append(distributed.mean(v))
             spatial = len(batch.spatial.volumes) if batch.spatial is not None else 0
             seen += world * (len(batch.volumes) * len(sampling.views) + spatial * len(sampling.spatial_views))
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
-                  **{k: float(np.mean(v)) for k, v in stats.items()}}
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds,
+                  "data_wait": stream.waited / seconds, **{k: float(np.mean(v)) for k, v in stats.items()}}
         history.append(record)
         rate = seen / max(time.perf_counter() - clock, 1e-9)
         extras = " ".join(f"{k} {record[k]:.3f}" for k in stats)
         log(f"epoch {epoch + 1}/{epochs} [{_bar(epoch + 1, epochs)}] loss {record['loss']:.4f} {extras} | "
-            f"{rate:.1f} vol/s | {record['seconds']:.1f} s")
+            f"{rate:.1f} vol/s | {record['seconds']:.1f} s, {100 * record['data_wait']:.0f}% waiting for data")
         # the last epoch is not checkpointed: a finished run is never resumed
         if rank == 0 and epoch + 1 < epochs and (epoch + 1) % tr["checkpoint_every"] == 0:
             with atomic_path(state_path) as tmp:
@@ -218,7 +226,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
 
 
 def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv: str, out: Outputs,
-        threads: int, memory_gb: float = 0.0) -> dict[str, Any]:
+        threads: int, memory_gb: float = 0.0, workers: int = 0) -> dict[str, Any]:
     """The ``sslad pretrain`` job: load, train, save (rank 0). No MLflow here: the job's metrics
     reach the tracking store through the tracking job, so no training job writes to a shared
     database (SQLite locking on NFS or Lustre is unreliable)."""
@@ -230,4 +238,4 @@ def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv
         if distributed.world()[0] == 0:
             print(msg, file=sys.stderr, flush=True)
 
-    return train(settings, scans, out, log, memory_gb)
+    return train(settings, scans, out, log, memory_gb, workers)

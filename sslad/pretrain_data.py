@@ -1,5 +1,8 @@
 """Pretraining data: the scans of ``pretrain.tsv`` (never a test subject) and seeded batch sampling.
 
+The scans' arrays stay on disk (:class:`sslad.volumes.ArrayFiles`); a training loop streams the rows
+of each batch (:mod:`sslad.loader`).
+
 Batches are a pure function of (seed, epoch, step), not of a running generator, so a resumed job
 draws exactly what an uninterrupted one would, and every data-parallel rank can build the same
 global batch and take its slice. Times are fractional months from the acquisition days
@@ -20,14 +23,15 @@ import pandas as pd
 import torch
 
 from sslad.io import read_tsv
+from sslad.loader import Volumes
 from sslad.methods import Batch, Sampling, draw_views
 from sslad.visit_time import acquisition_months
-from sslad.volumes import load_arrays, read_visits
+from sslad.volumes import open_arrays, read_visits
 
 
 @dataclass
 class ScanSet:
-    volumes: torch.Tensor           # (N, 1, X, Y, Z) float16
+    volumes: Volumes                # (N, 1, X, Y, Z) float16: the files, or a tensor
     months: np.ndarray              # (N,) acquisition time
     subjects: list[np.ndarray]      # per subject, its rows sorted by time
     keys: list[tuple[str, str]]     # (participant, session) per row
@@ -41,7 +45,8 @@ class ScanSet:
 
 
 def load_pretrain_scans(pretrain_tsv: str, visits_tsv: str, splits_tsv: str) -> ScanSet:
-    """Load the arrays of the pretraining scans; refuse a pretraining table that names a test subject."""
+    """The pretraining scans and their arrays (checked, not read); refuse a pretraining table that
+    names a test subject."""
     pretrain = read_tsv(pretrain_tsv)
     splits = read_tsv(splits_tsv).set_index("participant_id")["split"]
     leaked = sorted(set(pretrain["participant_id"]) & set(splits.index[splits == "test"]))
@@ -54,7 +59,7 @@ def load_pretrain_scans(pretrain_tsv: str, visits_tsv: str, splits_tsv: str) -> 
     order = sorted(range(len(keys)), key=lambda i: (keys[i][0], months[i]))
     keys = [keys[i] for i in order]
     months = months[order]
-    volumes = load_arrays(visits, keys, pretrain_tsv)
+    volumes = open_arrays(visits, keys, pretrain_tsv)
     groups = pd.Series(range(len(keys))).groupby([k[0] for k in keys], sort=True)
     subjects = [g.to_numpy() for _, g in groups]
     return ScanSet(volumes, months, subjects, keys)
@@ -118,36 +123,69 @@ def make_batch(scans: ScanSet, chosen: list[np.ndarray], seq_len: int,
     return np.array(rows, dtype=np.int64), index, months, index >= 0
 
 
-def step_batch(scans: ScanSet, volumes: torch.Tensor, chosen: list[np.ndarray], scan_pool: np.ndarray,
-               sampling: Sampling, settings: dict[str, Any], epoch: int, step: int, rank: int = 0,
-               world: int = 1) -> Batch:
+@dataclass
+class StepPlan:
+    """Everything of one process's step but the volumes: which rows of the scans it reads (its
+    sequences' scans, then the single scans of a spatial term) and how they form its batch."""
+
+    rows: np.ndarray                # rows of the ScanSet to read, in this order
+    n_seq: int                      # the first n_seq rows are the sequences' scans
+    index: np.ndarray               # (B, K) into the sequence rows, -1 = padding
+    months: np.ndarray
+    valid: np.ndarray
+    views: list                     # augmentation draws of the sequence rows
+    spatial_views: list | None      # draws of the spatial rows (None: no spatial term)
+    subjects: np.ndarray            # subject number of every row
+    generator: torch.Generator
+
+
+def plan_step(scans: ScanSet, chosen: list[np.ndarray], scan_pool: np.ndarray, sampling: Sampling,
+              settings: dict[str, Any], epoch: int, step: int, rank: int = 0, world: int = 1) -> StepPlan:
     """This process's slice of step ``step``'s global batch: whole sequences of the units ``chosen``
-    with their volumes (rows of ``volumes``, all scans on the training device) and augmentation
-    draws, and for methods with ``spatial_views`` (topc) a further batch of single scans, as many
-    as the sequences' K slots, from ``scan_pool``. Every rank draws the whole global batch from the
-    step's seeds and takes its part, so a data-parallel run matches a single process."""
+    and their augmentation draws, and for methods with ``spatial_views`` (topc) a further batch of
+    single scans, as many as the sequences' K slots, from ``scan_pool``. Every rank draws the whole
+    global batch from the step's seeds and takes its part, so a data-parallel run matches a single
+    process; the volumes are read afterwards (streamed, sslad.loader) for exactly ``rows``."""
     seed, hp, recipes = settings["train"]["seed"], settings["hp"], settings["augment"]
-    device = volumes.device
     subject_of = scans.subject_of()
     rows, index, months, valid = make_batch(scans, chosen, sampling.seq_len, step_rng(seed, epoch, step))
     gen = torch.Generator().manual_seed(int(step_rng(seed, epoch, step).integers(2**62)))
     views = draw_views(sampling, len(rows), hp, recipes, gen)
-    spatial = None
+    extra, spatial_views = np.zeros(0, dtype=np.int64), None
     if sampling.spatial_views:
         size = len(chosen) * sampling.seq_len
-        extra = scan_batch(scan_pool, size, seed, epoch, step)
+        drawn = scan_batch(scan_pool, size, seed, epoch, step)
         draws = draw_views(Sampling(1, 1, sampling.spatial_views), size, hp, recipes, gen)
         mine = slice(rank * (size // world), (rank + 1) * (size // world))
-        n = size // world  # one-scan sequences
-        spatial = Batch(volumes[torch.from_numpy(extra[mine]).to(device)],
-                        torch.arange(n, device=device).unsqueeze(1), torch.zeros((n, 1), device=device),
-                        torch.ones((n, 1), dtype=torch.bool, device=device), [v[mine] for v in draws], gen,
-                        torch.from_numpy(subject_of[extra[mine]]).to(device))
+        extra, spatial_views = drawn[mine], [v[mine] for v in draws]
     per = len(chosen) // world
     seq = slice(rank * per, (rank + 1) * per)
     used = index[seq][index[seq] >= 0]
     lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
-    local_index = np.where(index[seq] >= 0, index[seq] - lo, -1)
-    return Batch(volumes[torch.from_numpy(rows[lo:hi]).to(device)], torch.from_numpy(local_index).to(device),
-                 torch.from_numpy(months[seq]).to(device), torch.from_numpy(valid[seq]).to(device),
-                 [v[lo:hi] for v in views], gen, torch.from_numpy(subject_of[rows[lo:hi]]).to(device), spatial)
+    read = np.concatenate([rows[lo:hi], extra]).astype(np.int64)
+    return StepPlan(read, hi - lo, np.where(index[seq] >= 0, index[seq] - lo, -1), months[seq], valid[seq],
+                    [v[lo:hi] for v in views], spatial_views, subject_of[read], gen)
+
+
+def assemble(plan: StepPlan, volumes: torch.Tensor) -> Batch:
+    """The method's :class:`Batch` from a plan and the volumes of its ``rows`` (on the training device)."""
+    device = volumes.device
+    spatial = None
+    subjects = torch.from_numpy(plan.subjects).to(device)
+    if plan.spatial_views is not None:
+        n = len(plan.rows) - plan.n_seq  # one-scan sequences
+        spatial = Batch(volumes[plan.n_seq:], torch.arange(n, device=device).unsqueeze(1),
+                        torch.zeros((n, 1), device=device), torch.ones((n, 1), dtype=torch.bool, device=device),
+                        plan.spatial_views, plan.generator, subjects[plan.n_seq:])
+    index, months, valid = (torch.from_numpy(a).to(device) for a in (plan.index, plan.months, plan.valid))
+    return Batch(volumes[:plan.n_seq], index, months, valid, plan.views, plan.generator, subjects[:plan.n_seq], spatial)
+
+
+def step_batch(scans: ScanSet, volumes: Volumes, chosen: list[np.ndarray], scan_pool: np.ndarray,
+               sampling: Sampling, settings: dict[str, Any], epoch: int, step: int, rank: int = 0,
+               world: int = 1) -> Batch:
+    """:func:`plan_step` and :func:`assemble` in one, reading the rows from ``volumes`` (a tensor
+    on the training device, or the array files): for tests and diagnostics; training streams."""
+    plan = plan_step(scans, chosen, scan_pool, sampling, settings, epoch, step, rank, world)
+    device = volumes.device if isinstance(volumes, torch.Tensor) else torch.device("cpu")
+    return assemble(plan, volumes[torch.from_numpy(plan.rows).to(device)].to(device))

@@ -18,7 +18,7 @@ from sslad.io import write_tsv
 from sslad.metrics import auc
 from sslad.networks import build_aggregator, build_encoder, save_encoder
 from sslad.visit_time import DAYS_PER_MONTH
-from sslad.volumes import load_arrays, read_visits
+from sslad.volumes import open_arrays, read_visits
 
 ARCH = {"depth": 10, "widths": [4, 4, 8, 8], "stem_kernel": 3, "stem_stride": 2, "max_pool": True, "norm": "batch",
         "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
@@ -71,13 +71,13 @@ def cohort(tmp_path_factory) -> dict[str, str]:
 
 
 def _data(cohort: dict[str, str], inputs: str = "history",
-          seed: int = 0) -> tuple[torch.Tensor, dict[str, finetune.Samples]]:
-    """The volumes and samples of every split, as a job builds them."""
+          seed: int = 0) -> tuple[finetune.Scans, dict[str, finetune.Samples]]:
+    """The scans (streamed from their files) and samples of every split, as a job builds them."""
     table = pd.read_csv(cohort["task"], sep="\t")
     keys = finetune.scan_keys(table, inputs)
     parts = finetune.select_samples(table, cohort["task"], cohort["frac"])
     data = finetune.build_samples(parts, inputs, {k: i for i, k in enumerate(keys)}, seed)
-    return load_arrays(read_visits(cohort["visits"]), keys, cohort["task"]), data
+    return finetune.Scans(open_arrays(read_visits(cohort["visits"]), keys, cohort["task"]), torch.device("cpu")), data
 
 
 def _run(cohort, tmp_path, init: str, encoder: str | None, **settings) -> pd.DataFrame:

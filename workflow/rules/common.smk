@@ -14,7 +14,7 @@ from sslad.registry import METHODS, complete_schema, inits
 
 # Resources of a job are no config value: they are the rules' defaults below, overridden by a profile
 # (profiles/*/config.yaml: set-resources, set-threads) or on the command line (--set-resources).
-RESOURCE_KEYS = ("gpu", "threads", "mem_mb", "runtime")
+RESOURCE_KEYS = ("gpu", "threads", "loader_workers", "mem_mb", "runtime")
 
 
 def coerce_scalars(value, schema):

@@ -28,6 +28,10 @@ rule finetune:
     resources:
         # defaults for the demo on a laptop; profiles set the real ones (profiles/slurm: one GPU)
         gpu=0,
+        # data-loader processes that read the next batches from disk during a step: the job's threads
+        # but the training loop's (0 on the demo: its main process reads); no rerun trigger, the
+        # batches are the same whatever their number
+        loader_workers=lambda wildcards, threads: threads - 1,
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=60,
     params:
@@ -37,7 +41,7 @@ rule finetune:
     shell:
         "sslad finetune --settings {params.settings:q} --task {wildcards.task} --init {wildcards.init}"
         " --seed {wildcards.seed} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
-        " {params.encoder} --threads {threads} > {log:q} 2>&1"
+        " {params.encoder} --threads {threads} --workers {resources.loader_workers} > {log:q} 2>&1"
 
 
 # The controls of the primary comparison (study.controls): one job per task x init x control inputs

@@ -42,6 +42,10 @@ rule pretrain:
         gpu=0,
         nodes=1,
         tasks_per_node=1,
+        # data-loader processes that read the next batches from disk during a step: the job's threads
+        # but the training loop's (0 on the demo: its main process reads); no rerun trigger, the
+        # batches are the same whatever their number
+        loader_workers=lambda wildcards, threads: threads - 1,
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=120,
     params:
@@ -67,6 +71,7 @@ rule pretrain:
         " $launch pretrain --settings {params.settings:q} --pretrain {input.pretrain:q} --visits {input.visits:q}"
         " --splits {input.splits:q} --encoder {output.encoder:q} --metrics {output.metrics:q}"
         " --checkpoint {params.checkpoint:q} --threads {threads} --device-memory-gb {params.device_memory_gb}"
+        " --workers {resources.loader_workers}"
         " > {log:q} 2>&1"
 
 
