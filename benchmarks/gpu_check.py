@@ -33,8 +33,8 @@ from preflight import build, paper_settings  # noqa: E402 (benchmarks/preflight.
 from train_throughput import synthetic_scans  # noqa: E402
 
 from sslad import preflight  # noqa: E402
-from sslad.methods import METHODS, Batch, draw_views  # noqa: E402
-from sslad.pretrain_data import make_batch  # noqa: E402
+from sslad.methods import METHODS  # noqa: E402
+from sslad.pretrain_data import assemble, plan_step  # noqa: E402
 
 
 class Arrays(Dataset):
@@ -72,11 +72,12 @@ def run_method(method_name: str, s: dict, grid: tuple[int, ...], device: torch.d
     opt = torch.optim.Adam(method.parameters(), lr=s["train"]["lr"])
     seq_len = method.sampling.seq_len
     scans = synthetic_scans(s["train"]["batch_size"], seq_len, grid, 0)
-    rows, index, months, valid = make_batch(scans, scans.subjects, seq_len, np.random.default_rng(0))
-    loader = DataLoader(Arrays(write_arrays(scans, root), rows, steps + 1), batch_size=None, num_workers=workers,
+    # the sequences' scans, then topc's single scans; augmentation draws fixed with the plan
+    step_plan = plan_step(scans, scans.subjects, np.arange(len(scans.keys)), method.sampling, s, 0, 0)
+    loader = DataLoader(Arrays(write_arrays(scans, root), step_plan.rows, steps + 1), batch_size=None,
+                        num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
                         persistent_workers=False)
-    gen = torch.Generator().manual_seed(0)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
@@ -93,9 +94,7 @@ def run_method(method_name: str, s: dict, grid: tuple[int, ...], device: torch.d
             volumes = volumes.contiguous(memory_format=torch.channels_last_3d)
         sync()
         t1 = time.perf_counter()
-        batch = Batch(volumes, torch.from_numpy(index).to(device), torch.from_numpy(months).to(device),
-                      torch.from_numpy(valid).to(device), draw_views(method.sampling, len(rows), s["hp"],
-                                                                       s["augment"], gen), gen)
+        batch = assemble(step_plan, volumes)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             loss, _ = ddp(batch)
         opt.zero_grad(set_to_none=True)

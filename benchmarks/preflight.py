@@ -113,23 +113,19 @@ def measure(s: dict, grid: tuple[int, ...]) -> float:
     """Bytes one step adds to the resident memory at its peak (this process must be fresh)."""
     from train_throughput import synthetic_scans
 
-    from sslad.methods import Batch, draw_views
-    from sslad.pretrain_data import make_batch
+    from sslad.pretrain_data import step_batch
 
     conv = torch.nn.Conv3d(1, 2, 3)  # load the convolution kernels before the baseline
     conv(torch.zeros(1, 1, 4, 4, 4)).sum().backward()
     del conv
-    seq_len = {"simclr": 1, "tcl": 2}.get(s["method"]) or s["hp"]["n_scans"]
+    seq_len = s["hp"].get("n_scans", 1)  # simclr: single scans
     scans = synthetic_scans(s["train"]["batch_size"], seq_len, grid, 0)
     scans_bytes = scans.volumes.numel() * scans.volumes.element_size()  # the loader's, not the step's
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
     base = _status_kb("VmRSS") * 1024 - scans_bytes
     method, _ = build(s)
     opt = torch.optim.Adam(method.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    rows, index, months, valid = make_batch(scans, scans.subjects, method.sampling.seq_len, np.random.default_rng(0))
-    batch = Batch(scans.volumes[torch.from_numpy(rows)], torch.from_numpy(index), torch.from_numpy(months),
-                  torch.from_numpy(valid), draw_views(method.sampling, len(rows), s["hp"], s["augment"], gen), gen)
+    batch = step_batch(scans, scans.volumes, scans.subjects, np.arange(len(scans.keys)), method.sampling, s, 0, 0)
     loss, _ = method(batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -28,9 +28,9 @@ import yaml
 
 from sslad.augment import apply, masked_zscore
 from sslad.distributed import pick_device
-from sslad.methods import METHODS, Batch, build, draw_views
+from sslad.methods import METHODS, build, draw_views
 from sslad.networks import build_aggregator, build_encoder, feature_dim
-from sslad.pretrain_data import ScanSet, make_batch
+from sslad.pretrain_data import ScanSet, assemble, plan_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,24 +80,25 @@ def run_variant(a, cfg: dict, scans: ScanSet, device: torch.device, bf16: bool, 
         method.to(memory_format=torch.channels_last_3d)
         encoder.register_forward_pre_hook(lambda m, args: (args[0].contiguous(memory_format=torch.channels_last_3d),))
     opt = torch.optim.Adam(method.parameters(), lr=cfg["pretrain"]["train"]["lr"])
-    rows, index, months, valid = make_batch(scans, scans.subjects, method.sampling.seq_len,
-                                            np.random.default_rng(a.seed))
+    sampling = method.sampling
+    settings = {"train": {"seed": a.seed}, "hp": hp, "augment": recipes}
+    plan = plan_step(scans, scans.subjects, np.arange(len(scans.keys)), sampling, settings, 0, 0)
+    rows = plan.rows  # the sequences' scans, then topc's single scans
     host = scans.volumes[torch.from_numpy(rows)]  # float16, as the model-ready arrays are
     volumes = host.to(device)
     if channels_last:
         volumes = volumes.contiguous(memory_format=torch.channels_last_3d)
-    sampling, gen = method.sampling, torch.Generator().manual_seed(a.seed)
-    n_vol = len(rows) * len(sampling.views)
+    gen = torch.Generator().manual_seed(a.seed)
+    n_vol = plan.n_seq * len(sampling.views) + (len(rows) - plan.n_seq) * len(sampling.spatial_views)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def augment() -> None:
         with torch.no_grad(), autocast:
-            for p in draw_views(sampling, len(rows), hp, recipes, gen):
-                apply(volumes, p)
+            for p in draw_views(sampling, plan.n_seq, hp, recipes, gen):
+                apply(volumes[:plan.n_seq], p)
 
     def step() -> None:
-        batch = Batch(volumes, torch.from_numpy(index).to(device), torch.from_numpy(months).to(device),
-                      torch.from_numpy(valid).to(device), draw_views(sampling, len(rows), hp, recipes, gen), gen)
+        batch = assemble(plan, volumes)
         with autocast:
             loss, _ = method(batch)
         opt.zero_grad(set_to_none=True)
