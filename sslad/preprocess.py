@@ -152,12 +152,19 @@ def head_mask(image):
     return image.new_image_like(head)
 
 
+# The band must span this many voxels (refine_mm / voxel size) for band_threshold's mixture; below,
+# a fixed fraction between CSF and tissue. Measured: the mixture lifts Colin27 at 1 mm from Dice 0.969
+# to 0.972 but costs simulated scans 0.9929 -> 0.9906 at 3 mm and 0.9919 -> 0.9904 at 4 mm.
+MIXTURE_MIN_VOXELS = 1.5
+
+
 def refine_mask(image, prior, voxel_mm: float, settings: dict[str, Any]) -> np.ndarray:
     """Refine the template mask brought to the scan on the scan's own intensities.
 
     Within a band of ``refine_mm`` either side of the prior boundary (how far the boundary may
-    move), a voxel is brain if it is brighter than :func:`band_threshold` and connected to the
-    brain. The work is done on the prior's bounding box: at 1 mm the whole head volume is several
+    move), a voxel is brain if it is brighter than :func:`band_threshold` (or, where the band is
+    too few voxels deep, than a fixed ``refine_threshold`` fraction from CSF to tissue) and
+    connected to the brain. The work is done on the prior's bounding box: at 1 mm the whole head volume is several
     times larger, and the morphology costs in proportion.
     """
     inside = prior.numpy() > 0.5
@@ -169,7 +176,13 @@ def refine_mask(image, prior, voxel_mm: float, settings: dict[str, Any]) -> np.n
     inside = inside[box]
     core = ndimage.binary_erosion(inside, iterations=steps)
     outer = ndimage.binary_dilation(inside, iterations=steps)
-    thr = band_threshold(arr[outer & ~core], settings["refine_tissue_probability"], settings["seed"])
+    if settings["refine_mm"] / voxel_mm >= MIXTURE_MIN_VOXELS:
+        thr = band_threshold(arr[outer & ~core], settings["refine_tissue_probability"], settings["seed"])
+    else:  # a band of about one voxel is mostly partial volume: no CSF class for a mixture to find
+        shell = outer & ~ndimage.binary_erosion(inside, iterations=1)
+        tissue = np.median(arr[core]) if core.any() else np.median(arr[inside])
+        csf = np.percentile(arr[shell], 20)
+        thr = csf + settings["refine_threshold"] * (tissue - csf)
     mask = core | (outer & (arr > thr))
     mask = ndimage.binary_opening(mask, iterations=1) | core
     labels, n = ndimage.label(mask)

@@ -120,6 +120,24 @@ def test_refine_mask_moves_the_boundary_to_the_scan_on_its_bounding_box(default_
         refine_mask(ants.from_numpy(image), ants.from_numpy(np.zeros_like(prior)), 1.0, settings)
 
 
+def test_a_band_of_about_one_voxel_is_cut_at_the_fixed_fraction(default_config):
+    """Coarse voxels (refine_mm / voxel < 1.5): the fixed refine_threshold decides, not the mixture."""
+    import ants
+
+    image, _, prior = _sphere_scan(0)
+    settings = {**default_config["preprocess"], "refine_mm": 2.0}
+
+    def mask(voxel_mm: float, **change) -> np.ndarray:
+        return refine_mask(ants.from_numpy(image), ants.from_numpy(prior), voxel_mm, {**settings, **change})
+
+    coarse = mask(2.0)  # the band is one voxel deep
+    np.testing.assert_array_equal(coarse, mask(2.0, refine_tissue_probability=0.9))
+    assert mask(2.0, refine_threshold=0.9).sum() < coarse.sum()
+    fine = mask(1.0)  # two voxels deep: the mixture
+    np.testing.assert_array_equal(fine, mask(1.0, refine_threshold=0.9))
+    assert mask(1.0, refine_tissue_probability=0.95).sum() < fine.sum()
+
+
 def _bad_inputs(d: Path) -> dict[str, tuple[Path, str]]:
     affine = np.diag([4.0, 4.0, 4.0, 1.0])
     cube = np.random.default_rng(0).random((30, 30, 30)).astype(np.float32)
