@@ -116,7 +116,10 @@ for id in $ids; do
 done
 test -s results/manifest/visits.tsv && test -s results/preproc/qc.tsv && test -s results/summary.csv
 rows=$(( $(wc -l < results/table.csv) - 1 ))
-[ "$rows" -eq 24 ] || { echo "FAIL: table.csv has $rows rows, not 2 tasks x 6 inits x 2 modes"; exit 1; }
+# the tiny study's control jobs (study.controls on its det_* task: 2 inits x 2 controls, one mode)
+controls=$(find results/controls -name metrics.json | wc -l)
+[ "$controls" -eq 4 ] || { echo "FAIL: $controls control jobs, expected 4"; exit 1; }
+[ "$rows" -eq $((24 + controls)) ] || { echo "FAIL: table.csv has $rows rows, not 2 tasks x 6 inits x 2 modes + $controls controls"; exit 1; }
 # every job SLURM ran, with what it was given; a GPU exactly for the pretraining and fine-tuning jobs
 echo; echo "job id | Snakemake job (sbatch comment) | requested per job | trackable resources"
 # (without slurmdbd SLURM does not track gres/gpu in a job's TRES; what a job asked for is what
@@ -134,7 +137,7 @@ for id in $ids; do
     echo "FAIL: CPU job $id ($comment) was given a GPU"; exit 1
   fi
 done
-[ "$gpu_jobs" -eq 17 ] || { echo "FAIL: $gpu_jobs GPU jobs, expected 5 pretrain + 12 finetune"; exit 1; }
+[ "$gpu_jobs" -eq $((17 + controls)) ] || { echo "FAIL: $gpu_jobs GPU jobs, expected 5 pretrain + 12 finetune + $controls controls"; exit 1; }
 scans=$(( $(wc -l < results/cohort/scans.tsv) - 1 ))
 qcs=$(find results/preproc -name '*_qc.json' | wc -l)
 [ "$scans" -eq "$qcs" ] || { echo "FAIL: $scans scans but $qcs QC records"; exit 1; }
