@@ -96,7 +96,7 @@ small="cpus_per_gpu=1 mem_mb=2000 runtime=30"
 ranks="gpu=2 nodes=1 tasks_per_node=2 mpi=srun"
 snakemake --profile profiles/slurm --configfile .test/config.yaml --config "model={norm: group}" \
   --jobs 4 --group-components preprocess=2 --set-threads pretrain=1 finetune=4 \
-  --set-resources $(for kv in gpu=1 $small; do echo "finetune:$kv"; done) \
+  --set-resources $(for r in finetune finetune_control; do for kv in gpu=1 $small; do echo "$r:$kv"; done; done) \
   $(for kv in $ranks $small; do echo "pretrain:$kv"; done) \
   --slurm-status-command squeue --slurm-init-seconds-before-status-checks 2 \
   --default-resources mem_mb=1000 runtime=30 2>&1 | tee "$work/snakemake.log"
