@@ -57,9 +57,8 @@ def encoder_passes(sampling: Any, batch_size: int, world: int) -> tuple[int, int
     sequence, every scan through each of the method's views, plus the single scans of a spatial
     term beside the sequences (topc: as many as the sequences hold, each through its views)."""
     scans = batch_size // world * sampling.seq_len
-    spatial_views = getattr(sampling, "spatial_views", ())
-    spatial = scans if spatial_views else 0
-    return scans * len(sampling.views) + spatial * len(spatial_views), scans + spatial
+    spatial = scans if sampling.spatial_views else 0
+    return scans * len(sampling.views) + spatial * len(sampling.spatial_views), scans + spatial
 
 
 def _probe(encoder: nn.Module, grid: tuple[int, ...], device: torch.device, bf16: bool) -> list[tuple[int, int]]:
