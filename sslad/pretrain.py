@@ -154,7 +154,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
     state_path = Path(out.checkpoint)
     key = fingerprint(settings, scans)
     start, history = 0, []
-    epochs = tr["epochs"]
+    epochs = settings["hp"].get("epochs", tr["epochs"])  # a method may set its own
     if state_path.exists():
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=False)

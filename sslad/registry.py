@@ -28,11 +28,15 @@ _N_SCANS = {"type": "integer", "minimum": 2, "maximum": 16, "description": "scan
 _TEMPERATURE = {"type": "number", "exclusiveMinimum": 0, "description": "NT-Xent / softmax temperature"}
 _PROJECTION = {"type": "integer", "minimum": 2, "description": "projection head output size"}
 _HIDDEN = {"type": "integer", "minimum": 1, "description": "hidden units of the order classifier"}
+_EPOCHS = {"type": "integer", "minimum": 1,
+           "description": "this method's epochs, when not pretrain.train.epochs (an epoch is one pass over "
+                          "the method's units: a temporal method's are subjects, a few steps per epoch)"}
 
 
 def _block(description: str, **properties: dict[str, Any]) -> dict[str, Any]:
+    """A method's settings: ``properties`` required, and an optional ``epochs`` of its own."""
     return {"type": "object", "additionalProperties": False, "description": description,
-            "required": list(properties), "properties": properties}
+            "required": list(properties), "properties": {**properties, "epochs": _EPOCHS}}
 
 
 METHODS: dict[str, Method] = {

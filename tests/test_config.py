@@ -48,6 +48,17 @@ def test_paper_config_is_the_paper_scale_grid():
     assert (spatial["min_crop"], spatial["p_rotate"]) == (0.6, 0.5)
 
 
+def test_overlays_set_the_epochs_of_methods_that_have_their_own():
+    """config.yaml's temporal methods set their own epochs for its demo; an overlay that changes
+    train.epochs must set theirs too, or they keep the demo's 100 (paper: 300, tiny study: 2)."""
+    for overlay in (".test/config.yaml", "config/paper.yaml", "config/validation.yaml"):
+        cfg = merged("config.yaml", overlay)
+        pre = cfg["pretrain"]
+        used = [m for m in ("simclr", *cfg["study"]["inits"]) if m in pre["methods"]]
+        assert {m: pre["methods"][m].get("epochs", pre["train"]["epochs"]) for m in used} == \
+            dict.fromkeys(used, pre["train"]["epochs"]), overlay
+
+
 def test_every_config_key_has_a_description():
     schema = complete_schema(yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text()))
     missing = []

@@ -322,3 +322,12 @@ def test_pretraining_times_are_fractional_months_of_the_acquisition_days(manifes
     expected = acquisition_months(days.loc[scans.keys, "days_from_baseline"].to_numpy())
     np.testing.assert_array_equal(scans.months, expected)
     assert not np.allclose(scans.months, np.round(scans.months))  # 360 days = 11.83 months, not 12
+
+
+def test_a_method_block_may_set_its_own_epochs(manifest, tmp_path):
+    """A temporal method's epoch is a pass over subjects (a few steps), so its block may ask for more."""
+    s = settings("top", epochs=1)
+    s["hp"] = {**s["hp"], "epochs": 3}
+    metrics = pretrain.run(s, str(manifest / "pretrain.tsv"), str(manifest / "visits.tsv"),
+                           str(manifest / "splits.tsv"), pretrain.Outputs.under(tmp_path), 1)
+    assert metrics["epochs"] == 3 and len(metrics["history"]) == 3
