@@ -114,15 +114,26 @@ def test_encoder_norm_applies_to_every_stage(norm, kind):
 def test_nt_xent_hand_computed(n):
     t = 0.5
     z = torch.eye(n, 4)  # orthogonal unit vectors
-    # each anchor: positive similarity 1/T, 2N-2 negatives at similarity 0 (itself excluded)
-    expected = math.log(1 + (2 * n - 2) * math.exp(0.0) / math.exp(1 / t))
+    # centred on their mean (1/n) sum e_j, two different ones have cosine (-1/n) / (1 - 1/n) = -1/(n-1):
+    # each anchor has its positive at similarity 1/T and 2N-2 negatives at -1/((n-1)T)
+    neg = -1 / (n - 1)
+    expected = math.log(1 + (2 * n - 2) * math.exp(neg / t) / math.exp(1 / t))
     assert float(nt_xent(z, z.clone(), t)) == pytest.approx(expected, rel=1e-5)
     # by hand from the definition, as a cross-check of the formula above
-    anchors = []
-    for i in range(n):
-        pos = math.exp(1 / t)
-        anchors.append(-math.log(pos / (pos + (2 * n - 2) * math.exp(0.0))))
-    assert float(nt_xent(z, z.clone(), t)) == pytest.approx(sum(anchors) / n, rel=1e-5)
+    c = torch.cat([z, z]) - torch.cat([z, z]).mean(0)
+    c = c / c.norm(dim=1, keepdim=True)
+    sim = (c @ c.T / t).exp()
+    anchors = [-math.log(sim[i, (i + n) % (2 * n)] / (sim[i].sum() - sim[i, i])) for i in range(2 * n)]
+    assert float(nt_xent(z, z.clone(), t)) == pytest.approx(sum(anchors) / (2 * n), rel=1e-5)
+
+
+def test_nt_xent_centres_a_common_component_away():
+    """Nearly parallel projections (a large shared part, as a group-norm encoder's at first) still
+    give a loss that tells the right pairing from a wrong one."""
+    torch.manual_seed(0)
+    z = torch.randn(4, 8) * 0.05 + 3.0
+    right, wrong = nt_xent(z, z.clone(), 0.5), nt_xent(z, z[torch.tensor([1, 2, 3, 0])], 0.5)
+    assert float(wrong) > float(right) + 1.0
 
 
 def test_nt_xent_wrong_pairing_costs_more_and_scale_is_irrelevant():
@@ -354,6 +365,7 @@ def test_nt_xent_never_pushes_away_other_visits_of_the_subject():
     # anchor 0's denominator leaves out scan 1's two views, and anchor 1's scan 0's: as if each were
     # alone in the batch with subjects 1 and 2
     z = F.normalize(torch.cat([z1, z2]), dim=1)
+    z = F.normalize(z - z.mean(0), dim=1)  # centred over the batch (see nt_xent)
     sim = z @ z.T / 0.5
     losses = []
     for a in range(8):

@@ -22,8 +22,15 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
             groups: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised-temperature cross entropy: row i of ``z1`` and of ``z2`` are a positive pair; the
     other 2(N-1) rows are negatives, except rows of another scan in the same group (``groups`` (N,):
-    the subject), which are left out. Mean over the 2N anchors."""
+    the subject), which are left out. Mean over the 2N anchors.
+
+    The unit projections are centred on their mean over the (global) batch before the cosines, as the
+    batch norm of SimCLR's projection head centres them. Without it, a group-norm encoder's features
+    start nearly parallel (cosine ~0.96 between any two demo scans), every logit is alike and the
+    loss stayed at log(2N - 1) for 100 epochs; centred, it falls (demo tuning cohort: 2.68 -> 1.70).
+    The mean is over the gathered batch, so data-parallel ranks compute what one process would."""
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    z = F.normalize(z - z.mean(0, keepdim=True), dim=1)
     n = z1.shape[0]
     sim = z @ z.T / temperature
     drop = torch.eye(2 * n, dtype=torch.bool, device=z.device)
