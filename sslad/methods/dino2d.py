@@ -22,8 +22,8 @@ loop owns the optimiser). The teacher and the centre are part of the module, so 
 them and a resumed run continues exactly. Fine-tuning receives the student's encoder, the one the
 optimiser trained. Every random draw is a rank's rows of one draw for the global batch
 (:func:`sslad.methods.step_draw`), as for the other methods. No installed library provides the DINO
-loss or its teacher (MONAI has neither; torch's ``AveragedModel`` averages at a fixed decay): they
-are written here after the paper's pseudocode and reference code.
+loss (MONAI has no DINO), so it is written here after the paper's pseudocode and reference code;
+the teacher's update is one ``lerp_`` per parameter.
 """
 
 from __future__ import annotations
