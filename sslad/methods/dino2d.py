@@ -138,12 +138,12 @@ class DINO2D(nn.Module):
     def multi_crop(self, batch: Batch) -> list[torch.Tensor]:
         """The crops of ``slices_per_scan`` brain slices of every scan: N_GLOBAL global crops, then
         the local ones, each (N x slices_per_scan, 1, ., .)."""
+        hp = self.hp
         x = apply(batch.volumes, batch.views[0])
         n, z = x.shape[0], x.shape[-1]
-        per, hp = self.hp["slices_per_scan"], self.hp
-        # random brain slices: the top `per` of a uniform draw, brain slices lifted above the others
+        # random brain slices: the top ones of a uniform draw, brain slices lifted above the others
         score = step_draw(batch, (n, z)) + self.encoder.brain_slices(x).float()
-        chosen = score.topk(min(per, z), dim=1).indices
+        chosen = score.topk(min(hp["slices_per_scan"], z), dim=1).indices
         rows = torch.arange(n, device=x.device).unsqueeze(1)
         slices = SliceEncoder.axial(x).view(n, z, 1, *x.shape[2:4])[rows, chosen].flatten(0, 1)
         n_crops = N_GLOBAL + hp["local_crops"]
