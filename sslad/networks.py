@@ -121,7 +121,7 @@ class SliceEncoder(nn.Module):
     Pooling rule: the mean of the slice features over the scan's brain slices, those whose brain
     (non-zero voxels: arrays are masked, background 0) covers at least ``min_brain_fraction`` of
     the slice; a scan without such a slice takes the mean over all its slices. Slices are the planes
-    of constant Z (axial in the template's RAS orientation). The slices outside the brain are never
+    of constant Z (axial in the template's RAS orientation). Slices the rule leaves out are never
     encoded. Pretraining's memory bounds (``bound_memory``) are the 3D encoder's: dino2d trains
     ``net`` on crops of a few slices per scan.
     """
