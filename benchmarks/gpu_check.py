@@ -140,7 +140,7 @@ def main() -> None:
                          train=dict(s["train"], batch_size=2, micro_batch=2))
                 grid = (24, 28, 24)
             ran = 0
-            for cl in (False, True):
+            for cl in (False,) if "slice_encoder" in s["hp"] else (False, True):  # cl3d: a 3D format
                 with tempfile.TemporaryDirectory() as tmp:
                     try:
                         r = run_method(method, s, grid, device, cl, a.steps, a.workers, Path(tmp))

@@ -100,13 +100,15 @@ def settings(method: str, preset: str, batch: int) -> dict:
 
 
 def build(s: dict):
+    from sslad.methods import architecture
     from sslad.methods import build as build_method
     from sslad.networks import bound_memory, build_aggregator, build_encoder, feature_dim
 
     torch.manual_seed(0)
-    encoder = bound_memory(build_encoder(s["model"]), s["train"].get("checkpoint_activations", False),
+    arch = architecture(s["model"], s["hp"])  # dino2d's slice encoder, else the model block's
+    encoder = bound_memory(build_encoder(arch), s["train"].get("checkpoint_activations", False),
                            s["train"].get("micro_batch", 0))
-    return build_method(s["method"], encoder, build_aggregator(s["model"]), feature_dim(s["model"]), s["hp"]), encoder
+    return build_method(s["method"], encoder, build_aggregator(arch), feature_dim(arch), s["hp"]), encoder
 
 
 def measure(s: dict, grid: tuple[int, ...]) -> float:
@@ -173,7 +175,7 @@ def main() -> None:
         s = settings(method, a.preset, a.batch)
         s["train"].update(checkpoint_activations=a.checkpoint, micro_batch=a.micro_batch)
         views = {"simclr": 2, "topc": 3}.get(method, 1)
-        seq_len = {"simclr": 1, "tcl": 2}.get(method) or s["hp"]["n_scans"]
+        seq_len = {"simclr": 1, "dino2d": 1, "tcl": 2}.get(method) or s["hp"]["n_scans"]
         for grid in a.grids:
             got = {}
             for child in ("estimate", "measure"):

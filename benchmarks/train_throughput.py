@@ -28,7 +28,7 @@ import yaml
 
 from sslad.augment import apply, masked_zscore
 from sslad.distributed import pick_device
-from sslad.methods import METHODS, build, draw_views
+from sslad.methods import METHODS, architecture, build, draw_views
 from sslad.networks import build_aggregator, build_encoder, feature_dim
 from sslad.pretrain_data import ScanSet, assemble, plan_step
 
@@ -72,8 +72,9 @@ def _timed(fn, device: torch.device, steps: int, warmup: int) -> float:
 def run_variant(a, cfg: dict, scans: ScanSet, device: torch.device, bf16: bool, channels_last: bool) -> dict:
     """Data-path and training-step rates of one precision / memory-format variant."""
     torch.manual_seed(a.seed)
-    model_cfg = dict(cfg["model"], depth=a.depth, widths=a.widths, stem_stride=a.stem_stride)
     hp, recipes = cfg["pretrain"]["methods"][a.method], cfg["pretrain"]["augment"]
+    # the 3D ResNet of the arguments, or dino2d's slice encoder (its config block)
+    model_cfg = architecture(dict(cfg["model"], depth=a.depth, widths=a.widths, stem_stride=a.stem_stride), hp)
     encoder = build_encoder(model_cfg)
     method = build(a.method, encoder, build_aggregator(model_cfg), feature_dim(model_cfg), hp).to(device)
     if channels_last:
@@ -146,7 +147,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")  # methods' float(loss)
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     device = pick_device(a.device, "--device")
-    seq_len = 1 if a.method == "simclr" else 2 if a.method == "tcl" else cfg["pretrain"]["methods"][a.method]["n_scans"]
+    seq_len = {"simclr": 1, "dino2d": 1, "tcl": 2}.get(a.method) or cfg["pretrain"]["methods"][a.method]["n_scans"]
     scans = synthetic_scans(a.batch, seq_len, tuple(a.shape), a.seed)
     variants = [("fp32", False, False)] if device.type == "cpu" else \
         [("fp32", False, False), ("bf16", True, False), ("fp32+cl3d", False, True), ("bf16+cl3d", True, True)]

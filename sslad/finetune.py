@@ -247,7 +247,7 @@ def predict(model: Classifier, scans: Scans, s: Samples) -> np.ndarray:
 def frozen_features(s: Samples, seq: torch.Tensor) -> torch.Tensor:
     """The probe's readout, the same for every init: the mean of the frozen scan features
     (``encode_scans``) over the sample's real inputs. Parameter-free, so a probe row measures the
-    encoder alone: scratch, simclr and external have no pretrained aggregator, and a random one
+    encoder alone: scratch, simclr, dino2d and external have no pretrained aggregator, and a random one
     would be a random projection; the aggregator's worth shows in full fine-tuning instead, where
     every init trains the same aggregator architecture."""
     return seq.sum(1) / s.valid.sum(1, keepdim=True)

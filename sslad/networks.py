@@ -1,4 +1,5 @@
-"""Networks: a per-scan 3D ResNet encoder (MONAI's layout), a temporal aggregator over 1..K scans, heads.
+"""Networks: a per-scan 3D ResNet encoder (MONAI's layout) or a 2D one over a scan's axial slices, a
+temporal aggregator over 1..K scans, heads.
 
 The encoder sees one scan; the aggregator turns the encodings of a subject's scans and their
 acquisition times into one vector. Padding positions are masked everywhere and times are taken
@@ -20,26 +21,30 @@ RESNET_LAYERS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 CHECKPOINT_FORMAT = "sslad-encoder/1"
 
 
-def _norm(name: str, channels: int) -> nn.Module:
-    return {"batch": lambda: nn.BatchNorm3d(channels),
-            "instance": lambda: nn.InstanceNorm3d(channels, affine=True),
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def _norm(name: str, channels: int, dims: int = 3) -> nn.Module:
+    return {"batch": lambda: (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(channels),
+            "instance": lambda: (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(channels, affine=True),
             "group": lambda: nn.GroupNorm(8, channels)}[name]()
 
 
 class BasicBlock(nn.Module):
-    """MONAI's ``ResNetBlock``: two 3x3x3 convolutions and a residual (1x1x1 conv + norm when the
+    """MONAI's ``ResNetBlock``: two 3x3(x3) convolutions and a residual (1x1(x1) conv + norm when the
     shape changes: MONAI's shortcut "B", with its biased convolution)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, norm: str) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str, dims: int = 3) -> None:
         super().__init__()
+        conv = CONV[dims]
         downsample = None  # built first, as MONAI does, so that a seed gives MONAI's initial weights
         if stride != 1 or in_planes != planes:
-            downsample = nn.Sequential(nn.Conv3d(in_planes, planes, 1, stride=stride), _norm(norm, planes))
-        self.conv1 = nn.Conv3d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = _norm(norm, planes)
+            downsample = nn.Sequential(conv(in_planes, planes, 1, stride=stride), _norm(norm, planes, dims))
+        self.conv1 = conv(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = _norm(norm, planes, dims)
         self.act = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv3d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = _norm(norm, planes)
+        self.conv2 = conv(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = _norm(norm, planes, dims)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +54,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNetEncoder(nn.Module):
-    """3D ResNet (basic blocks), one input channel, no classifier: (B, 1, X, Y, Z) -> (B, widths[-1]).
+    """3D ResNet (basic blocks), one input channel, no classifier: (B, 1, X, Y, Z) -> (B, widths[-1]);
+    with ``dims=2`` the same network in 2D (MONAI's ``spatial_dims=2``), for :class:`SliceEncoder`.
 
     Layer for layer MONAI's ``monai.networks.nets.ResNet`` (``block="basic"``, shortcut "B",
     ``feed_forward=False``): the same parameter names and initialisation, so MONAI and
@@ -60,22 +66,23 @@ class ResNetEncoder(nn.Module):
     """
 
     def __init__(self, depth: int = 18, widths: Sequence[int] = (64, 128, 256, 512), stem_kernel: int = 7,
-                 stem_stride: int = 1, max_pool: bool = True, norm: str = "batch") -> None:
+                 stem_stride: int = 1, max_pool: bool = True, norm: str = "batch", dims: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(1, widths[0], stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False)
-        self.bn1 = _norm(norm, widths[0])
+        self.conv1 = CONV[dims](1, widths[0], stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False)
+        self.bn1 = _norm(norm, widths[0], dims)
         self.act = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(3, stride=2, padding=1) if max_pool else nn.Identity()
+        pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
+        self.maxpool = pool(3, stride=2, padding=1) if max_pool else nn.Identity()
         planes = widths[0]
         for i, (width, blocks) in enumerate(zip(widths, RESNET_LAYERS[depth])):
             stages = []
             for b in range(blocks):
-                stages.append(BasicBlock(planes, width, 2 if i > 0 and b == 0 else 1, norm))
+                stages.append(BasicBlock(planes, width, 2 if i > 0 and b == 0 else 1, norm, dims))
                 planes = width
             self.add_module(f"layer{i + 1}", nn.Sequential(*stages))
-        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool3d(1)
         for m in self.modules():
-            if isinstance(m, nn.Conv3d):
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     # Pretraining's memory bounds (``bound_memory``), not part of the architecture: recompute each
@@ -107,10 +114,53 @@ class ResNetEncoder(nn.Module):
         return self.avgpool(x).flatten(1)
 
 
+class SliceEncoder(nn.Module):
+    """A 2D encoder of a scan's axial slices, as a per-scan encoder: (N, 1, X, Y, Z) -> (N, D), so that
+    fine-tuning, the aggregator, the probe and the diagnostics take it as they take the 3D ResNet.
+
+    Pooling rule: the mean of the slice features over the scan's brain slices, those whose brain
+    (non-zero voxels: arrays are masked, background 0) covers at least ``min_brain_fraction`` of
+    the slice; a scan without such a slice takes the mean over all its slices. Slices are the planes
+    of constant Z (axial in the template's RAS orientation). Slices the rule leaves out are never
+    encoded. Pretraining's memory bounds (``bound_memory``) are the 3D encoder's: dino2d trains
+    ``net`` on crops of a few slices per scan.
+    """
+
+    def __init__(self, net: ResNetEncoder, min_brain_fraction: float) -> None:
+        super().__init__()
+        self.net, self.min_brain_fraction = net, min_brain_fraction
+
+    @staticmethod
+    def axial(x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, X, Y, Z) -> (N * Z, 1, X, Y), the slices of each scan in a row."""
+        return x.permute(0, 4, 1, 2, 3).reshape(-1, 1, x.shape[2], x.shape[3])
+
+    def brain_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, Z) True for the slices the pooling rule keeps."""
+        keep = (x != 0).float().mean(dim=(1, 2, 3)) >= self.min_brain_fraction
+        return keep | ~keep.any(dim=1, keepdim=True)
+
+    def stages(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The pre-flight check's segments (sslad.preflight), every slice of the scans through each."""
+        return [lambda x: self.net.stem(self.axial(x)), *self.net.stages()[1:]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = self.brain_slices(x)
+        feats = self.net(self.axial(x)[keep.flatten()])
+        owner = keep.nonzero()[:, 0]
+        pooled = feats.new_zeros(x.shape[0], feats.shape[1]).index_add_(0, owner, feats)
+        return pooled / keep.sum(dim=1, keepdim=True).to(feats.dtype)
+
+
 def build_encoder(arch: dict[str, Any]) -> nn.Module:
     """The per-scan encoder from config.yaml's ``model`` block (depth, widths, stem_kernel,
     stem_stride, max_pool, norm). depth 18 with widths 64..512, stem stride 1 and batch norm is
-    3D-Neuro-SimCLR's encoder."""
+    3D-Neuro-SimCLR's encoder. An architecture of ``kind`` ``slice2d`` (dino2d's, see
+    ``sslad.methods.architecture``) is the same ResNet in 2D over axial slices (:class:`SliceEncoder`)."""
+    if arch.get("kind") == "slice2d":
+        net = ResNetEncoder(arch["depth"], list(arch["widths"]), arch["stem_kernel"], arch["stem_stride"],
+                            arch["max_pool"], arch["norm"], dims=2)
+        return SliceEncoder(net, arch["min_brain_fraction"])
     return ResNetEncoder(arch["depth"], list(arch["widths"]), arch["stem_kernel"], arch["stem_stride"],
                          arch["max_pool"], arch["norm"])
 

@@ -30,7 +30,7 @@ from sslad import distributed, preflight
 from sslad.diagnostics import diagnose
 from sslad.io import atomic_path, write_json
 from sslad.loader import Stream, Volumes
-from sslad.methods import build
+from sslad.methods import architecture, build
 from sslad.networks import bound_memory, build_aggregator, build_encoder, feature_dim, save_encoder
 from sslad.pretrain_data import ScanSet, assemble, epoch_batches, holdout, load_pretrain_scans, plan_step, units
 
@@ -116,7 +116,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
     training when one step would not fit in the device's memory (or ``memory_gb``): sslad.preflight.
     Each step's volumes are read from disk while the step before runs, by the job's ``workers``
     loader processes (shared evenly by its data-parallel processes)."""
-    tr, model_cfg = settings["train"], settings["model"]
+    tr, model_cfg = settings["train"], architecture(settings["model"], settings["hp"])
     device = distributed.pick_device(tr["device"], "pretrain.train.device")
     rank, world = distributed.init(device.type)
     workers //= world
@@ -180,7 +180,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
                  for step, chosen in enumerate(epoch_batches(len(pool), batch_size, tr["seed"], epoch))]
         stream = Stream(scans.volumes, [plan.rows for plan in plans], device, workers)
         for step, volumes in enumerate(stream):
-            batch = assemble(plans[step], volumes)
+            batch = assemble(plans[step], volumes, (epoch + step / len(plans)) / epochs)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss, extra = ddp(batch)
             opt.zero_grad(set_to_none=True)

@@ -167,8 +167,9 @@ def plan_step(scans: ScanSet, chosen: list[np.ndarray], scan_pool: np.ndarray, s
                     [v[lo:hi] for v in views], spatial_views, subject_of[read], gen)
 
 
-def assemble(plan: StepPlan, volumes: torch.Tensor) -> Batch:
-    """The method's :class:`Batch` from a plan and the volumes of its ``rows`` (on the training device)."""
+def assemble(plan: StepPlan, volumes: torch.Tensor, progress: float = 0.0) -> Batch:
+    """The method's :class:`Batch` from a plan and the volumes of its ``rows`` (on the training device);
+    ``progress``: the share of the run done (``Batch.progress``)."""
     device = volumes.device
     spatial = None
     subjects = torch.from_numpy(plan.subjects).to(device)
@@ -178,7 +179,8 @@ def assemble(plan: StepPlan, volumes: torch.Tensor) -> Batch:
                         torch.zeros((n, 1), device=device), torch.ones((n, 1), dtype=torch.bool, device=device),
                         plan.spatial_views, plan.generator, subjects[plan.n_seq:])
     index, months, valid = (torch.from_numpy(a).to(device) for a in (plan.index, plan.months, plan.valid))
-    return Batch(volumes[:plan.n_seq], index, months, valid, plan.views, plan.generator, subjects[:plan.n_seq], spatial)
+    return Batch(volumes[:plan.n_seq], index, months, valid, plan.views, plan.generator, subjects[:plan.n_seq], spatial,
+                 progress)
 
 
 def step_batch(scans: ScanSet, volumes: Volumes, chosen: list[np.ndarray], scan_pool: np.ndarray,

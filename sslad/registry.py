@@ -39,6 +39,26 @@ def _block(description: str, **properties: dict[str, Any]) -> dict[str, Any]:
             "required": list(properties), "properties": {**properties, "epochs": _EPOCHS}}
 
 
+def _pair(description: str, low: float, high: float) -> dict[str, Any]:
+    """A [start, end] (or [lo, hi]) setting, each number in [low, high]."""
+    return {"type": "array", "minItems": 2, "maxItems": 2, "description": description,
+            "items": {"type": "number", "minimum": low, "maximum": high}}
+
+
+_SLICE_ENCODER = _block(
+    "2D ResNet (the model block's layout in 2D) over axial slices; a scan's features are the mean of its "
+    "slice features over the slices whose brain covers at least min_brain_fraction of the slice",
+    depth={"enum": [10, 18, 34], "description": "ResNet depth"},
+    widths={"type": "array", "minItems": 4, "maxItems": 4, "items": {"type": "integer", "minimum": 8, "multipleOf": 8},
+            "description": "channels of the four stages; the last is the feature size"},
+    stem_kernel={"type": "integer", "minimum": 1, "maximum": 9, "description": "first convolution's kernel"},
+    stem_stride={"type": "integer", "minimum": 1, "maximum": 4, "description": "first convolution's stride"},
+    max_pool={"type": "boolean", "description": "3x3 max-pool after the stem"},
+    norm={"enum": ["batch", "group", "instance"], "description": "normalisation layers"},
+    min_brain_fraction={"type": "number", "minimum": 0, "maximum": 1,
+                        "description": "share of a slice in the brain (non-zero) for the slice to count"})
+
+
 METHODS: dict[str, Method] = {
     "simclr": Method("sslad.methods.simclr", "SimCLR", "tab:blue",
                      _block("spatial contrastive (SimCLR) on two views of each scan",
@@ -61,6 +81,36 @@ METHODS: dict[str, Method] = {
                                           "description": "weight of the spatial contrastive term"},
                           augment=_RECIPE,
                           spatial_augment={**_RECIPE, "description": "recipe of the contrastive views"})),
+    "dino2d": Method("sslad.methods.dino2d", "DINO2D", "tab:olive",
+                     _block("DINO self-distillation (BrainDINO's route) of a 2D encoder on multi-crops of axial "
+                            "slices; fine-tuning reads its slice features pooled over the brain's slices",
+                            slice_encoder=_SLICE_ENCODER,
+                            slices_per_scan={"type": "integer", "minimum": 1,
+                                             "description": "random brain slices of each scan per step"},
+                            local_crops={"type": "integer", "minimum": 0,
+                                         "description": "local crops per slice, beside the 2 global ones"},
+                            global_scale=_pair("area of a global crop, a share of the slice's [lo, hi]", 0.01, 1),
+                            local_scale=_pair("area of a local crop, a share of the slice's [lo, hi]", 0.01, 1),
+                            local_size={"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                                        "description": "side of a local crop after resizing, a share of the slice's"},
+                            jitter={"type": "number", "minimum": 0, "maximum": 1,
+                                    "description": "largest brightness and contrast change of a crop (p 0.8)"},
+                            out_dim={"type": "integer", "minimum": 2, "description": "logits of the DINO head"},
+                            hidden={"type": "integer", "minimum": 1, "description": "hidden units of the DINO head"},
+                            bottleneck={"type": "integer", "minimum": 1,
+                                        "description": "L2-normalised bottleneck of the DINO head"},
+                            head_batch_norm={"type": "boolean",
+                                             "description": "batch norm in the head's hidden layers (DINO's "
+                                                            "use_bn_in_head)"},
+                            student_temperature=_TEMPERATURE,
+                            teacher_temperature=_pair("teacher softmax temperature [start, end of warm-up]; "
+                                                      "below the student's: sharpening", 0.001, 10),
+                            teacher_warmup={"type": "number", "minimum": 0, "maximum": 1,
+                                            "description": "share of the run over which the teacher temperature rises"},
+                            momentum=_pair("teacher EMA momentum [first step, last step], a cosine between", 0, 1),
+                            center_momentum={"type": "number", "minimum": 0, "maximum": 1,
+                                             "description": "EMA momentum of the centre of the teacher's outputs"},
+                            augment=_RECIPE)),
 }
 
 # initialisations that are not pretraining methods: random weights, and an imported checkpoint

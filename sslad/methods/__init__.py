@@ -37,6 +37,7 @@ class Batch:
     generator: torch.Generator   # seeded per step, for draws a method makes itself
     subjects: torch.Tensor       # (N,) subject number of each row of ``volumes`` (equal = same subject)
     spatial: "Batch | None" = None  # single scans for a spatial term beside sequences (``Sampling.spatial_views``)
+    progress: float = 0.0        # share of the run done at this step, (epoch + step / steps) / epochs: schedules
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,15 @@ def sequence_embeddings(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(N, D) scan encodings -> (B, K, D) by sequence position, zeros at padding."""
     out = h[index.clamp_min(0)]
     return out * (index >= 0).unsqueeze(-1).to(h.dtype)
+
+
+def architecture(model: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
+    """The encoder a method trains and hands to fine-tuning (``encoder.pt``'s ``arch``): the
+    ``model`` block's 3D ResNet, or for a method whose settings hold a ``slice_encoder`` block
+    (dino2d) that 2D ResNet over axial slices; the temporal aggregator is ``model``'s either way."""
+    if "slice_encoder" in hp:
+        return {**model, **hp["slice_encoder"], "kind": "slice2d"}
+    return dict(model)
 
 
 def build(name: str, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> nn.Module:
