@@ -132,7 +132,7 @@ def test_rerun_is_byte_identical(study, tmp_path):
 
 def test_summary_statistics(study):
     summary = pd.read_csv(study["summary_csv"])
-    assert list(summary.columns) == aggregate.SUMMARY_COLUMNS
+    assert list(summary.columns) == ["heldout", *aggregate.SUMMARY_COLUMNS]
     assert len(summary) == len(TASKS) * len(INITS) * len(FRACTIONS) * 2
     table = pd.read_csv(study["table_csv"])
     for r in summary.itertuples():
@@ -320,7 +320,7 @@ def test_study_with_every_job_skipped_still_reports(tmp_path):
     out = _outputs(tmp_path / "results")
     _run(paths, out)
     assert out["table_csv"].read_text() == ",".join(aggregate.TABLE_COLUMNS) + "\n"
-    assert out["summary_csv"].read_text() == ",".join(aggregate.SUMMARY_COLUMNS) + "\n"
+    assert out["summary_csv"].read_text() == ",".join(["heldout", *aggregate.SUMMARY_COLUMNS]) + "\n"
     text = out["summary_md"].read_text()
     assert "**Not made: no results of topc and scratch at this setting**" in text
     assert f"- dx_cn_ad: {REASON} (2 of 2 jobs)" in text and f"- fut_mci_ad: {REASON} (2 of 2 jobs)" in text
