@@ -180,7 +180,7 @@ def ingest(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: st
                 continue
             dx = alias[str(raw_dx).upper()]
             if dx is None:
-                reject(sub, ses, sessions_tsv, f"diagnosis {raw_dx!r} excluded by cohort.diagnosis_aliases")
+                reject(sub, ses, sessions_tsv, f"diagnosis {raw_dx!r} excluded by the diagnosis_aliases")
                 continue
             days = pd.to_numeric(row.get("days_from_baseline"), errors="coerce")
             if pd.isna(days):

@@ -151,7 +151,16 @@ def test_run_writes_every_task_table(study):
 def test_run_produces_the_table_summary_figures_and_tracking(study):
     import pandas as pd
 
-    table = pd.read_csv(study / "results/table.csv")
+    rows = pd.read_csv(study / "results/table.csv", keep_default_na=False)
+    # each job's whole test split, then each test cohort's part of it (same model and threshold)
+    table = rows[rows["test_cohort"] == "all"]
+    per_cohort = rows[rows["test_cohort"] != "all"]
+    assert set(per_cohort["test_cohort"]) == {"SiteA", "SiteB"} and (rows["heldout"] == "").all()
+    for _, g in per_cohort.groupby(["task", "init", "mode", "inputs"]):
+        whole = table.set_index(["task", "init", "mode", "inputs"]).loc[g.iloc[0][["task", "init", "mode", "inputs"]]
+                                                                           .tolist()]
+        assert g["n_test_subjects"].sum() <= whole["n_test_subjects"] and (g["threshold"] == whole["threshold"]).all()
+    assert "## By test cohort" in (study / "results/summary.md").read_text()
     assert len(table) == len(TASKS) * len(INITS) * 2 + CONTROLS  # x modes (full, probe); controls: full only
     assert set(table["init"]) == set(INITS) and set(table["mode"]) == {"full", "probe"}
     controls = table[table["inputs"] != "history"]
@@ -231,7 +240,7 @@ def test_stage_targets_and_benchmarks(study):
         assert planned_jobs(study, stage) == {}, stage
     assert planned_jobs(study, "pretrain_all", "--forcerun", "pretrain") == {"pretrain": 5, "track_pretrain": 1,
                                                                           "pretrain_all": 1}
-    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_seed-0.tsv", "simulate_cohort.tsv",
+    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_seed-0.tsv", "simulate_cohort/SiteB.tsv",
                   "finetune_control/det_mci_ad/topc_time_shuffled_frac-1_seed-0.tsv"):
         assert (study / "results/benchmarks" / heavy).read_text().startswith("s\th:m:s\tmax_rss"), heavy
 
@@ -329,7 +338,7 @@ def test_finetuning_is_deterministic_and_the_report_builds(study):
 
 
 def test_config_edit_reruns_only_affected_stages(study):
-    bids_files = sorted((study / "results/cohort/bids").rglob("*"))
+    bids_files = sorted((study / "results/cohort").rglob("bids/**/*"))
     mtimes = {p: p.stat().st_mtime_ns for p in bids_files}
     before = (study / "results/manifest/tasks" / f"{TASKS[-1]}.tsv").stat().st_mtime_ns
     # a label setting: the splits are stratified on the labels, so the manifest, and pretraining
@@ -340,15 +349,16 @@ def test_config_edit_reruns_only_affected_stages(study):
     assert not planned & {"simulate_cohort", "cohort", "preprocess", "qc_table"}
     snakemake(study, f"results/manifest/tasks/{TASKS[-1]}.tsv")
     assert (study / "results/manifest/tasks" / f"{TASKS[-1]}.tsv").stat().st_mtime_ns > before
-    assert {p: p.stat().st_mtime_ns for p in sorted((study / "results/cohort/bids").rglob("*"))} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in sorted((study / "results/cohort").rglob("bids/**/*"))} == mtimes
     set_config(study, "preprocess", "registration", "rigid")
     planned = planned_rules(study)
     assert {"preprocess", "qc_table", "manifest"} <= planned and "simulate_cohort" not in planned
     set_config(study, "preprocess", "registration", "affine")
-    set_config(study, "simulate", "seed", 7)
+    set_config(study, "simulate", "noise", 0.04)  # the shared block: SiteA's (SiteB sets its own)
     # preprocess jobs appear once the cohort checkpoint has rerun; a dry run shows what leads there
-    assert {"simulate_cohort", "cohort", "manifest"} <= planned_rules(study)
-    set_config(study, "simulate", "seed", 42)
+    assert {"simulate_cohort", "ingest_cohort", "cohort", "manifest"} <= planned_rules(study)
+    assert planned_jobs(study)["simulate_cohort"] == 1
+    set_config(study, "simulate", "noise", 0.03)
     assert not planned_rules(study) & {"simulate_cohort", "cohort", "template", "preprocess", "qc_table", "manifest"}
 
 
@@ -434,11 +444,14 @@ def test_preprocessed_scans_form_a_bids_derivatives_dataset(study):
 
     description = json.loads((study / "results/preproc/dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "sslad"
-    layout = BIDSLayout(study / "results/cohort/bids", derivatives=study / "results/preproc")
+    layout = BIDSLayout(study / "results/cohort/SiteA/bids", derivatives=study / "results/preproc")
     files = sorted(str(p) for p in (study / "results/preproc").rglob("*_desc-preproc_T1w.nii.gz"))
     found = layout.get(scope="derivatives", desc="preproc", suffix="T1w", extension=".nii.gz")
     assert len(files) > 20 and sorted(f.path for f in found) == files
-    one = found[0].get_entities()
-    assert one["space"] == "MNI152NLin2009aSym" and f"sub-{one['subject']}_ses-{one['session']}" in found[0].filename
-    raw = layout.get(scope="raw", subject=one["subject"], session=one["session"], suffix="T1w", extension=".nii.gz")
-    assert len(raw) == 1  # the raw scan it came from, in the same layout
+    first = next(f for f in found if f.get_entities()["subject"].startswith("SiteA"))
+    one = first.get_entities()
+    assert one["space"] == "MNI152NLin2009aSym" and f"sub-{one['subject']}_ses-{one['session']}" in first.filename
+    # the raw scan it came from, in the same layout: its cohort's tree names it without the cohort
+    raw = layout.get(scope="raw", subject=one["subject"].removeprefix("SiteA"), session=one["session"],
+                     suffix="T1w", extension=".nii.gz")
+    assert len(raw) == 1
