@@ -857,9 +857,10 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
         subjects = pd.read_csv(subjects_tsv, sep="\t", dtype=str)
         per_cohort, missing = cohort_rows(table, preds, dict(zip(subjects["participant_id"], subjects["cohort"])),
                                           n_boot, level)
-        if not per_cohort.empty:
-            table = _sorted(pd.concat([table, per_cohort], ignore_index=True),
-                            ["heldout", "init", "mode", "inputs", "fraction", "seed", "test_cohort"])
+        if not per_cohort.empty:  # each job's rows together, its whole test split first
+            table = pd.concat([table, per_cohort], ignore_index=True).assign(_part=lambda d: d["test_cohort"] != ALL)
+            table = _sorted(table, ["heldout", "init", "mode", "inputs", "fraction", "seed", "_part",
+                                    "test_cohort"]).drop(columns="_part")
     write_csv(table.drop(columns="source"), table_csv)
     folds = sorted(set(table["heldout"]) | set(skipped["heldout"])) or [""]
     summaries, sections = [], []

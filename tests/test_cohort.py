@@ -187,7 +187,7 @@ def test_old_single_cohort_config_is_converted_and_names_checked(default_config)
                     "diagnosis_aliases": {"CN": "CN"}, "simulate": default_config["simulate"]}
     assert convert_single_cohort(cfg) is None
     a, b = resolve_cohorts(default_config)  # the default study: the shared block, updated per cohort
-    assert a["diagnosis_aliases"] == default_config["diagnosis_aliases"] and a["simulate"]["n_subjects"] == 24
+    assert a["diagnosis_aliases"] == default_config["diagnosis_aliases"] and a["simulate"]["n_subjects"] == 22
     assert b["simulate"]["visits"]["gap_months"] == [12, 24] and b["simulate"]["visits"]["max"] == 6
     for names in (["AD", "ADNI"], ["X", "X"]):
         with pytest.raises(ValueError, match="cohort"):
