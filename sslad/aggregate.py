@@ -885,9 +885,12 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
         md = sections[0][1]
     else:
         md = ["# Fine-tuning results: leave one cohort out", "",
-              "Each section: the models fine-tuned on the other cohorts (pretrained on them too), tested on "
-              "every subject of the held-out cohort.", ""]
+              "Each section: models pretrained and fine-tuned on the other cohorts only, tested on every "
+              "subject of the held-out cohort.", ""]
         for fold, lines in sections:
-            md += [f"## Held-out cohort {fold}", "", *_demoted("\n".join(lines))]
+            body = _demoted("\n".join(lines))
+            while body and not body[0].strip():
+                body.pop(0)
+            md += [f"## Held-out cohort {fold}", "", *body, ""]
     with atomic_path(summary_md) as tmp:
         tmp.write_text("\n".join(md).rstrip("\n") + "\n")

@@ -176,7 +176,8 @@ def summary(task: str, t: pd.DataFrame) -> str:
         for cohort, part in t.groupby("cohort", sort=True):
             test = part[part["split"] == "test"]
             n = [test.loc[test["label"] == c, "participant_id"].nunique() for c in (1, 0)]
-            lacking = "" if min(n) else "; its test part lacks a class: no per-cohort row for it"
+            lacking = ("" if min(n) or not max(n) else
+                       "; its test part lacks a class: no per-cohort row for it, only a line in summary.md")
             lines.append(f"  {cohort}: {len(part)} samples of {part['participant_id'].nunique()} subjects, "
                          f"test {n[0]}+/{n[1]}- subjects{lacking}")
     return "\n".join(lines)
@@ -198,17 +199,17 @@ def pretrain_set(visits: pd.DataFrame, pretrain_splits: list[str],
 
 def fold_tables(tables: dict[str, pd.DataFrame], heldout: str) -> dict[str, pd.DataFrame]:
     """The tables of one leave-one-cohort-out fold (visits, splits and the task tables): every
-    subject of ``heldout`` is test; the other cohorts' train and val subjects keep their split; their
-    test subjects are "unused" (in no table of the fold, so that each fold trains on what the pooled
-    study trains on, minus the held-out cohort). As split "test", the held-out cohort is also kept out
-    of pretraining (pretrain_set) and refused by it (sslad.pretrain_data)."""
+    subject of ``heldout`` is test; the other cohorts' val subjects keep validating (their stratified
+    split) and all their other subjects train (none of them is tested in this fold). As split
+    "test", the held-out cohort is also kept out of pretraining (pretrain_set) and refused by it
+    (sslad.pretrain_data)."""
     splits = tables["splits.tsv"]
     if heldout not in set(splits["cohort"]):
         raise ValueError(f"held-out cohort {heldout!r} has no subject in splits.tsv (cohorts: "
                          f"{sorted(set(splits['cohort']))})")
     if (splits.loc[splits["cohort"] == heldout, "split"] == "pretrain").any():
         raise ValueError(f"cohort {heldout!r} is used for pretraining only: it cannot be held out for testing")
-    fold = splits["split"].where(splits["split"] != "test", "unused")
+    fold = splits["split"].where(splits["split"] != "test", "train")
     fold = fold.where(splits["cohort"] != heldout, "test")
     split_of = dict(zip(splits["participant_id"], fold))
     out = {"splits.tsv": splits.assign(split=fold),
@@ -231,7 +232,7 @@ def run_fold(inputs: dict[str, str], heldout: str, outputs: dict[str, str]) -> N
     for name, rel in names.items():
         write_tsv(tables[rel], Path(outputs[name]))
     n = tables["splits.tsv"]["split"].value_counts()
-    print(f"held out {heldout}: " + ", ".join(f"{k} {n.get(k, 0)}" for k in (*SPLITS, "unused", "pretrain"))
+    print(f"held out {heldout}: " + ", ".join(f"{k} {n.get(k, 0)}" for k in (*SPLITS, "pretrain"))
           + " subjects", file=sys.stderr)
     for name, rel in names.items():
         if rel.startswith("tasks/"):

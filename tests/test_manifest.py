@@ -177,10 +177,12 @@ def test_leave_one_cohort_out_keeps_the_held_out_cohort_out_of_training_and_pret
             for seed in cfg["seeds"]:
                 frac = fraction_table(t, 1.0, seed, task, cfg["subsample_validation"])
                 assert not held & set(frac["participant_id"])  # training and validation subsets
-            # the other cohorts train as in the pooled study: their train and val subjects, not their test ones
+            # every subject of the other cohorts trains or validates (validation as pooled)
             pooled_t = pooled[f"tasks/{task}.tsv"]
-            kept = pooled_t[(pooled_t["cohort"] != heldout) & pooled_t["split"].isin(["train", "val"])]
-            assert set(t.loc[t["split"] != "test", "participant_id"]) == set(kept["participant_id"])
+            others = pooled_t[pooled_t["cohort"] != heldout]
+            assert set(t.loc[t["split"] != "test", "participant_id"]) == set(others["participant_id"])
+            assert set(t.loc[t["split"] == "val", "participant_id"]) == set(others.loc[others["split"] == "val",
+                                                                                        "participant_id"])
     with pytest.raises(ValueError, match="no subject"):
         fold_tables(pooled, "SiteC")
 
