@@ -492,7 +492,7 @@ def _variety_trees(root: Path, checkout: Path) -> tuple[Path, Path]:
     import pandas as pd
 
     base = yaml.safe_load((ROOT / "config.yaml").read_text())["simulate"]
-    base.update(n_subjects=5, resolution_mm=6, visits={**base["visits"], "max": 3})
+    base.update(n_subjects=3, resolution_mm=6, visits={**base["visits"], "max": 3})
     no_mci = {"cn": 1, "cn_mci": 0, "mci": 0, "mci_ad": 0, "ad": 1}
     oasis = {**base, "seed": 43, "label_noise": 0.0, "group_mix": no_mci}
     env = {**os.environ, "PYTHONPATH": str(checkout)}
@@ -532,7 +532,7 @@ def test_real_bids_variety_study_completes(tmp_path):
                   "primary": {"init": "simclr"}, "controls": {"inputs": []}},
         "model": {"widths": [8, 8, 16, 16]},
         "pretrain": {"train": {"epochs": 1, "batch_size": 4, "checkpoint_every": 1}},
-        "finetune": {"modes": ["full"], "epochs": 1, "n_bootstrap": 50}}))
+        "finetune": {"modes": ["full"], "epochs": 1, "n_bootstrap": 100}}))
     snakemake(work)
     log = {c: (work / f"results/logs/ingest_cohort/{c}.log").read_text() for c in ("ADNI", "OASIS3")}
     assert "another T1w image of the session is used" in log["ADNI"] and "acquisition entity" in log["ADNI"]
