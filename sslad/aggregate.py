@@ -63,8 +63,6 @@ JOB_KEYS = ("task", "init", "fraction", "seed", "inputs", "rows")
 TABLE_COLUMNS = ["task", "init", "mode", "inputs", "fraction", "seed", "heldout", "test_cohort", *UNIT_KEYS,
                  "threshold", *COUNT_KEYS]
 ALL = "all"
-# the counts a row of one test cohort recomputes on its part of the test split
-TEST_COUNT_KEYS = ("n_test", "n_test_pos", "n_test_subjects", "n_test_pos_subjects", "n_test_neg_subjects")
 COHORT_SKIPPED_COLUMNS = ["heldout", "task", "init", "mode", "inputs", "fraction", "seed", "test_cohort", "reason"]
 GROUP = ["task", "init", "mode", "inputs", "fraction"]
 # the family of one Holm adjustment in summary.csv: every task x init compared with the reference there

@@ -29,7 +29,6 @@ EXCLUDED_COLUMNS = ["participant_id", "session_id", "stage", "file", "reason"]
 
 
 COHORT_DEFAULTS = {"bids_dir": "", "use": "both", "strict": False, "simulate": {}}
-USES = ("both", "pretrain", "downstream")
 RUN = re.compile(r"_run-(\d+)_")
 
 
@@ -104,8 +103,9 @@ def _t1w_images(bids: Path, sub: str, ses: str) -> list[Path]:
     """The session's T1w images (.nii.gz or .nii, any acq-/run- entities), the one to use first.
 
     Several runs of one session (a repeated acquisition): the lowest run number is used (a file
-    without run- counts as run 1), as ClinicaDL's converters do; ties (acq- variants, .nii next to
-    .nii.gz) are broken by file name. The others are listed as not used."""
+    without run- counts as run 1), the session's first acquisition, so that the choice does not
+    depend on how many repeats a site made; ties (acq- variants, .nii next to .nii.gz) are broken by
+    file name. The others are listed as not used."""
     images = [p for p in (bids / sub / ses / "anat").glob(f"{sub}_{ses}_*T1w.nii*")
               if p.name.endswith(("_T1w.nii", "_T1w.nii.gz"))]
 

@@ -35,7 +35,7 @@ rule manifest:
 
 rule fold:
     """One leave-one-cohort-out fold's tables (sslad.manifest.fold_tables): the held-out cohort's
-    subjects all test, the others' train and val splits as pooled."""
+    subjects all test; the other cohorts' val split as pooled, all their other subjects train."""
     input:
         **{name: path for name, path in manifest_outputs().items() if name not in ("subjects", "excluded")},
     output:
