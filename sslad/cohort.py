@@ -47,6 +47,7 @@ def convert_single_cohort(cfg: dict[str, Any]) -> str | None:
              "strict": old.get("strict", False)}
     if "diagnosis_aliases" in old:
         entry["diagnosis_aliases"] = old["diagnosis_aliases"]
+        cfg.setdefault("diagnosis_aliases", old["diagnosis_aliases"])  # an old config.yaml has no shared map
     cfg["cohorts"] = [entry]
     return ("config key `cohort:` is the old single-cohort form, read as `cohorts: [{name: "
             f"{entry['name']}, bids_dir: {entry['bids_dir']!r}, strict: {str(entry['strict']).lower()}, "
@@ -67,8 +68,12 @@ def resolve_cohorts(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     pooled participant ids equal."""
     cohorts = []
     for entry in cfg["cohorts"]:
-        c = {**COHORT_DEFAULTS, "diagnosis_aliases": cfg["diagnosis_aliases"], **entry}
-        c["simulate"] = _merged(cfg["simulate"], entry.get("simulate", {}))
+        c = {**COHORT_DEFAULTS, "diagnosis_aliases": cfg.get("diagnosis_aliases"), **entry}
+        if c["diagnosis_aliases"] is None:
+            raise ValueError(f"invalid configuration: cohort {entry['name']!r} has no diagnosis_aliases and the "
+                             "config has no shared `diagnosis_aliases:` block")
+        # contrast: added with pooled cohorts; a simulate block written before has none
+        c["simulate"] = _merged({"contrast": 1.0, **cfg["simulate"]}, entry.get("simulate", {}))
         cohorts.append(c)
     names = [c["name"] for c in cohorts]
     for a in names:
