@@ -157,8 +157,8 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
     per_cohort = rows[rows["test_cohort"] != "all"]
     assert set(per_cohort["test_cohort"]) == {"SiteA", "SiteB"} and (rows["heldout"] == "").all()
     for _, g in per_cohort.groupby(["task", "init", "mode", "inputs"]):
-        whole = table.set_index(["task", "init", "mode", "inputs"]).loc[g.iloc[0][["task", "init", "mode", "inputs"]]
-                                                                           .tolist()]
+        whole = table.set_index(["task", "init", "mode", "inputs"]).loc[tuple(g.iloc[0][["task", "init", "mode",
+                                                                                         "inputs"]])]
         assert g["n_test_subjects"].sum() <= whole["n_test_subjects"] and (g["threshold"] == whole["threshold"]).all()
     assert "## By test cohort" in (study / "results/summary.md").read_text()
     assert len(table) == len(TASKS) * len(INITS) * 2 + CONTROLS  # x modes (full, probe); controls: full only
