@@ -467,7 +467,7 @@ def test_leave_one_cohort_out_keeps_the_held_out_cohort_out_of_training_and_pret
     planned = planned_jobs(study, *loco)
     assert (planned["fold"], planned["pretrain_set"], planned["pretrain"]) == (2, 2, 10)
     assert planned["finetune"] == 2 * len(TASKS) * len(INITS) and planned["finetune_control"] == 2 * CONTROLS
-    snakemake(study, *loco, "manifest_all")
+    snakemake(study, "manifest_all", *loco)  # the target before --config, which takes every word after it
     for heldout in ("SiteA", "SiteB"):
         fold = study / "results/manifest" / f"heldout-{heldout}"
         splits = pd.read_csv(fold / "splits.tsv", sep="\t")
