@@ -1,6 +1,6 @@
 """How long Snakemake takes to build the DAG of a paper-scale study (dry run), without any data.
 
-Lays out a stand-in cohort of N scans (empty files, an up-to-date scans.tsv, so that the cohort
+Lays out a stand-in cohort of N scans (empty files, up-to-date cohort tables, so that the cohort
 checkpoint is already resolved as it is on a real study's second run) and times
 `snakemake -n` for the whole workflow (the paper-scale grid: 7 tasks, 6 inits, 5 fractions,
 5 seeds) with the given profile.
@@ -37,7 +37,7 @@ def main() -> None:
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / item)
     cfg = yaml.safe_load((work / "config.yaml").read_text())
-    cfg["cohort"].update(bids_dir=str(work / "bids"), name="paper")
+    cfg["cohorts"] = [{"name": "paper", "bids_dir": str(work / "bids")}]
     cfg["study"].update(label_fractions=[0.01, 0.1, 0.2, 0.5, 1.0], seeds=[0, 1, 2, 3, 4])
     cfg["preprocess"]["voxel_mm"] = 1.0
     (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -47,13 +47,18 @@ def main() -> None:
         path = work / "bids" / sub / ses / "anat" / f"{sub}_{ses}_T1w.nii.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
-        rows.append({"participant_id": sub, "session_id": ses, "path": str(path), "sex": "F", "age": 70,
+        rows.append({"participant_id": sub.replace("sub-", "sub-paper"), "bids_participant_id": sub,
+                     "session_id": ses, "path": str(path), "sex": "F", "age": 70,
                      "days_from_baseline": 365 * (i % a.visits), "diagnosis": "CN", "diagnosis_raw": "CN",
                      "cohort": "paper"})
-    (work / "results/cohort").mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(work / "results/cohort/scans.tsv", sep="\t", index=False)
-    pd.DataFrame(columns=["participant_id", "session_id", "stage", "file", "reason"]).to_csv(
-        work / "results/cohort/excluded.tsv", sep="\t", index=False)
+    tables = {"scans": pd.DataFrame(rows), "record": pd.DataFrame(rows).assign(has_image=True),
+              "excluded": pd.DataFrame(columns=["participant_id", "session_id", "stage", "file", "reason"])}
+    for folder in ("results/cohort/paper", "results/cohort"):  # the cohort's, then the pooled ones
+        (work / folder).mkdir(parents=True, exist_ok=True)
+        for name, table in tables.items():
+            table.to_csv(work / folder / f"{name}.tsv", sep="\t", index=False)
+    for name in ("cohorts", "overlap"):
+        (work / "results/cohort" / f"{name}.tsv").write_text("cohort\n")
     print("| scans | profile | dry run | jobs | seconds |\n|---|---|---|---|---|")
     for quiet in ("all", "rules"):  # DAG and summary only; then with the per-rule job counts
         cmd = [sys.executable, "-m", "snakemake", "--profile", f"profiles/{a.profile}", "-n", "--quiet", quiet,

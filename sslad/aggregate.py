@@ -37,6 +37,7 @@ from sslad.metrics import (
     METRICS,
     auc,
     auc_from_counts,
+    binary_metrics,
     bootstrap,
     bootstrap_p,
     holm,
@@ -57,14 +58,19 @@ UNIT_KEYS = tuple(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")) + (
 COUNT_KEYS = ("best_epoch", "n_train", "n_val", "n_test", "n_test_pos", "n_train_subjects", "n_val_subjects",
               "n_test_subjects", "n_test_pos_subjects", "n_test_neg_subjects")
 JOB_KEYS = ("task", "init", "fraction", "seed", "inputs", "rows")
-TABLE_COLUMNS = ["task", "init", "mode", "inputs", "fraction", "seed", *UNIT_KEYS, "threshold", *COUNT_KEYS]
+# heldout: the cohort a leave-one-cohort-out job held out ("" when pooled); test_cohort: "all" for the
+# job's whole test split, else the one cohort whose part of it the row scores (same model, same threshold)
+TABLE_COLUMNS = ["task", "init", "mode", "inputs", "fraction", "seed", "heldout", "test_cohort", *UNIT_KEYS,
+                 "threshold", *COUNT_KEYS]
+ALL = "all"
+COHORT_SKIPPED_COLUMNS = ["heldout", "task", "init", "mode", "inputs", "fraction", "seed", "test_cohort", "reason"]
 GROUP = ["task", "init", "mode", "inputs", "fraction"]
 # the family of one Holm adjustment in summary.csv: every task x init compared with the reference there
 FAMILY = ["mode", "inputs", "fraction"]
 SUMMARY_COLUMNS = [*GROUP, "n_seeds", "auc_mean", "auc_sd", "balanced_accuracy_mean", "balanced_accuracy_sd",
                    "n_paired", "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_p", "auc_diff_seed_sd",
                    "auc_diff_p_holm"]
-SKIPPED_COLUMNS = ["task", "init", "inputs", "fraction", "seed", "reason", "source"]
+SKIPPED_COLUMNS = ["heldout", "task", "init", "inputs", "fraction", "seed", "reason", "source"]
 PRIMARY_KEYS = ("init", "reference", "mode", "inputs", "fraction")
 PRIMARY_COLUMNS = ["task", "n_seeds", "n_test_subjects_pos", "n_test_subjects_neg", "auc_init", "auc_reference",
                    "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_seed_sd", "auc_diff_p", "auc_diff_p_holm",
@@ -111,6 +117,8 @@ def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str
     for key in ("task", "init", "inputs"):
         if not isinstance(job[key], str) or not job[key]:
             raise ValueError(f"{path}: '{key}' must be a non-empty string, got {job[key]!r}")
+    if not isinstance(job.get("heldout", ""), str):
+        raise ValueError(f"{path}: 'heldout' must be a string (a cohort name), got {job['heldout']!r}")
     if not _is_number(job["fraction"]) or not 0 < job["fraction"] <= 1:
         raise ValueError(f"{path}: 'fraction' must be in (0, 1], got {job['fraction']!r}")
     if not isinstance(job["seed"], int) or isinstance(job["seed"], bool):
@@ -146,7 +154,8 @@ def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str
 
 def _job_rows(job: dict[str, Any], path: str | Path) -> list[dict[str, Any]]:
     return [{"task": job["task"], "init": job["init"], "inputs": job["inputs"], "fraction": float(job["fraction"]),
-             "seed": job["seed"], **{k: row[k] for k in ("mode", *JOB_METRIC_KEYS, "threshold", *COUNT_KEYS)},
+             "seed": job["seed"], "heldout": job.get("heldout", ""), "test_cohort": ALL,
+             **{k: row[k] for k in ("mode", *JOB_METRIC_KEYS, "threshold", *COUNT_KEYS)},
              "source": str(path)} for row in job["rows"]]
 
 
@@ -173,22 +182,23 @@ def build_table(metrics_paths: list[str], n_boot: int, level: float = 0.95,
     for path in metrics_paths:
         job, _ = read_job(path)
         if job.get("skipped") is not None:
-            skipped.append({"task": job["task"], "init": job["init"], "inputs": job["inputs"],
+            skipped.append({"heldout": job.get("heldout", ""), "task": job["task"], "init": job["init"],
+                            "inputs": job["inputs"],
                             "fraction": float(job["fraction"]), "seed": job["seed"],
                             "reason": " ".join(job["skipped"].split()), "source": str(path)})
         rows += _job_rows(job, path)
     if not rows and not skipped:
         raise ValueError("no fine-tuning results to aggregate")
     interval_free = [c for c in TABLE_COLUMNS if not c.endswith(("_low", "_high"))]
-    df = pd.DataFrame(rows, columns=[*interval_free, "source"]).astype({"fraction": float})
-    key = ["task", "init", "mode", "inputs", "fraction", "seed"]
+    df = pd.DataFrame(rows, columns=[*interval_free, "source"]).astype({"fraction": float, "heldout": str})
+    key = ["heldout", "task", "init", "mode", "inputs", "fraction", "seed"]
     dup = df[df.duplicated(key, keep=False)]
     if not dup.empty:
         first = dup.iloc[0]
         same = dup[(dup[key] == first[key]).all(axis=1)]["source"].tolist()
         raise ValueError(f"the same job and mode appear more than once: {dict(first[key])} in {same}")
-    skipped_df = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).astype({"fraction": float})
-    job_key = ["task", "init", "inputs", "fraction", "seed"]
+    skipped_df = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).astype({"fraction": float, "heldout": str})
+    job_key = ["heldout", "task", "init", "inputs", "fraction", "seed"]
     jobs = pd.concat([df.drop_duplicates("source")[[*job_key, "source"]], skipped_df[[*job_key, "source"]]])
     dup = jobs[jobs.duplicated(job_key, keep=False)]
     if not dup.empty:
@@ -196,8 +206,43 @@ def build_table(metrics_paths: list[str], n_boot: int, level: float = 0.95,
         same = dup[(dup[job_key] == first[job_key]).all(axis=1)]["source"].tolist()
         raise ValueError(f"the same job appears more than once: {dict(first[job_key])} in {same}")
     df = add_intervals(df, preds or _Predictions(), n_boot, level)
-    return (_sorted(df, ["init", "mode", "inputs", "fraction", "seed"])[TABLE_COLUMNS + ["source"]],
-            _sorted(skipped_df, ["init", "inputs", "fraction", "seed"]))
+    return (_sorted(df, ["heldout", "init", "mode", "inputs", "fraction", "seed"])[TABLE_COLUMNS + ["source"]],
+            _sorted(skipped_df, ["heldout", "init", "inputs", "fraction", "seed"]))
+
+
+def cohort_rows(table: pd.DataFrame, preds: PredictionSource, cohort_of: dict[str, str], n_boot: int,
+                level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows, not evaluated): each job row's test split broken down by test cohort, where it spans
+    several: the same predictions and validation threshold, scored on one cohort's test subjects
+    (test counts recomputed, the rest the job's). A cohort part without both classes gets no row,
+    only a line in ``not evaluated`` (its AUC is undefined). From the predictions, so that the
+    breakdown adds no fine-tuning job."""
+    rows, missing = [], []
+    for r in table[table["test_cohort"] == ALL].to_dict("records"):
+        p = preds.get(r["source"], r["mode"])
+        cohorts = p["participant_id"].map(cohort_of)
+        if cohorts.isna().any():
+            raise ValueError(f"{r['source']}: test participant {p['participant_id'][cohorts.isna()].iloc[0]} "
+                             "is in no cohort of subjects.tsv")
+        if cohorts.nunique() < 2:
+            continue
+        for cohort in sorted(cohorts.unique()):
+            q = p[(cohorts == cohort).to_numpy()]
+            y, logit, groups = q["label"].to_numpy(), q["logit"].to_numpy(), q["participant_id"].to_numpy()
+            if len(set(y)) < 2:
+                kind = "positive" if y.all() else "negative"
+                missing.append({**{k: r[k] for k in COHORT_SKIPPED_COLUMNS if k in r}, "test_cohort": cohort,
+                                "reason": f"{len(set(groups))} test subjects, all {kind}"})
+                continue
+            row = {**r, "test_cohort": cohort, **binary_metrics(y, logit, r["threshold"])}
+            ci = bootstrap(y, logit, r["threshold"], groups=groups, n=n_boot, seed=int(r["seed"]), level=level)
+            for m in METRICS:
+                row[f"{m}_low"], row[f"{m}_high"] = ci[m]
+            row.update(n_test=len(y), n_test_pos=int(y.sum()), n_test_subjects=len(set(groups)),
+                       n_test_pos_subjects=len(set(groups[y == 1])), n_test_neg_subjects=len(set(groups[y == 0])))
+            rows.append(row)
+    return (pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "source"]),
+            pd.DataFrame(missing, columns=COHORT_SKIPPED_COLUMNS))
 
 
 def add_intervals(df: pd.DataFrame, preds: PredictionSource, n_boot: int, level: float = 0.95) -> pd.DataFrame:
@@ -757,28 +802,93 @@ def plot_task(table: pd.DataFrame, task: str, out_png: str | Path, colours: dict
     plt.close(fig)
 
 
+def _by_cohort_section(table: pd.DataFrame, missing: pd.DataFrame, primary: dict[str, Any]) -> list[str]:
+    """summary.md's breakdown of the primary setting by test cohort: mean AUC over seeds of each task x
+    init on each cohort's part of the test split, and the parts that could not be scored."""
+    rows = table[(table["test_cohort"] != ALL) & (table["mode"] == primary["mode"])
+                 & (table["inputs"] == primary["inputs"]) & ((table["fraction"] - primary["fraction"]).abs() < 1e-9)]
+    if rows.empty and missing.empty:
+        return []
+    lines = ["## By test cohort", "",
+             f"The same models and thresholds ({_setting(primary)}), scored on each cohort's part of the test "
+             "split: test AUC, mean ± sd over seeds (test subjects). Exploratory.", ""]
+    cohorts = sorted(rows["test_cohort"].unique())
+    body = []
+    for (task, init), g in _sorted(rows, ["init"]).groupby(["task", "init"], sort=False):
+        cells = []
+        for cohort in cohorts:
+            c = g[g["test_cohort"] == cohort]
+            cells.append(f"{_pm(c['auc'].mean(), c['auc'].std())} ({int(c['n_test_subjects'].max())})" if len(c)
+                         else "n/a")
+        body.append([task, init, *cells])
+    if body:
+        lines += _table(["task", "init", *cohorts], body) + [""]
+    for (task, cohort), g in missing.groupby(["task", "test_cohort"], sort=True):
+        lines.append(f"- {task} on {cohort}: not scored ({g['reason'].iloc[0]}; {len(g)} job rows)")
+    return lines + ([""] if not missing.empty else [])
+
+
+def _demoted(markdown: str) -> list[str]:
+    """A report's body one heading level down, without its title (a section of a larger report)."""
+    return [("#" + line if line.startswith("#") else line) for line in markdown.splitlines()[1:]]
+
+
 def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: str, figures_dir: str,
-        settings: dict[str, Any], predictions_paths: list[str] | None = None) -> None:
+        settings: dict[str, Any], predictions_paths: list[str] | None = None,
+        subjects_tsv: str | None = None) -> None:
     """Read every job's metrics.json and predictions.tsv (``predictions_paths``, one per metrics file
     in the same order; default: next to it), write the table, summary, markdown and one figure per
-    evaluated task (``{figures_dir}/{task}.png``).
+    evaluated task (``{figures_dir}/{task}.png``; ``{task}_heldout-{cohort}.png`` per held-out cohort).
 
     ``settings``: n_bootstrap, seed (default 0), level (default 0.95) and primary (init, reference,
     mode, inputs, fraction), the pre-specified comparison that summary.md leads with.
+    ``subjects_tsv``: the manifest's subjects.tsv; with it, rows per test cohort (:func:`cohort_rows`).
+    Jobs of a leave-one-cohort-out study are summarised per held-out cohort, each its own section.
     """
     n_boot, seed, level, primary = check_settings(settings)
     if predictions_paths is not None and len(predictions_paths) != len(metrics_paths):
         raise ValueError(f"{len(predictions_paths)} predictions files for {len(metrics_paths)} metrics files")
     preds = _Predictions(dict(zip(metrics_paths, predictions_paths or [])))
     table, skipped = build_table(metrics_paths, n_boot, level, preds)
-    summary = summarise(table, n_boot, seed, primary["reference"], level, preds)
-    prim = primary_comparison(table, primary, n_boot, seed, level, preds)
-    controls = control_comparisons(table, primary, n_boot, seed, level, preds)
+    missing = pd.DataFrame(columns=COHORT_SKIPPED_COLUMNS)
+    if subjects_tsv:
+        subjects = pd.read_csv(subjects_tsv, sep="\t", dtype=str)
+        per_cohort, missing = cohort_rows(table, preds, dict(zip(subjects["participant_id"], subjects["cohort"])),
+                                          n_boot, level)
+        if not per_cohort.empty:  # each job's rows together, its whole test split first
+            table = pd.concat([table, per_cohort], ignore_index=True).assign(_part=lambda d: d["test_cohort"] != ALL)
+            table = _sorted(table, ["heldout", "init", "mode", "inputs", "fraction", "seed", "_part",
+                                    "test_cohort"]).drop(columns="_part")
     write_csv(table.drop(columns="source"), table_csv)
-    write_csv(summary, summary_csv)
-    with atomic_path(summary_md) as tmp:
-        tmp.write_text(summary_markdown(summary, prim, primary, table, skipped, n_boot, level, controls))
+    folds = sorted(set(table["heldout"]) | set(skipped["heldout"])) or [""]
+    summaries, sections = [], []
     colours = _colours(sorted(table["init"].unique()))
     Path(figures_dir).mkdir(parents=True, exist_ok=True)
-    for task in sorted(table["task"].unique()):
-        plot_task(table, task, Path(figures_dir) / f"{task}.png", colours)
+    for fold in folds:
+        whole = table[(table["heldout"] == fold) & (table["test_cohort"] == ALL)]
+        summary = summarise(whole, n_boot, seed, primary["reference"], level, preds)
+        summaries.append(summary.assign(heldout=fold)[["heldout", *SUMMARY_COLUMNS]])
+        prim = primary_comparison(whole, primary, n_boot, seed, level, preds)
+        controls = control_comparisons(whole, primary, n_boot, seed, level, preds)
+        text = summary_markdown(summary, prim, primary, whole, skipped[skipped["heldout"] == fold], n_boot, level,
+                                controls)
+        lines = text.rstrip("\n").splitlines() + [""] + _by_cohort_section(table[table["heldout"] == fold],
+                                                                          missing[missing["heldout"] == fold], primary)
+        sections.append((fold, lines))
+        for task in sorted(whole["task"].unique()):
+            name = f"{task}_heldout-{fold}" if fold else task
+            plot_task(whole, task, Path(figures_dir) / f"{name}.png", colours)
+    write_csv(pd.concat(summaries, ignore_index=True), summary_csv)
+    if folds == [""]:
+        md = sections[0][1]
+    else:
+        md = ["# Fine-tuning results: leave one cohort out", "",
+              "Each section: models pretrained and fine-tuned on the other cohorts only, tested on every "
+              "subject of the held-out cohort.", ""]
+        for fold, lines in sections:
+            body = _demoted("\n".join(lines))
+            while body and not body[0].strip():
+                body.pop(0)
+            md += [f"## Held-out cohort {fold}", "", *body, ""]
+    with atomic_path(summary_md) as tmp:
+        tmp.write_text("\n".join(md).rstrip("\n") + "\n")

@@ -26,7 +26,7 @@ def _settings(text: str) -> dict[str, Any]:
 def _cmd_simulate(a: argparse.Namespace) -> None:
     from sslad.simulate import simulate_cohort
 
-    subjects = simulate_cohort(a.settings, a.out, threads=a.threads)
+    subjects = simulate_cohort(a.settings, a.out, threads=a.threads, cohort=a.cohort)
     print(f"simulated {len(subjects)} subjects, {sum(len(s.months) for s in subjects)} scans in {a.out}",
           file=sys.stderr)
 
@@ -38,23 +38,40 @@ def _cmd_cohort(a: argparse.Namespace) -> None:
     run(a.bids, s["diagnosis_aliases"], s["name"], s["strict"], a.scans, a.record, a.excluded)
 
 
+def _named(pairs: list[str], flag: str = "--out") -> dict[str, str]:
+    """NAME=PATH arguments as a dict."""
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not path:
+            raise ValueError(f"{flag} {pair!r}: expected NAME=PATH")
+        out[name] = path
+    return out
+
+
+def _cmd_cohort_pool(a: argparse.Namespace) -> None:
+    from sslad.cohort import run_pool
+
+    run_pool({name: tuple(paths) for name, *paths in a.cohort}, a.settings["uses"], _named(a.out))
+
+
 def _cmd_manifest(a: argparse.Namespace) -> None:
     from sslad.manifest import run
 
-    outputs = {}
-    for pair in a.out:
-        name, sep, path = pair.partition("=")
-        if not sep or not path:
-            raise ValueError(f"--out {pair!r}: expected NAME=PATH")
-        outputs[name] = path
-    run(a.scans, a.record, a.cohort_excluded, a.qc, outputs, a.settings)
+    run(a.scans, a.record, a.cohort_excluded, a.qc, _named(a.out), a.settings)
+
+
+def _cmd_fold(a: argparse.Namespace) -> None:
+    from sslad.manifest import run_fold
+
+    run_fold(_named(a.input, "--input"), a.heldout, _named(a.out))
 
 
 def _cmd_pretrain_set(a: argparse.Namespace) -> None:
     from sslad.io import read_tsv, write_tsv
     from sslad.manifest import pretrain_set
 
-    chosen = pretrain_set(read_tsv(a.visits), a.settings["pretrain_splits"])
+    chosen = pretrain_set(read_tsv(a.visits), a.settings["pretrain_splits"], a.settings.get("exclude_cohorts", []))
     write_tsv(chosen, a.out)
     print(f"{len(chosen)} scans for pretraining", file=sys.stderr)
 
@@ -142,7 +159,7 @@ def _cmd_track_pretrain(a: argparse.Namespace) -> None:
 def _cmd_aggregate(a: argparse.Namespace) -> None:
     from sslad.aggregate import run
 
-    run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, a.settings, a.predictions)
+    run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, a.settings, a.predictions, a.subjects)
 
 
 def _cmd_qc_mosaic(a: argparse.Namespace) -> None:
@@ -165,12 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("simulate", _cmd_simulate, "Simulate a longitudinal BIDS cohort from the MNI152 template.")
     p.add_argument("--out", required=True, help="BIDS directory to write (replaced atomically)")
     p.add_argument("--threads", type=int, default=1, help="worker processes")
+    p.add_argument("--cohort", default="simulated", help="cohort name the ground truth gives every scan")
 
     p = add("cohort", _cmd_cohort, "Ingest a Clinica-style BIDS tree into scans.tsv and excluded.tsv.")
     p.add_argument("--bids", required=True, help="BIDS directory")
     p.add_argument("--scans", required=True, help="output: one row per scan that can be a model input")
     p.add_argument("--record", required=True, help="output: every visit with a diagnosis, imaged or not")
     p.add_argument("--excluded", required=True, help="output: scans left out, with the reason")
+
+    p = add("cohort-pool", _cmd_cohort_pool,
+            "Pool the cohorts' tables; report each cohort and every participant label found in several.")
+    p.add_argument("--cohort", nargs=4, action="append", required=True, metavar=("NAME", "SCANS", "RECORD", "EXCLUDED"),
+                   help="one cohort's tables (repeat per cohort)")
+    p.add_argument("--out", nargs="+", required=True, metavar="NAME=PATH",
+                   help="where each table goes: scans, record, excluded, cohorts, overlap")
 
     p = add("template", _cmd_template,
             "Write the registration template and its brain mask (nilearn's MNI152 by default).")
@@ -207,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qc", default=None, help="optional QC table (participant_id, session_id, qc_pass, qc_reason)")
     p.add_argument("--out", nargs="+", required=True, metavar="NAME=PATH",
                    help="where each table goes: visits, subjects, splits, excluded, task_<task>")
+
+    p = add("fold", _cmd_fold, "Write one leave-one-cohort-out fold's visits, splits and task tables.")
+    p.add_argument("--heldout", required=True, help="the cohort held out (every subject of it is test)")
+    p.add_argument("--input", nargs="+", required=True, metavar="NAME=PATH",
+                   help="the pooled manifest's tables: visits, splits, task_<task>")
+    p.add_argument("--out", nargs="+", required=True, metavar="NAME=PATH", help="the fold's, by the same names")
 
     p = add("pretrain-set", _cmd_pretrain_set, "Write pretrain.tsv: the scans pretraining may use.")
     p.add_argument("--visits", required=True, help="visits.tsv from the manifest (with each scan's split)")
@@ -278,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every fine-tuning job")
     p.add_argument("--predictions", nargs="+", required=True,
                    help="predictions.tsv of every fine-tuning job, in the order of --metrics")
+    p.add_argument("--subjects", default=None,
+                   help="the manifest's subjects.tsv: with it, table.csv also has rows per test cohort")
     p.add_argument("--table", required=True)
     p.add_argument("--summary", required=True)
     p.add_argument("--summary-md", required=True)

@@ -347,7 +347,7 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
     """Every mode of one grid cell; writes its metrics.json and predictions.tsv."""
     fraction = cell.fraction
     job = {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": settings["inputs"],
-           "encoder": encoder_pt or "", "settings": settings}
+           "heldout": settings.get("heldout", ""), "encoder": encoder_pt or "", "settings": settings}
     try:
         parts = select_samples(table, task_tsv, cell.fraction_tsv)
     except NotEvaluable as exc:

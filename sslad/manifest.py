@@ -36,11 +36,12 @@ def trajectory(dx: list[str]) -> str:
 
 
 def subjects_table(record: pd.DataFrame, usable: set[tuple[str, str]]) -> pd.DataFrame:
-    """One row per subject of the clinical record, with its trajectory over every visit."""
+    """One row per subject of the clinical record, with its cohort and its trajectory over every visit."""
     rows = []
     for sub, v in chronological(record).groupby("participant_id", sort=True):
         dx = v["diagnosis"].tolist()
-        rows.append({"participant_id": sub, "baseline_age": v["age"].iloc[0], "baseline_diagnosis": dx[0],
+        rows.append({"participant_id": sub, "cohort": v["cohort"].iloc[0], "baseline_age": v["age"].iloc[0],
+                     "baseline_diagnosis": dx[0],
                      "last_diagnosis": dx[-1], "n_visits": len(dx), "n_imaged_visits": int(v["has_image"].sum()),
                      "n_usable_visits": sum((sub, s) in usable for s in v["session_id"]),
                      "followup_months": float(v["months"].iloc[-1]), "trajectory": trajectory(dx),
@@ -49,12 +50,18 @@ def subjects_table(record: pd.DataFrame, usable: set[tuple[str, str]]) -> pd.Dat
 
 
 def subject_strata(subjects: pd.DataFrame, tasks: dict[str, pd.DataFrame]) -> dict[str, set[str]]:
-    """What each subject brings to the split: its trajectory and every (task, class) it has samples of."""
-    strata = {sub: {f"base:{dx}/{traj}"} for sub, dx, traj in
+    """What each subject brings to the split: its cohort x baseline diagnosis x trajectory, and every
+    (task, class) it has samples of, pooled and, with several cohorts, within its cohort too (so that
+    each cohort's part of a test split holds both classes whenever that cohort allows)."""
+    cohort = dict(zip(subjects["participant_id"], subjects["cohort"]))
+    several = subjects["cohort"].nunique() > 1
+    strata = {sub: {f"base:{cohort[sub]}/{dx}/{traj}"} for sub, dx, traj in
               zip(subjects["participant_id"], subjects["baseline_diagnosis"], subjects["trajectory"])}
     for task, t in tasks.items():
         for sub, label in set(zip(t["participant_id"], t["label"])):
             strata[sub].add(f"{task}:{int(label)}")
+            if several:
+                strata[sub].add(f"{cohort[sub]}/{task}:{int(label)}")
     return strata
 
 
@@ -80,24 +87,35 @@ def build(scans: pd.DataFrame, record: pd.DataFrame, cohort_excluded: pd.DataFra
         usable_df = scans
     usable = set(zip(usable_df["participant_id"], usable_df["session_id"]))
 
-    tasks = {task: task_samples(record, usable, task, cfg["horizon_months"], cfg["max_inputs"],
-                                cfg["exclude_reverters"], cfg["visit_window_months"]) for task in TASKS}
     subjects = subjects_table(record, usable)
     subjects = subjects[subjects["n_usable_visits"] > 0].reset_index(drop=True)
-    splits = split_subjects(subject_strata(subjects, tasks), cfg["split"]["val"], cfg["split"]["test"], cfg["seed"])
+    uses = cfg.get("cohort_use", {})
+    pretrain_only = set(subjects.loc[subjects["cohort"].map(lambda c: uses.get(c, "both")) == "pretrain",
+                                     "participant_id"])
+    tasks = {}
+    for task in TASKS:
+        t = task_samples(record, usable, task, cfg["horizon_months"], cfg["max_inputs"], cfg["exclude_reverters"],
+                         cfg["visit_window_months"])
+        tasks[task] = t[~t["participant_id"].isin(pretrain_only)]
+    downstream = subjects[~subjects["participant_id"].isin(pretrain_only)]
+    splits = split_subjects(subject_strata(downstream, tasks), cfg["split"]["val"], cfg["split"]["test"], cfg["seed"])
+    splits = pd.concat([splits, pd.Series("pretrain", index=sorted(pretrain_only), dtype=object)]).sort_index()
+    splits = splits.rename("split").rename_axis("participant_id")
     subjects["split"] = subjects["participant_id"].map(splits)
-    split_df = splits.reset_index()
+    cohort_of = dict(zip(subjects["participant_id"], subjects["cohort"]))
+    split_df = splits.reset_index().assign(cohort=lambda d: d["participant_id"].map(cohort_of))
 
     out: dict[str, pd.DataFrame] = {}
     visits = chronological(usable_df)
     visits["months"] = acquisition_months(visits["days_from_baseline"])
     visits["split"] = visits["participant_id"].map(splits)
     out["visits.tsv"] = visits[["participant_id", "session_id", "days_from_baseline", "months", "age",
-                                "diagnosis", "split", "path"] + (["array"] if "array" in visits else [])]
+                                "diagnosis", "cohort", "split", "path"] + (["array"] if "array" in visits else [])]
     out["subjects.tsv"] = subjects
     out["splits.tsv"] = split_df
     for task, t in tasks.items():
-        out[f"tasks/{task}.tsv"] = t.assign(split=t["participant_id"].map(splits))
+        out[f"tasks/{task}.tsv"] = t.assign(cohort=t["participant_id"].map(cohort_of),
+                                            split=t["participant_id"].map(splits))
     out["excluded.tsv"] = pd.concat([e for e in excluded if len(e)] or [excluded[0]]).sort_values(
         ["participant_id", "session_id", "stage"])
     return out
@@ -153,17 +171,72 @@ def summary(task: str, t: pd.DataFrame) -> str:
                      f"{n[0]}+/{n[1]}- subjects")
     why = evaluable(t)
     note = f"; CANNOT BE EVALUATED: {why}" if why else ""
-    return f"{task}: {len(t)} samples of {t['participant_id'].nunique()} subjects ({'; '.join(cells)}){note}"
+    lines = [f"{task}: {len(t)} samples of {t['participant_id'].nunique()} subjects ({'; '.join(cells)}){note}"]
+    if "cohort" in t and t["cohort"].nunique() > 1:
+        for cohort, part in t.groupby("cohort", sort=True):
+            test = part[part["split"] == "test"]
+            n = [test.loc[test["label"] == c, "participant_id"].nunique() for c in (1, 0)]
+            lacking = ("" if min(n) or not max(n) else
+                       "; its test part lacks a class: no per-cohort row for it, only a line in summary.md")
+            lines.append(f"  {cohort}: {len(part)} samples of {part['participant_id'].nunique()} subjects, "
+                         f"test {n[0]}+/{n[1]}- subjects{lacking}")
+    return "\n".join(lines)
 
 
-def pretrain_set(visits: pd.DataFrame, pretrain_splits: list[str]) -> pd.DataFrame:
+def pretrain_set(visits: pd.DataFrame, pretrain_splits: list[str],
+                 exclude_cohorts: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """The scans self-supervised pretraining may use: those of visits.tsv in ``pretrain_splits``
-    (never test). A job of its own, so that changing the splits it draws on reruns pretraining
-    and what follows it, never the task tables and the fine-tuning of scratch."""
+    (never test) or of a pretraining-only cohort (split "pretrain"), none of ``exclude_cohorts``
+    (the downstream-only ones). A job of its own, so that changing the splits it draws on reruns
+    pretraining and what follows it, never the task tables and the fine-tuning of scratch."""
     if "test" in pretrain_splits:
         raise ValueError("manifest.pretrain_splits must never include 'test'")
-    chosen = visits[visits["split"].isin(pretrain_splits)]
+    chosen = visits[visits["split"].isin([*pretrain_splits, "pretrain"])]
+    if "cohort" in chosen:
+        chosen = chosen[~chosen["cohort"].isin(exclude_cohorts)]
     return chosen[["participant_id", "session_id", "days_from_baseline"]].reset_index(drop=True)
+
+
+def fold_tables(tables: dict[str, pd.DataFrame], heldout: str) -> dict[str, pd.DataFrame]:
+    """The tables of one leave-one-cohort-out fold (visits, splits and the task tables): every
+    subject of ``heldout`` is test; the other cohorts' val subjects keep validating (their stratified
+    split) and all their other subjects train (none of them is tested in this fold). As split
+    "test", the held-out cohort is also kept out of pretraining (pretrain_set) and refused by it
+    (sslad.pretrain_data)."""
+    splits = tables["splits.tsv"]
+    if heldout not in set(splits["cohort"]):
+        raise ValueError(f"held-out cohort {heldout!r} has no subject in splits.tsv (cohorts: "
+                         f"{sorted(set(splits['cohort']))})")
+    if (splits.loc[splits["cohort"] == heldout, "split"] == "pretrain").any():
+        raise ValueError(f"cohort {heldout!r} is used for pretraining only: it cannot be held out for testing")
+    fold = splits["split"].where(splits["split"] != "test", "train")
+    fold = fold.where(splits["cohort"] != heldout, "test")
+    split_of = dict(zip(splits["participant_id"], fold))
+    out = {"splits.tsv": splits.assign(split=fold),
+           "visits.tsv": tables["visits.tsv"].assign(split=lambda d: d["participant_id"].map(split_of))}
+    for name, t in tables.items():
+        if name.startswith("tasks/"):
+            t = t.assign(split=t["participant_id"].map(split_of))
+            out[name] = t[t["split"].isin(SPLITS)].reset_index(drop=True)
+    return out
+
+
+def run_fold(inputs: dict[str, str], heldout: str, outputs: dict[str, str]) -> None:
+    """The fold job: the pooled manifest's visits, splits and task tables (``inputs``, named as
+    :func:`output_name` names them) -> the fold's, at the same names in ``outputs``."""
+    if set(inputs) != set(outputs):
+        raise ValueError(f"fold tables: inputs {sorted(inputs)}, outputs {sorted(outputs)}")
+    names = {name: ("tasks/" + name.removeprefix("task_") if name.startswith("task_") else name) + ".tsv"
+             for name in inputs}
+    tables = fold_tables({rel: read_tsv(inputs[name]) for name, rel in names.items()}, heldout)
+    for name, rel in names.items():
+        write_tsv(tables[rel], Path(outputs[name]))
+    n = tables["splits.tsv"]["split"].value_counts()
+    print(f"held out {heldout}: " + ", ".join(f"{k} {n.get(k, 0)}" for k in (*SPLITS, "pretrain"))
+          + " subjects", file=sys.stderr)
+    for name, rel in names.items():
+        if rel.startswith("tasks/"):
+            print(summary(rel.removeprefix("tasks/").removesuffix(".tsv"), tables[rel]), file=sys.stderr)
 
 
 def output_name(table: str) -> str:

@@ -158,7 +158,7 @@ def _draw_subject(index: int, group: str, rng: np.random.Generator, cfg: dict[st
     # follow-up visits without an image (as in ADNI): their diagnosis still counts for labels
     imaged = [True] + [bool(rng.random() >= vcfg["clinical_only_fraction"]) for _ in range(n_visits - 1)]
     return Subject(
-        participant_id=f"sub-SIM{index + 1:03d}", group=group, sex=str(rng.choice(["F", "M"])),
+        participant_id=f"sub-{cfg['seed']:03d}{index + 1:03d}", group=group, sex=str(rng.choice(["F", "M"])),
         age=float(np.round(np.clip(rng.normal(age_mu, 6.0), 55, 92), 1)),
         months=tuple(int(m) for m in months), days=tuple(int(d) for d in days),
         stage0=float(stage0), rate=float(rate), diagnoses=tuple(dx), reverter=bool(reverter),
@@ -238,7 +238,7 @@ def render_scan(subject: Subject, visit: int, tpl: Template, cfg: dict[str, Any]
         s = s + _eval_field(warp, q)  # subject anatomy -> template
         a = s + atrophy_offsets(s, tpl, stage, age)
         m = _sample(tpl.brain, tpl.inv_affine, a)
-        brain_val = _sample(tpl.t1, tpl.inv_affine, a)
+        brain_val = _sample(tpl.t1, tpl.inv_affine, a) ** cfg["contrast"]  # the protocol's grey/white contrast
         dist = _sample(tpl.dist, tpl.inv_affine, s, cval=1e3)
         sig = lambda x: 1.0 / (1.0 + np.exp(-x / 0.7))  # noqa: E731  smooth layer edges
         outer = (i_csf + (i_skull - i_csf) * sig(dist - t_csf) + (i_scalp - i_skull) * sig(dist - t_csf - t_skull)
@@ -289,8 +289,10 @@ def _render_job(args: tuple) -> tuple[str, str, dict[str, Any]]:
 
 
 
-def simulate_cohort(cfg: dict[str, Any], out_dir: str | Path, threads: int = 1) -> list[Subject]:
-    """Write the whole simulated BIDS dataset into ``out_dir`` (replaced atomically)."""
+def simulate_cohort(cfg: dict[str, Any], out_dir: str | Path, threads: int = 1,
+                    cohort: str = "simulated") -> list[Subject]:
+    """Write the whole simulated BIDS dataset into ``out_dir`` (replaced atomically); the ground
+    truth names ``cohort`` as every scan's source."""
     subjects = draw_cohort(cfg)
     seeds = np.random.SeedSequence(cfg["seed"]).spawn(sum(len(s.months) for s in subjects))
     with atomic_dir(out_dir) as tmp:
@@ -301,11 +303,11 @@ def simulate_cohort(cfg: dict[str, Any], out_dir: str | Path, threads: int = 1) 
                 poses = list(pool.map(_render_job, jobs))
         else:
             poses = [_render_job(j) for j in jobs]
-        _write_tables(subjects, poses, cfg, tmp)
+        _write_tables(subjects, poses, cfg, tmp, cohort)
     return subjects
 
 
-def _write_tables(subjects: list[Subject], poses: list, cfg: dict[str, Any], out: Path) -> None:
+def _write_tables(subjects: list[Subject], poses: list, cfg: dict[str, Any], out: Path, cohort: str) -> None:
     (out / "dataset_description.json").write_text(json.dumps(
         {"Name": "sslad simulated longitudinal cohort", "BIDSVersion": "1.8.0", "DatasetType": "raw",
          "GeneratedBy": [{"Name": "sslad simulate"}]}, indent=2) + "\n")
@@ -323,7 +325,7 @@ def _write_tables(subjects: list[Subject], poses: list, cfg: dict[str, Any], out
     rows = []
     for sub, ses, pose in poses:
         s = by_id[sub]
-        rows.append({"participant_id": sub, "session_id": ses, "group": s.group,
+        rows.append({"participant_id": sub, "session_id": ses, "cohort": cohort, "group": s.group,
                      "stage": pose["stage"], "reverter": s.reverter,
                      "rot_x_deg": pose["rotation_deg"][0], "rot_y_deg": pose["rotation_deg"][1],
                      "rot_z_deg": pose["rotation_deg"][2], "shift_x_mm": pose["translation_mm"][0],
@@ -334,6 +336,6 @@ def _write_tables(subjects: list[Subject], poses: list, cfg: dict[str, Any], out
     (truth / "dataset_description.json").write_text(json.dumps(
         {"Name": "sslad simulation ground truth", "BIDSVersion": "1.8.0", "DatasetType": "derivative",
          "GeneratedBy": [{"Name": "sslad simulate"}],
-         "Description": "Native-space brain masks; pose (rotation about rotation_center_mm, then "
+         "Description": "Cohort, native-space brain masks; pose (rotation about rotation_center_mm, then "
                         "translation, scanner = R (x - c) + c + t) and latent disease stage per scan."},
         indent=2) + "\n")

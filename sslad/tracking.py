@@ -176,6 +176,8 @@ def log_finetune_runs(target: str | Path, metrics_files: list[str], out: str | P
                 "fraction": f"{m['fraction']:g}", "seed": str(m["seed"]), "encoder": m["encoder"]}
         if m.get("skipped"):
             tags["skipped"] = m["skipped"]
+        if m.get("heldout"):  # a leave-one-cohort-out fold's job
+            name, tags["heldout"] = f"heldout-{m['heldout']}/{name}", m["heldout"]
         final = {f"{r['mode']}_{k}": r[k] for r in m["rows"] for k in ("auc", "balanced_accuracy", "val_auc")}
         curves = {f"{mode}_{k}": v for mode, c in m["curves"].items() for k, v in c.items()}
         return name, tags, m["settings"], curves, final

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def test_rerun_is_byte_identical(study, tmp_path):
 
 def test_summary_statistics(study):
     summary = pd.read_csv(study["summary_csv"])
-    assert list(summary.columns) == aggregate.SUMMARY_COLUMNS
+    assert list(summary.columns) == ["heldout", *aggregate.SUMMARY_COLUMNS]
     assert len(summary) == len(TASKS) * len(INITS) * len(FRACTIONS) * 2
     table = pd.read_csv(study["table_csv"])
     for r in summary.itertuples():
@@ -320,7 +321,7 @@ def test_study_with_every_job_skipped_still_reports(tmp_path):
     out = _outputs(tmp_path / "results")
     _run(paths, out)
     assert out["table_csv"].read_text() == ",".join(aggregate.TABLE_COLUMNS) + "\n"
-    assert out["summary_csv"].read_text() == ",".join(aggregate.SUMMARY_COLUMNS) + "\n"
+    assert out["summary_csv"].read_text() == ",".join(["heldout", *aggregate.SUMMARY_COLUMNS]) + "\n"
     text = out["summary_md"].read_text()
     assert "**Not made: no results of topc and scratch at this setting**" in text
     assert f"- dx_cn_ad: {REASON} (2 of 2 jobs)" in text and f"- fut_mci_ad: {REASON} (2 of 2 jobs)" in text
@@ -557,3 +558,51 @@ def test_track_finetune_logs_each_result_once_and_names_broken_files(study, tmp_
     broken.write_text("{ not json")
     with pytest.raises(ValueError, match=f"{broken}: cannot read metrics"):
         log_finetune_runs(db, [str(broken)], out)
+
+
+def test_rows_per_test_cohort_and_held_out_sections(study, tmp_path):
+    """With each test subject's cohort, every job row is followed by one row per test cohort: the same
+    logits and threshold scored on that cohort's subjects; a cohort part with one class is reported in
+    summary.md, not scored. Jobs that hold out a cohort are summarised per held-out cohort."""
+    subjects = tmp_path / "subjects.tsv"
+    # cohort B: positives 0-5 and negatives 16-23; cohort C: the rest; cohort D: subject 39 alone (negative)
+    cohort = {f"sub-{i:03d}": "B" if i < 6 or 16 <= i < 24 else ("D" if i == 39 else "C") for i in range(N_SUBJECTS)}
+    pd.DataFrame({"participant_id": list(cohort), "cohort": list(cohort.values())}).to_csv(subjects, sep="\t",
+                                                                                          index=False)
+    out = _outputs(tmp_path / "results")
+    aggregate.run(study["paths"], **{k: str(v) for k, v in out.items()}, settings=SETTINGS,
+                  subjects_tsv=str(subjects))
+    table = pd.read_csv(out["table_csv"], keep_default_na=False)
+    whole, parts = table[table["test_cohort"] == "all"], table[table["test_cohort"] != "all"]
+    assert len(whole) == len(TASKS) * len(INITS) * len(FRACTIONS) * len(SEEDS) * 2
+    assert set(parts["test_cohort"]) == {"B", "C"}
+    assert table["test_cohort"].tolist()[:3] == ["all", "B", "C"]  # a job's rows together, the whole split first
+    first = whole.iloc[0]
+    preds = pd.read_csv(Path(study["paths"][0]).parent / "predictions.tsv", sep="\t")
+    job = json.loads(Path(study["paths"][0]).read_text())
+    assert (job["task"], job["init"]) == (first["task"], first["init"])
+    p = preds[(preds["mode"] == first["mode"]) & preds["participant_id"].map(cohort).eq("B").to_numpy()]
+    row = parts[(parts["task"] == first["task"]) & (parts["init"] == first["init"]) & (parts["mode"] == first["mode"])
+                & (parts["fraction"] == first["fraction"]) & (parts["seed"] == first["seed"])
+                & (parts["test_cohort"] == "B")].iloc[0]
+    assert row["auc"] == pytest.approx(metrics.auc(p["label"], p["logit"]), abs=1e-6)
+    assert row["threshold"] == first["threshold"] and row["n_test_subjects"] == 14 and row["n_test"] == len(p)
+    md = out["summary_md"].read_text()
+    assert "## By test cohort" in md and "on D: not scored (1 test subjects, all negative" in md
+    # the same jobs as a leave-one-cohort-out study holding out X (two folds: X and Y)
+    folds = []
+    for path in study["paths"]:
+        job = json.loads(Path(path).read_text())
+        for heldout in ("X", "Y"):
+            d = tmp_path / "loco" / heldout / Path(path).parent.relative_to(study["root"])
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps({**job, "heldout": heldout}))
+            shutil.copy(Path(path).parent / "predictions.tsv", d / "predictions.tsv")
+            folds.append(str(d / "metrics.json"))
+    out = _outputs(tmp_path / "loco-results")
+    _run(folds, out)
+    table = pd.read_csv(out["table_csv"])
+    assert set(table["heldout"]) == {"X", "Y"} and len(table) == 2 * len(whole)
+    md = out["summary_md"].read_text()
+    assert "## Held-out cohort X" in md and "## Held-out cohort Y" in md and "### Primary comparison" in md
+    assert set(pd.read_csv(out["summary_csv"])["heldout"]) == {"X", "Y"}

@@ -57,7 +57,7 @@ def test_messy_bids_everything_accounted_for(messy_bids: Path):
     reasons = {f"{r.participant_id}/{r.session_id}": r.reason for r in excluded.itertuples()}
     assert reasons["sub-01/ses-M018"] == "unknown diagnosis 'Weird'"
     assert "sub-01/ses-M024" not in reasons
-    assert "excluded by cohort.diagnosis_aliases" in reasons["sub-01/ses-M030"]
+    assert "excluded by the diagnosis_aliases" in reasons["sub-01/ses-M030"]
     assert reasons["sub-01/ses-M036"] == "duplicate session_id in sessions.tsv"
     assert reasons["sub-01/ses-M048"] == "session on disk but not listed in sessions.tsv"
     assert reasons["sub-02/ses-M012"].startswith("no T1w image (clinical visit")
@@ -89,3 +89,106 @@ def test_strict_mode_names_the_file(messy_bids: Path):
 def test_not_a_bids_dataset(tmp_path: Path):
     with pytest.raises(CohortError, match="participants.tsv: missing"):
         ingest(tmp_path, ALIASES)
+
+
+def _tree(root: Path, rows: dict[str, str], images: dict[str, list[str]]) -> Path:
+    """A small BIDS tree: rows[sub] = its sessions.tsv body (session_id, diagnosis[, days]); images[sub] =
+    the file names in each session's anat/ (empty files: ingestion reads names, not voxels)."""
+    root.mkdir(parents=True)
+    (root / "participants.tsv").write_text("participant_id\tsex\n" + "".join(f"{s}\tF\n" for s in rows))
+    for sub, body in rows.items():
+        _sessions(root, sub, body)
+    for sub, names in images.items():
+        for name in names:
+            ses = name.split("_")[1]
+            (root / sub / ses / "anat").mkdir(parents=True, exist_ok=True)
+            (root / sub / ses / "anat" / name).write_bytes(b"")
+    return root
+
+
+def test_real_bids_variety_two_cohorts_pooled(tmp_path: Path):
+    """Two trees sharing sub-01; one session with two T1w runs (and an acq- entity), uncompressed
+    .nii files, sessions without days_from_baseline, one cohort without MCI: each case is reported,
+    the pooled ids stay apart, and the manifest builds with no MCI samples from that cohort."""
+    from sslad.cohort import pooled_id, run, run_pool
+    from sslad.io import read_tsv
+    from sslad.manifest import build
+
+    a = _tree(tmp_path / "ADNI", {
+        "sub-01": "session_id\tdiagnosis\tdays_from_baseline\nses-M000\tCN\t0\nses-M012\tEMCI\t371\n"
+                  "ses-M024\tLMCI\t735\n",
+        "sub-02": "session_id\tdiagnosis\nses-M000\tMCI\nses-M012\tAD\n"},  # no days: from the visit codes
+        {"sub-01": ["sub-01_ses-M000_run-02_T1w.nii.gz", "sub-01_ses-M000_acq-MPRAGE_run-01_T1w.nii.gz",
+                    "sub-01_ses-M012_T1w.nii.gz", "sub-01_ses-M024_T1w.nii.gz"],
+         "sub-02": ["sub-02_ses-M000_T1w.nii.gz", "sub-02_ses-M012_T1w.nii.gz"]})
+    o = _tree(tmp_path / "OASIS3", {  # no MCI at all, .nii files
+        "sub-01": "session_id\tdiagnosis\tdays_from_baseline\nses-M000\tCN\t0\nses-M036\tCN\t1100\n",
+        "sub-03": "session_id\tdiagnosis\tdays_from_baseline\nses-M000\tAD\t0\nses-M024\tAD\t700\n"},
+        {"sub-01": ["sub-01_ses-M000_T1w.nii", "sub-01_ses-M036_T1w.nii"],
+         "sub-03": ["sub-03_ses-M000_T1w.nii", "sub-03_ses-M024_T1w.nii"]})
+    paths = {}
+    for name, bids in (("ADNI", a), ("OASIS3", o)):
+        paths[name] = tuple(str(tmp_path / f"{name}_{t}.tsv") for t in ("scans", "record", "excluded"))
+        run(bids, ALIASES, name, False, *paths[name])
+    out = {t: str(tmp_path / f"{t}.tsv") for t in ("scans", "record", "excluded", "cohorts", "overlap")}
+    run_pool(paths, {"ADNI": "both", "OASIS3": "both"}, out)
+
+    scans, excluded = read_tsv(out["scans"]), read_tsv(out["excluded"])
+    first = scans.set_index(["participant_id", "session_id"]).loc[("sub-ADNI01", "ses-M000")]
+    assert first["path"].endswith("sub-01_ses-M000_acq-MPRAGE_run-01_T1w.nii.gz")  # the lowest run
+    unused = excluded[excluded["file"].str.endswith("run-02_T1w.nii.gz")]
+    assert len(unused) == 1 and "another T1w image of the session is used" in unused["reason"].iloc[0]
+    assert scans.loc[scans["cohort"] == "OASIS3", "path"].str.endswith(".nii").all()
+    assert scans.set_index("participant_id").loc["sub-ADNI02", "days_from_baseline"].tolist() == [0, 365]
+    overlap = read_tsv(out["overlap"])
+    assert overlap.to_dict("records") == [{"bids_participant_id": "sub-01", "cohorts": "ADNI,OASIS3",
+                                           "participant_ids": "sub-ADNI01,sub-OASIS301"}]
+    assert pooled_id("OASIS3", "sub-01") == "sub-OASIS301"
+    report = read_tsv(out["cohorts"]).set_index("cohort")
+    assert report.loc["OASIS3", "baseline_MCI"] == 0 and report.loc["ADNI", "baseline_MCI"] == 1
+
+    cfg = {"horizon_months": 36, "visit_window_months": 3, "max_inputs": 3, "exclude_reverters": True,
+           "split": {"val": 0.2, "test": 0.25}, "seed": 0}
+    tables = build(scans, read_tsv(out["record"]), excluded, None, cfg)
+    assert set(tables["subjects.tsv"]["cohort"]) == {"ADNI", "OASIS3"}
+    for task, mci_label in (("dx_cn_mci", 1), ("dx_mci_ad", 0)):  # OASIS3 brings no MCI sample, the rest
+        t = tables[f"tasks/{task}.tsv"]
+        assert mci_label not in set(t.loc[t["cohort"] == "OASIS3", "label"]) and len(t[t["cohort"] == "OASIS3"]), task
+
+
+def test_ingestion_log_reports_each_case(tmp_path: Path, capsys):
+    from sslad.cohort import run
+    from sslad.io import read_tsv
+
+    bids = _tree(tmp_path / "NACC", {"sub-01": "session_id\tdiagnosis\nses-M000\tCN\nses-M012\tAD\n"},
+                 {"sub-01": ["sub-01_ses-M000_run-01_T1w.nii", "sub-01_ses-M000_run-02_T1w.nii",
+                             "sub-01_ses-M012_acq-fast_T1w.nii.gz"]})
+    run(bids, ALIASES, "NACC", False, *(tmp_path / f"{t}.tsv" for t in ("scans", "record", "excluded")))
+    log = capsys.readouterr().err
+    assert "another T1w image of the session is used: sub-01_ses-M000_run-01_T1w.nii" in log
+    assert "uncompressed image sub-01_ses-M000_run-01_T1w.nii" in log
+    assert "acquisition entity in sub-01_ses-M012_acq-fast_T1w.nii.gz" in log
+    assert "no days_from_baseline" in log and "day 365 from the visit code" in log
+    assert "no MCI visit: tasks that need it get no samples from this cohort" in log
+    assert read_tsv(tmp_path / "scans.tsv")["participant_id"].tolist() == ["sub-NACC01", "sub-NACC01"]
+
+
+def test_old_single_cohort_config_is_converted_and_names_checked(default_config):
+    import copy
+
+    from sslad.cohort import convert_single_cohort, resolve_cohorts
+
+    cfg = copy.deepcopy(default_config)
+    cfg["cohort"] = {"bids_dir": "/data/ADNI", "name": "ADNI", "strict": True, "diagnosis_aliases": {"CN": "CN"}}
+    warning = convert_single_cohort(cfg)
+    assert "cohorts: [{name: ADNI, bids_dir: '/data/ADNI'" in warning and "cohort" not in cfg
+    (adni,) = resolve_cohorts(cfg)
+    assert adni == {"name": "ADNI", "bids_dir": "/data/ADNI", "strict": True, "use": "both",
+                    "diagnosis_aliases": {"CN": "CN"}, "simulate": default_config["simulate"]}
+    assert convert_single_cohort(cfg) is None
+    a, b = resolve_cohorts(default_config)  # the default study: the shared block, updated per cohort
+    assert a["diagnosis_aliases"] == default_config["diagnosis_aliases"] and a["simulate"]["n_subjects"] == 22
+    assert b["simulate"]["visits"]["gap_months"] == [12, 24] and b["simulate"]["visits"]["max"] == 6
+    for names in (["AD", "ADNI"], ["X", "X"]):
+        with pytest.raises(ValueError, match="cohort"):
+            resolve_cohorts({**default_config, "cohorts": [{"name": n} for n in names]})

@@ -74,3 +74,18 @@ def test_every_config_key_has_a_description():
     assert not missing
     augment = schema["properties"]["pretrain"]["properties"]["augment"]["properties"]
     assert augment["temporal"]["required"] == augment["spatial"]["required"]  # one recipe schema, two blocks
+
+
+def test_a_config_written_before_pooled_cohorts_still_validates():
+    """An old config.yaml: a single `cohort:` block with its diagnosis map, no `cohorts`, no shared
+    diagnosis map, no simulate.contrast, no study.evaluation: read as one cohort, pooled, contrast 1."""
+    from sslad.cohort import convert_single_cohort, resolve_cohorts
+
+    cfg = merged("config.yaml")
+    aliases = cfg.pop("diagnosis_aliases")
+    del cfg["cohorts"], cfg["simulate"]["contrast"], cfg["study"]["evaluation"]
+    cfg["cohort"] = {"bids_dir": "", "name": "simulated", "strict": False, "diagnosis_aliases": aliases}
+    assert "read as `cohorts: [{name: simulated" in convert_single_cohort(cfg)
+    validate(cfg)
+    (cohort,) = resolve_cohorts(cfg)
+    assert cohort["simulate"]["contrast"] == 1.0 and cohort["diagnosis_aliases"] == aliases

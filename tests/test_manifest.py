@@ -10,7 +10,7 @@ import pytest
 from sslad.cohort import EXCLUDED_COLUMNS
 from sslad.io import write_tsv
 from sslad.labels import TASKS
-from sslad.manifest import build, evaluable, fraction_name, fraction_table, pretrain_set, run
+from sslad.manifest import SPLITS, build, evaluable, fraction_name, fraction_table, pretrain_set, run
 from sslad.simulate import draw_cohort
 
 
@@ -149,3 +149,56 @@ def test_qc_failures_excluded_with_reason(default_tables, default_config):
         t = tables[f"tasks/{task}.tsv"]
         used = {(p, s) for p, ss in zip(t["participant_id"], t["input_sessions"]) for s in ss.split(";")}
         assert not bad & used
+
+
+def test_leave_one_cohort_out_keeps_the_held_out_cohort_out_of_training_and_pretraining(default_config):
+    """Two simulated cohorts pooled: in each fold, the held-out cohort's subjects are all test and in no
+    training, validation, label-fraction or pretraining table; test rows come from it alone."""
+    from sslad.cohort import pooled_id, resolve_cohorts
+    from sslad.manifest import fold_tables
+
+    scans, record = [], []
+    for c in resolve_cohorts(default_config):
+        s, r = cohort_tables(c["simulate"])
+        scans.append(s.assign(cohort=c["name"], participant_id=[pooled_id(c["name"], p) for p in s["participant_id"]]))
+        record.append(r.assign(cohort=c["name"], participant_id=[pooled_id(c["name"], p) for p in r["participant_id"]]))
+    cfg = {**default_config["manifest"], **default_config["study"], "cohort_use": {"SiteA": "both", "SiteB": "both"}}
+    pooled = build(pd.concat(scans), pd.concat(record), pd.DataFrame(columns=EXCLUDED_COLUMNS), None, cfg)
+    assert set(pooled["splits.tsv"].groupby("cohort")["split"].apply(frozenset)) == {frozenset(SPLITS)}
+    for heldout in ("SiteA", "SiteB"):
+        fold = fold_tables({k: v for k, v in pooled.items() if k != "subjects.tsv"}, heldout)
+        held = set(pooled["subjects.tsv"].loc[pooled["subjects.tsv"]["cohort"] == heldout, "participant_id"])
+        assert set(fold["splits.tsv"].loc[fold["splits.tsv"]["split"] == "test", "participant_id"]) == held
+        assert not held & set(pretrain_set(fold["visits.tsv"], cfg["pretrain_splits"])["participant_id"])
+        for task in cfg["tasks"]:
+            t = fold[f"tasks/{task}.tsv"]
+            assert set(t.loc[t["split"] == "test", "cohort"]) <= {heldout}
+            assert not held & set(t.loc[t["split"] != "test", "participant_id"])
+            for seed in cfg["seeds"]:
+                frac = fraction_table(t, 1.0, seed, task, cfg["subsample_validation"])
+                assert not held & set(frac["participant_id"])  # training and validation subsets
+            # every subject of the other cohorts trains or validates (validation as pooled)
+            pooled_t = pooled[f"tasks/{task}.tsv"]
+            others = pooled_t[pooled_t["cohort"] != heldout]
+            assert set(t.loc[t["split"] != "test", "participant_id"]) == set(others["participant_id"])
+            assert set(t.loc[t["split"] == "val", "participant_id"]) == set(others.loc[others["split"] == "val",
+                                                                                        "participant_id"])
+    with pytest.raises(ValueError, match="no subject"):
+        fold_tables(pooled, "SiteC")
+
+
+def test_a_pretraining_only_cohort_is_in_no_task_table_and_a_downstream_only_one_never_pretrained(default_config):
+    from sslad.cohort import resolve_cohorts
+
+    (a, b) = resolve_cohorts(default_config)
+    sa, ra = cohort_tables(a["simulate"])
+    sb, rb = cohort_tables(b["simulate"])
+    scans, record = (pd.concat([x.assign(cohort="SiteA"),
+                                y.assign(cohort="SiteB", participant_id="B" + y["participant_id"])])
+                     for x, y in ((sa, sb), (ra, rb)))
+    cfg = {**default_config["manifest"], "cohort_use": {"SiteA": "downstream", "SiteB": "pretrain"}}
+    tables = build(scans, record, pd.DataFrame(columns=EXCLUDED_COLUMNS), None, cfg)
+    assert set(tables["splits.tsv"].loc[tables["splits.tsv"]["cohort"] == "SiteB", "split"]) == {"pretrain"}
+    assert all(set(tables[f"tasks/{t}.tsv"]["cohort"]) == {"SiteA"} for t in TASKS)
+    chosen = pretrain_set(tables["visits.tsv"], ["train", "val"], ["SiteA"])
+    assert set(tables["visits.tsv"].set_index("participant_id").loc[chosen["participant_id"], "cohort"]) == {"SiteB"}

@@ -151,7 +151,16 @@ def test_run_writes_every_task_table(study):
 def test_run_produces_the_table_summary_figures_and_tracking(study):
     import pandas as pd
 
-    table = pd.read_csv(study / "results/table.csv")
+    rows = pd.read_csv(study / "results/table.csv", keep_default_na=False)
+    # each job's whole test split, then each test cohort's part of it (same model and threshold)
+    table = rows[rows["test_cohort"] == "all"]
+    per_cohort = rows[rows["test_cohort"] != "all"]
+    assert set(per_cohort["test_cohort"]) == {"SiteA", "SiteB"} and (rows["heldout"] == "").all()
+    for _, g in per_cohort.groupby(["task", "init", "mode", "inputs"]):
+        whole = table.set_index(["task", "init", "mode", "inputs"]).loc[tuple(g.iloc[0][["task", "init", "mode",
+                                                                                         "inputs"]])]
+        assert g["n_test_subjects"].sum() <= whole["n_test_subjects"] and (g["threshold"] == whole["threshold"]).all()
+    assert "## By test cohort" in (study / "results/summary.md").read_text()
     assert len(table) == len(TASKS) * len(INITS) * 2 + CONTROLS  # x modes (full, probe); controls: full only
     assert set(table["init"]) == set(INITS) and set(table["mode"]) == {"full", "probe"}
     controls = table[table["inputs"] != "history"]
@@ -231,7 +240,7 @@ def test_stage_targets_and_benchmarks(study):
         assert planned_jobs(study, stage) == {}, stage
     assert planned_jobs(study, "pretrain_all", "--forcerun", "pretrain") == {"pretrain": 5, "track_pretrain": 1,
                                                                           "pretrain_all": 1}
-    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_seed-0.tsv", "simulate_cohort.tsv",
+    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_seed-0.tsv", "simulate_cohort/SiteB.tsv",
                   "finetune_control/det_mci_ad/topc_time_shuffled_frac-1_seed-0.tsv"):
         assert (study / "results/benchmarks" / heavy).read_text().startswith("s\th:m:s\tmax_rss"), heavy
 
@@ -329,7 +338,7 @@ def test_finetuning_is_deterministic_and_the_report_builds(study):
 
 
 def test_config_edit_reruns_only_affected_stages(study):
-    bids_files = sorted((study / "results/cohort/bids").rglob("*"))
+    bids_files = sorted((study / "results/cohort").rglob("bids/**/*"))
     mtimes = {p: p.stat().st_mtime_ns for p in bids_files}
     before = (study / "results/manifest/tasks" / f"{TASKS[-1]}.tsv").stat().st_mtime_ns
     # a label setting: the splits are stratified on the labels, so the manifest, and pretraining
@@ -340,15 +349,16 @@ def test_config_edit_reruns_only_affected_stages(study):
     assert not planned & {"simulate_cohort", "cohort", "preprocess", "qc_table"}
     snakemake(study, f"results/manifest/tasks/{TASKS[-1]}.tsv")
     assert (study / "results/manifest/tasks" / f"{TASKS[-1]}.tsv").stat().st_mtime_ns > before
-    assert {p: p.stat().st_mtime_ns for p in sorted((study / "results/cohort/bids").rglob("*"))} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in sorted((study / "results/cohort").rglob("bids/**/*"))} == mtimes
     set_config(study, "preprocess", "registration", "rigid")
     planned = planned_rules(study)
     assert {"preprocess", "qc_table", "manifest"} <= planned and "simulate_cohort" not in planned
     set_config(study, "preprocess", "registration", "affine")
-    set_config(study, "simulate", "seed", 7)
+    set_config(study, "simulate", "noise", 0.04)  # the shared block: SiteA's (SiteB sets its own)
     # preprocess jobs appear once the cohort checkpoint has rerun; a dry run shows what leads there
-    assert {"simulate_cohort", "cohort", "manifest"} <= planned_rules(study)
-    set_config(study, "simulate", "seed", 42)
+    assert {"simulate_cohort", "ingest_cohort", "cohort", "manifest"} <= planned_rules(study)
+    assert planned_jobs(study)["simulate_cohort"] == 1
+    set_config(study, "simulate", "noise", 0.03)
     assert not planned_rules(study) & {"simulate_cohort", "cohort", "template", "preprocess", "qc_table", "manifest"}
 
 
@@ -434,11 +444,105 @@ def test_preprocessed_scans_form_a_bids_derivatives_dataset(study):
 
     description = json.loads((study / "results/preproc/dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "sslad"
-    layout = BIDSLayout(study / "results/cohort/bids", derivatives=study / "results/preproc")
+    layout = BIDSLayout(study / "results/cohort/SiteA/bids", derivatives=study / "results/preproc")
     files = sorted(str(p) for p in (study / "results/preproc").rglob("*_desc-preproc_T1w.nii.gz"))
     found = layout.get(scope="derivatives", desc="preproc", suffix="T1w", extension=".nii.gz")
     assert len(files) > 20 and sorted(f.path for f in found) == files
-    one = found[0].get_entities()
-    assert one["space"] == "MNI152NLin2009aSym" and f"sub-{one['subject']}_ses-{one['session']}" in found[0].filename
-    raw = layout.get(scope="raw", subject=one["subject"], session=one["session"], suffix="T1w", extension=".nii.gz")
-    assert len(raw) == 1  # the raw scan it came from, in the same layout
+    first = next(f for f in found if f.get_entities()["subject"].startswith("SiteA"))
+    one = first.get_entities()
+    assert one["space"] == "MNI152NLin2009aSym" and f"sub-{one['subject']}_ses-{one['session']}" in first.filename
+    # the raw scan it came from, in the same layout: its cohort's tree names it without the cohort
+    raw = layout.get(scope="raw", subject=one["subject"].removeprefix("SiteA"), session=one["session"],
+                     suffix="T1w", extension=".nii.gz")
+    assert len(raw) == 1
+
+
+def test_leave_one_cohort_out_keeps_the_held_out_cohort_out_of_training_and_pretraining(study):
+    """The tiny study's two cohorts, each held out in turn: the fold tables the jobs would read hold
+    no held-out subject outside test (training, validation, label fractions, pretraining), and the
+    test split is the held-out cohort. Only the manifest stage runs here; the grid is counted."""
+    import pandas as pd
+
+    loco = ("--config", "study={evaluation: leave_one_cohort_out}")
+    planned = planned_jobs(study, *loco)
+    assert (planned["fold"], planned["pretrain_set"], planned["pretrain"]) == (2, 2, 10)
+    assert planned["finetune"] == 2 * len(TASKS) * len(INITS) and planned["finetune_control"] == 2 * CONTROLS
+    snakemake(study, "manifest_all", *loco)  # the target before --config, which takes every word after it
+    for heldout in ("SiteA", "SiteB"):
+        fold = study / "results/manifest" / f"heldout-{heldout}"
+        splits = pd.read_csv(fold / "splits.tsv", sep="\t")
+        held = set(splits.loc[splits["cohort"] == heldout, "participant_id"])
+        assert held and set(splits.loc[splits["split"] == "test", "participant_id"]) == held
+        assert not held & set(pd.read_csv(fold / "pretrain.tsv", sep="\t")["participant_id"])
+        for table in (fold / "fractions").rglob("*.tsv"):
+            assert not held & set(pd.read_csv(table, sep="\t")["participant_id"]), table
+        for task in TASKS:
+            t = pd.read_csv(fold / "tasks" / f"{task}.tsv", sep="\t")
+            assert set(t.loc[t["split"] == "test", "cohort"]) == {heldout}
+            assert not held & set(t.loc[t["split"] != "test", "participant_id"])
+    assert planned_jobs(study) == {}  # the pooled study's files are untouched
+
+
+def _variety_trees(root: Path, checkout: Path) -> tuple[Path, Path]:
+    """Two small simulated BIDS trees made as messy as real conversions: ADNI with one session's T1w
+    as two runs (run-01 acq-MPRAGE, run-02) and one subject without days_from_baseline; OASIS3 with
+    uncompressed .nii images, no MCI subject at all, and one participant label that ADNI has too."""
+    import gzip
+
+    import pandas as pd
+
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())["simulate"]
+    base.update(n_subjects=3, resolution_mm=6, visits={**base["visits"], "max": 3})
+    no_mci = {"cn": 1, "cn_mci": 0, "mci": 0, "mci_ad": 0, "ad": 1}
+    oasis = {**base, "seed": 43, "label_noise": 0.0, "group_mix": no_mci}
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    trees = root / "ADNI", root / "OASIS3"
+    for out, cfg in zip(trees, (base, oasis)):
+        subprocess.run([sys.executable, "-m", "sslad", "simulate", "--settings", json.dumps(cfg), "--out", str(out)],
+                       check=True, env=env, capture_output=True)
+    adni, oas = trees
+    first = sorted(adni.glob("sub-*/ses-M000/anat/*_T1w.nii.gz"))[0]
+    first.rename(first.with_name(first.name.replace("_T1w", "_acq-MPRAGE_run-01_T1w")))
+    shutil.copy(first.with_name(first.name.replace("_T1w", "_acq-MPRAGE_run-01_T1w")),
+                first.with_name(first.name.replace("_T1w", "_run-02_T1w")))
+    sessions = sorted(adni.glob("sub-*/sub-*_sessions.tsv"))[-1]
+    pd.read_csv(sessions, sep="\t").drop(columns="days_from_baseline").to_csv(sessions, sep="\t", index=False)
+    for image in oas.rglob("sub-*_T1w.nii.gz"):
+        image.with_suffix("").write_bytes(gzip.decompress(image.read_bytes()))
+        image.unlink()
+    old, new = sorted(p.name for p in oas.glob("sub-*"))[0], first.name.split("_")[0]
+    for path in sorted(oas.rglob(f"*{old}*"), key=lambda p: -len(p.parts)):
+        path.rename(path.with_name(path.name.replace(old, new)))
+    (oas / "participants.tsv").write_text((oas / "participants.tsv").read_text().replace(old, new))
+    return trees
+
+
+def test_real_bids_variety_study_completes(tmp_path):
+    """Two BIDS trees sharing a participant label, one with two T1w runs in a session and a session
+    without days_from_baseline, one with .nii files and no MCI subject: ingestion reports each case
+    and the study runs to table.csv (a short grid: one task, scratch and simclr, full mode)."""
+    import pandas as pd
+
+    work = make_study(tmp_path)
+    adni, oasis = _variety_trees(tmp_path, work.parent / "checkout")
+    (work / ".test/config.yaml").write_text(yaml.safe_dump({
+        "cohorts": [{"name": "ADNI", "bids_dir": str(adni)}, {"name": "OASIS3", "bids_dir": str(oasis)}],
+        "preprocess": {"voxel_mm": 6.0},
+        "study": {"tasks": ["dx_cn_ad"], "label_fractions": [1.0], "seeds": [0], "inits": ["scratch", "simclr"],
+                  "primary": {"init": "simclr"}, "controls": {"inputs": []}},
+        "model": {"widths": [8, 8, 16, 16]},
+        "pretrain": {"train": {"epochs": 1, "batch_size": 4, "checkpoint_every": 1}},
+        "finetune": {"modes": ["full"], "epochs": 1, "n_bootstrap": 100}}))
+    snakemake(work)
+    log = {c: (work / f"results/logs/ingest_cohort/{c}.log").read_text() for c in ("ADNI", "OASIS3")}
+    assert "another T1w image of the session is used" in log["ADNI"] and "acquisition entity" in log["ADNI"]
+    assert "day 365 from the visit code" in log["ADNI"] or "day 0 from the visit code" in log["ADNI"]
+    assert "uncompressed image" in log["OASIS3"] and "no MCI visit" in log["OASIS3"]
+    overlap = pd.read_csv(work / "results/cohort/overlap.tsv", sep="\t")
+    assert len(overlap) == 1 and overlap["cohorts"].iloc[0] == "ADNI,OASIS3"
+    assert "participant_ids" in overlap and "never merged" in (work / "results/logs/cohort.log").read_text()
+    scans = pd.read_csv(work / "results/cohort/scans.tsv", sep="\t")
+    label = overlap["bids_participant_id"].iloc[0]
+    assert set(scans.loc[scans["bids_participant_id"] == label, "participant_id"]) == {
+        label.replace("sub-", "sub-ADNI"), label.replace("sub-", "sub-OASIS3")}  # kept apart
+    assert (work / "results/table.csv").exists() and (work / "results/summary.md").exists()

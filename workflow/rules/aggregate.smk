@@ -7,6 +7,8 @@ rule aggregate:
     input:
         metrics=finetune_metrics(),
         predictions=finetune_predictions(),
+        # each test subject's cohort, for the rows per test cohort
+        subjects="results/manifest/subjects.tsv",
         # a finished table means every job is in MLflow too
         tracked=[rules.track_pretrain.output, rules.track_finetune.output],
     output:
@@ -36,7 +38,7 @@ rule aggregate:
         ),
     shell:
         "sslad aggregate --settings {params.settings:q} --metrics {input.metrics:q} --predictions {input.predictions:q}"
-        " --table {output.table:q}"
+        " --subjects {input.subjects:q} --table {output.table:q}"
         " --summary {output.summary:q} --summary-md {output.summary_md:q} --figures-dir {output.figures:q}"
         " > {log:q} 2>&1"
 

@@ -10,6 +10,7 @@ import jsonschema
 import yaml
 
 sys.path.insert(0, os.path.abspath(workflow.basedir))  # the workflow's own sslad (stdlib-only parts here)
+from sslad.cohort import convert_single_cohort, resolve_cohorts
 from sslad.registry import METHODS, complete_schema, inits
 
 # Resources of a job are no config value: they are the rules' defaults below, overridden by a profile
@@ -52,6 +53,9 @@ def validate_config(cfg, schema_path):
                 f"set them in a profile (set-resources: {block}: ..., set-threads) or with "
                 f"--set-resources {block}:{moved[0]}=..."
             )
+    warning = convert_single_cohort(cfg)
+    if warning:
+        print(f"sslad: {warning}", file=sys.stderr)
     coerce_scalars(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
@@ -61,6 +65,11 @@ def validate_config(cfg, schema_path):
             key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
             lines.append(f"  config key {key}: {err.message}")
         raise ValueError("invalid configuration (config.yaml / --config):\n" + "\n".join(lines))
+    simulate = jsonschema.Draft202012Validator(schema["properties"]["simulate"])
+    for i, cohort in enumerate(resolve_cohorts(cfg)):
+        for err in simulate.iter_errors(cohort["simulate"]):
+            key = ".".join(str(p) for p in err.absolute_path)
+            raise ValueError(f"invalid configuration: config key cohorts.{i}.simulate.{key}: {err.message}")
 
 
 def settings(*blocks):
@@ -72,9 +81,26 @@ def settings(*blocks):
     return json.dumps(merged, sort_keys=True)
 
 
-def bids_dir():
-    """The user's BIDS tree, or the simulated one when cohort.bids_dir is empty."""
-    return config["cohort"]["bids_dir"] or "results/cohort/bids"
+# leave_one_cohort_out: the fold tables, pretraining and fine-tuning of each held-out cohort under
+# heldout-<cohort>/ (results/manifest/, results/pretrain/, results/finetune/, results/controls/, logs)
+LOCO = config["study"].get("evaluation") == "leave_one_cohort_out"
+FOLD = "heldout-{heldout}/" if LOCO else ""
+FOLD_ESCAPED = FOLD.replace("{", "{{").replace("}", "}}")  # in a pattern that expand() fills in part
+
+
+def fold_of(wildcards):
+    """A job's fold directory: heldout-<cohort>/ in a leave-one-cohort-out study, else nothing."""
+    return f"heldout-{wildcards.heldout}/" if LOCO else ""
+
+
+def folds():
+    """expand() keywords of the folds: every downstream cohort held out in turn, or none."""
+    return {"heldout": [name for name, c in COHORTS.items() if c["use"] != "pretrain"]} if LOCO else {}
+
+
+def cohort_bids(wildcards):
+    """A cohort's BIDS tree: the user's, or the simulated one when its bids_dir is empty."""
+    return COHORTS[wildcards.cohort]["bids_dir"] or f"results/cohort/{wildcards.cohort}/bids"
 
 
 def template_space():
@@ -173,7 +199,10 @@ def finetune_block(init):
 
 
 def finetune_settings(wildcards):
-    return json.dumps(finetune_block(wildcards.init), sort_keys=True)
+    ft = finetune_block(wildcards.init)
+    if LOCO:
+        ft["heldout"] = wildcards.heldout
+    return json.dumps(ft, sort_keys=True)
 
 
 def control_settings(wildcards):
@@ -181,18 +210,25 @@ def control_settings(wildcards):
     comparison's mode only; no other study key, so editing study.controls reruns no other job."""
     ft = finetune_block(wildcards.init)
     ft.update(inputs=wildcards.control, modes=[config["study"]["primary"]["mode"]])
+    if LOCO:
+        ft["heldout"] = wildcards.heldout
     return json.dumps(ft, sort_keys=True)
 
 
 def fraction_tables():
     """The label-fraction subsets of one task and seed, one per study fraction."""
-    return expand("results/manifest/fractions/{{task}}/seed-{{seed}}/frac-{fraction}.tsv", fraction=FRACTIONS)
+    return expand(
+        f"results/manifest/{FOLD_ESCAPED}fractions/{{{{task}}}}/seed-{{{{seed}}}}/frac-{{fraction}}.tsv",
+        fraction=FRACTIONS,
+    )
 
 
 def finetune_cells(name):
     """One file of each label fraction of a fine-tuning job (task x init x seed)."""
     return expand(
-        "results/finetune/{{task}}/{{init}}/frac-{fraction}/seed-{{seed}}/{name}", fraction=FRACTIONS, name=name
+        f"results/finetune/{FOLD_ESCAPED}{{{{task}}}}/{{{{init}}}}/frac-{{fraction}}/seed-{{{{seed}}}}/{{name}}",
+        fraction=FRACTIONS,
+        name=name,
     )
 
 
@@ -205,13 +241,18 @@ def cell_args(fractions, *files):
 
 
 def finetune_inputs(wildcards):
+    fold = fold_of(wildcards)
     files = {
-        "task": f"results/manifest/tasks/{wildcards.task}.tsv",
-        "fractions": expand(fraction_tables(), task=wildcards.task, seed=wildcards.seed),
+        "task": f"results/manifest/{fold}tasks/{wildcards.task}.tsv",
+        "fractions": expand(
+            fraction_tables(), task=wildcards.task, seed=wildcards.seed, heldout=wildcards.get("heldout")
+        ),
         "visits": "results/manifest/visits.tsv",
     }
-    if wildcards.init != "scratch":
-        files["encoder"] = f"results/pretrain/{wildcards.init}/encoder.pt"
+    if wildcards.init == "external":  # imported once, pretrained on none of the study's cohorts
+        files["encoder"] = "results/pretrain/external/encoder.pt"
+    elif wildcards.init != "scratch":
+        files["encoder"] = f"results/pretrain/{fold}{wildcards.init}/encoder.pt"
     return files
 
 
@@ -219,7 +260,7 @@ def control_inputs(wildcards):
     """A control job's files: those of the task x init x seed job, with the primary fraction's subset only."""
     files = finetune_inputs(wildcards)
     w = wildcards
-    files["fractions"] = f"results/manifest/fractions/{w.task}/seed-{w.seed}/frac-{w.fraction}.tsv"
+    files["fractions"] = f"results/manifest/{fold_of(w)}fractions/{w.task}/seed-{w.seed}/frac-{w.fraction}.tsv"
     return files
 
 
@@ -227,15 +268,16 @@ def finetune_outputs(name):
     """One output (metrics.json or predictions.tsv) of every fine-tuning job of the study."""
     study = config["study"]
     return expand(
-        f"results/finetune/{{task}}/{{init}}/frac-{{fraction}}/seed-{{seed}}/{name}",
+        f"results/finetune/{FOLD}{{task}}/{{init}}/frac-{{fraction}}/seed-{{seed}}/{name}",
         task=study["tasks"],
         init=study["inits"],
         fraction=FRACTIONS,
         seed=study["seeds"],
+        **folds(),
     )
 
 
-CONTROL_CELL = "results/controls/{task}/{init}/{control}/frac-{fraction}/seed-{seed}/{name}"
+CONTROL_CELL = f"results/controls/{FOLD}{{task}}/{{init}}/{{control}}/frac-{{fraction}}/seed-{{seed}}/{{name}}"
 
 
 def control_outputs(name):
@@ -251,6 +293,7 @@ def control_outputs(name):
         fraction=fraction_name(primary["fraction"]),
         seed=study["seeds"],
         name=name,
+        **folds(),
     )
 
 
@@ -265,7 +308,7 @@ def finetune_predictions():
 
 
 def pretrain_metrics():
-    return expand("results/pretrain/{method}/metrics.json", method=study_methods())
+    return expand(f"results/pretrain/{FOLD}{{method}}/metrics.json", method=study_methods(), **folds())
 
 
 MLFLOW_DB = "results/mlflow/mlflow.db"
@@ -317,6 +360,12 @@ def check_study(cfg):
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 check_study(config)
+COHORTS = {c["name"]: c for c in resolve_cohorts(config)}  # after validation: defaults filled in
+if LOCO and len(folds()["heldout"]) < 2:
+    raise ValueError(
+        "invalid configuration: study.evaluation leave_one_cohort_out needs at least two cohorts with use both or "
+        f"downstream, got {folds()['heldout']}"
+    )
 FRACTIONS = [fraction_name(f) for f in config["study"]["label_fractions"]]  # after validation: numbers
 
 

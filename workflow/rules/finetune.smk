@@ -19,9 +19,9 @@ rule finetune:
         metrics=finetune_cells("metrics.json"),
         predictions=finetune_cells("predictions.tsv"),
     log:
-        "results/logs/finetune/{task}/{init}_seed-{seed}.log",
+        f"results/logs/finetune/{FOLD}{{task}}/{{init}}_seed-{{seed}}.log",
     benchmark:
-        "results/benchmarks/finetune/{task}/{init}_seed-{seed}.tsv"
+        f"results/benchmarks/finetune/{FOLD}{{task}}/{{init}}_seed-{{seed}}.tsv"
     conda:
         "../../envs/learning.yaml"
     threads: 1
@@ -54,9 +54,9 @@ rule finetune_control:
         metrics=CONTROL_CELL.replace("{name}", "metrics.json"),
         predictions=CONTROL_CELL.replace("{name}", "predictions.tsv"),
     log:
-        "results/logs/finetune_control/{task}/{init}_{control}_frac-{fraction}_seed-{seed}.log",
+        f"results/logs/finetune_control/{FOLD}{{task}}/{{init}}_{{control}}_frac-{{fraction}}_seed-{{seed}}.log",
     benchmark:
-        "results/benchmarks/finetune_control/{task}/{init}_{control}_frac-{fraction}_seed-{seed}.tsv"
+        f"results/benchmarks/finetune_control/{FOLD}{{task}}/{{init}}_{{control}}_frac-{{fraction}}_seed-{{seed}}.tsv"
     conda:
         "../../envs/learning.yaml"
     threads: 1

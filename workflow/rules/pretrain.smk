@@ -23,16 +23,16 @@ rule mlflow_store:
 
 rule pretrain:
     input:
-        pretrain="results/manifest/pretrain.tsv",
+        pretrain=f"results/manifest/{FOLD}pretrain.tsv",
         visits="results/manifest/visits.tsv",
-        splits="results/manifest/splits.tsv",
+        splits=f"results/manifest/{FOLD}splits.tsv",
     output:
-        encoder="results/pretrain/{method}/encoder.pt",
-        metrics="results/pretrain/{method}/metrics.json",
+        encoder=f"results/pretrain/{FOLD}{{method}}/encoder.pt",
+        metrics=f"results/pretrain/{FOLD}{{method}}/metrics.json",
     log:
-        "results/logs/pretrain/{method}.log",
+        f"results/logs/pretrain/{FOLD}{{method}}.log",
     benchmark:
-        "results/benchmarks/pretrain/{method}.tsv"
+        f"results/benchmarks/pretrain/{FOLD}{{method}}.tsv"
     conda:
         "../../envs/learning.yaml"
     threads: 1
@@ -121,5 +121,5 @@ rule import_external:
 rule pretrain_all:
     """Every pretraining job of the study, and its MLflow runs: `snakemake pretrain_all`."""
     input:
-        expand("results/pretrain/{method}/encoder.pt", method=study_methods()),
+        expand(f"results/pretrain/{FOLD}{{method}}/encoder.pt", method=study_methods(), **folds()),
         rules.track_pretrain.output,
