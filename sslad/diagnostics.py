@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from sslad.loader import Volumes
-from sslad.pretrain_data import ScanSet
+from sslad.pretrain_data import ScanSet, timed_subjects
 
 # The probe's training subjects, at most (every how-many-th of the subjects trained on beyond it):
 # bounds the encoding at paper scale, where thousands of subjects are pretrained on.
@@ -92,8 +92,7 @@ def diagnose(method: nn.Module, encoder: nn.Module, scans: ScanSet, held: list[i
     order probe fitted on the other subjects with an order (those the encoder trained on)."""
     if not held:
         return {"holdout_subjects": 0}
-    timed = [s for s, rows in enumerate(scans.subjects)
-             if s not in set(held) and len(np.unique(scans.months[rows])) >= 2]
+    timed = [s for s in timed_subjects(scans) if s not in set(held)]
     fit = timed[::-(-len(timed) // PROBE_SUBJECTS)] if timed else []
     rows = np.concatenate([scans.subjects[s] for s in [*held, *fit]])
     local, start = [], 0

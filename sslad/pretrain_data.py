@@ -65,11 +65,16 @@ def load_pretrain_scans(pretrain_tsv: str, visits_tsv: str, splits_tsv: str) -> 
     return ScanSet(volumes, months, subjects, keys)
 
 
+def timed_subjects(scans: ScanSet) -> list[int]:
+    """Subjects (positions in ``scans.subjects``) with visits at two or more times: an order to learn or measure."""
+    return [s for s, rows in enumerate(scans.subjects) if len(np.unique(scans.months[rows])) >= 2]
+
+
 def holdout(scans: ScanSet, fraction: float, seed: int) -> list[int]:
     """Subjects (positions in ``scans.subjects``) kept out of the SSL loss for the diagnostics: a
     seeded ``fraction`` (rounded, at least 2 when fraction > 0) of the subjects with two or more
     visits at different times, the ones that have an order to measure."""
-    timed = [s for s, rows in enumerate(scans.subjects) if len(np.unique(scans.months[rows])) >= 2]
+    timed = timed_subjects(scans)
     n = min(len(timed), max(2, round(fraction * len(timed)))) if fraction > 0 else 0
     chosen = np.random.default_rng([seed, 15]).choice(len(timed), size=n, replace=False)  # a stream of its own
     return sorted(timed[i] for i in chosen)
