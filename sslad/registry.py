@@ -73,7 +73,7 @@ METHODS: dict[str, Method] = {
     "tmp": Method("sslad.methods.tmp", "TMP", "tab:purple",
                   _block("masked temporal prediction of one of n_scans embeddings, the subject's other "
                          "visits among the candidates",
-                         n_scans=_N_SCANS, temperature=_TEMPERATURE, augment=_RECIPE)),
+                         n_scans=_N_SCANS, temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
     "topc": Method("sslad.methods.topc", "TOPC", "tab:red",
                    _block("top's loss plus spatial_weight x simclr's on two views of scans drawn as simclr's",
                           n_scans=_N_SCANS, hidden=_HIDDEN, temperature=_TEMPERATURE, projection_dim=_PROJECTION,

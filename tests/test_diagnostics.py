@@ -55,7 +55,7 @@ ARCH = {"depth": 10, "widths": [16, 16, 32, 32], "stem_kernel": 3, "stem_stride"
 AUGMENT = {"min_crop": 1.0, "p_rotate": 0.3, "max_rotate_deg": 10, "p_flip": 0.5, "p_gamma": 0.5, "gamma": [0.8, 1.25]}
 HP = {"top": {"n_scans": 3, "hidden": 16},
       "tcl": {"n_scans": 3, "temperature": 0.1, "projection_dim": 16},
-      "tmp": {"n_scans": 3, "temperature": 0.2},
+      "tmp": {"n_scans": 3, "temperature": 0.1, "projection_dim": 16},
       "topc": {"n_scans": 3, "hidden": 16, "temperature": 0.5, "projection_dim": 16, "spatial_weight": 1.0}}
 CPU = torch.device("cpu")
 
@@ -114,7 +114,7 @@ def test_temporal_method_learns_an_order_a_linear_probe_reads_on_held_out_subjec
             loss.backward()
             opt.step()
     d = diagnose(method, encoder, *joined(train, held), CPU)
-    # measured: top 0.875, tcl 0.883, tmp 0.883, topc 0.858 (120 pairs of the 20 held-out subjects, the
+    # measured: top 0.875, tcl 0.883, tmp 0.817, topc 0.858 (120 pairs of the 20 held-out subjects, the
     # probe fitted on the 48 trained on); at init 0.625 (the random encoder of seed 0)
     assert d["order_probe_accuracy"] >= 0.75, (at_init, d)
     if name in ("tcl", "tmp"):  # their own query finds the right visit of the subject more often than chance

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from sslad.augment import AugmentParams, _theta, apply, draw, masked_zscore
 from sslad.methods import Batch, build, sequence_embeddings
 from sslad.methods.simclr import nt_xent
-from sslad.methods.tmp import choose_masked, info_nce
+from sslad.methods.tmp import hide_each
 from sslad.methods.top import OrderHead, order_pairs
 from sslad.networks import TemporalAggregator, build_aggregator, build_encoder, feature_dim
 from sslad.pretrain_data import ScanSet, epoch_batches, step_batch, units
@@ -33,7 +33,7 @@ STRONG = {"min_crop": 0.6, "p_rotate": 1.0, "max_rotate_deg": 15, "p_flip": 0.5,
 HP = {"simclr": {"temperature": 0.5, "projection_dim": 8},
       "top": {"n_scans": 3, "hidden": 16},
       "tcl": {"n_scans": 3, "temperature": 0.5, "projection_dim": 8},
-      "tmp": {"n_scans": 3, "temperature": 0.2},
+      "tmp": {"n_scans": 3, "temperature": 0.2, "projection_dim": 8},
       "topc": {"n_scans": 3, "hidden": 16, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0}}
 
 
@@ -196,30 +196,15 @@ def test_order_head_is_antisymmetric():
 # ----------------------------------------------------------------------------------- TMP helpers
 
 
-def test_choose_masked_one_real_position_per_row():
-    gen = torch.Generator().manual_seed(0)
-    valid = torch.tensor([[True, True, True], [True, False, True], [False, True, False], [True, True, False]])
-    counts = torch.zeros(valid.shape)
-    for _ in range(500):
-        m = choose_masked(valid, torch.rand(valid.shape, generator=gen))
-        assert m.dtype == torch.bool and m.shape == valid.shape
-        assert (m.sum(1) == 1).all()
-        assert not (m & ~valid).any()
-        counts += m
-    # roughly uniform over each row's real positions
-    frac = counts / 500
-    assert torch.allclose(frac[0], torch.full((3,), 1 / 3), atol=0.08)
-    assert torch.allclose(frac[1][[0, 2]], torch.full((2,), 0.5), atol=0.08)
-    assert frac[2, 1] == 1.0
-
-
-def test_info_nce_perfect_and_shuffled():
-    torch.manual_seed(0)
-    target = torch.randn(8, 16)
-    perfect = info_nce(target * 3.0, target, 0.05)
-    assert float(perfect) < 1e-3
-    shuffled = info_nce(target[torch.roll(torch.arange(8), 1)], target, 0.05)
-    assert float(shuffled) > 5.0
+def test_hide_each_hides_every_real_position_once():
+    valid = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
+    rows, masked = hide_each(valid)
+    assert masked.dtype == torch.bool and masked.shape == (6, 3)
+    assert (masked.sum(1) == 1).all() and not (masked & ~valid[rows]).any()
+    # each real position of each sequence is hidden exactly once
+    hidden = torch.zeros(valid.shape, dtype=torch.long).index_put_((rows, masked.int().argmax(1)), torch.tensor(1),
+                                                                   accumulate=True)
+    assert torch.equal(hidden, valid.long())
 
 
 # ---------------------------------------------------------------------------- temporal aggregator

@@ -26,7 +26,7 @@ AUGMENT = {"min_crop": 0.7, "p_rotate": 0.5, "max_rotate_deg": 10, "p_flip": 0.5
 HP = {"simclr": {"temperature": 0.5, "projection_dim": 8, "augment": "spatial"},
       "top": {"n_scans": 3, "hidden": 8, "augment": "spatial"},
       "tcl": {"n_scans": 3, "temperature": 0.5, "projection_dim": 8, "augment": "spatial"},
-      "tmp": {"n_scans": 3, "temperature": 0.2, "augment": "spatial"},
+      "tmp": {"n_scans": 3, "temperature": 0.2, "projection_dim": 16, "augment": "spatial"},
       "topc": {"n_scans": 3, "hidden": 8, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0,
                "augment": "spatial", "spatial_augment": "spatial"}}
 
@@ -106,7 +106,7 @@ def interrupt_at(line: str):
 
 @pytest.mark.parametrize("method", ["simclr", "topc", "tmp", "tcl"])
 def test_two_process_ddp_matches_single_process(manifest, tmp_path, method):
-    # tmp: each process draws its own sequences' masks from the global draw; tcl, tmp: targets are
+    # tmp: each process hides every visit of its own sequences in turn; tcl, tmp: targets are
     # rows of the gathered candidates (each process's rows offset by the earlier processes')
     # sub-00 keeps two of its three scans, so topc's two processes hold different numbers of scans
     # in some steps (their per-scan contrastive terms are gathered across processes)
