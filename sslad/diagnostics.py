@@ -10,9 +10,9 @@ many losses), so every pretraining job measures it on subjects held out of its l
   and scored on the held-out subjects' pairs, brains neither the encoder nor the probe saw: the
   linear-evaluation protocol of self-supervised learning. Differences within a subject cancel its
   identity: only features that follow time order pairs. Chance is 0.5; the 95% interval resamples
-  the held-out subjects. (Fitted on the held-out
-  subjects themselves, leave-one-subject-out, the demo's 6 subjects' ~30 pairs were too few for 128
-  features: raw voxels then scored 0.61 where, fitted on 29 subjects, they score 0.88.)
+  the held-out subjects. (Fitted on the held-out subjects themselves, leave-one-subject-out, the
+  demo's 6 subjects' ~30 pairs were too few for 128 features: raw voxels then scored 0.61 where,
+  fitted on 29 subjects, they score 0.88.)
 - **visit retrieval**, the contrastive and masked methods (tcl, tmp: those with ``retrieval``):
   how often their own query picks the right visit among all of the same subject's visits; chance
   is the mean of 1 / visits.

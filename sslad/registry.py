@@ -71,8 +71,8 @@ METHODS: dict[str, Method] = {
                          "that gap, the subject's other visits among the negatives",
                          n_scans=_N_SCANS, temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
     "tmp": Method("sslad.methods.tmp", "TMP", "tab:purple",
-                  _block("masked temporal prediction of one of n_scans embeddings, the subject's other "
-                         "visits among the candidates",
+                  _block("masked temporal prediction: each of n_scans embeddings hidden in turn and picked "
+                         "out from the others and all times, the subject's other visits among the candidates",
                          n_scans=_N_SCANS, temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
     "topc": Method("sslad.methods.topc", "TOPC", "tab:red",
                    _block("top's loss plus spatial_weight x simclr's on two views of scans drawn as simclr's",
