@@ -224,6 +224,12 @@ def ingest(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: st
     return scan_df.reset_index(drop=True), record_df.reset_index(drop=True), excl_df.reset_index(drop=True)
 
 
+def baseline_counts(record: pd.DataFrame) -> dict[str, int]:
+    """Subjects by baseline diagnosis (CN, MCI, AD), from a record sorted by visit as ingest writes it."""
+    base = record.drop_duplicates("participant_id")["diagnosis"].value_counts()
+    return {dx: int(base.get(dx, 0)) for dx in ("CN", "MCI", "AD")}
+
+
 def qualify(table: pd.DataFrame, cohort: str) -> pd.DataFrame:
     """A per-cohort table with pooled participant ids (:func:`pooled_id`); the BIDS one is kept in
     ``bids_participant_id`` (the name the cohort's own files use)."""
@@ -246,9 +252,9 @@ def run(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: str, 
     print(f"{cohort_name}: {len(scans)} scans of {scans['participant_id'].nunique()} participants; {len(record)} "
           f"clinical visits ({int((~record['has_image']).sum())} without an image); {len(excluded)} excluded",
           file=sys.stderr)
-    baseline = record.drop_duplicates("participant_id")["diagnosis"].value_counts()
+    baseline = baseline_counts(record)
     absent = [dx for dx in ("CN", "MCI", "AD") if dx not in set(record["diagnosis"])]
-    print(f"{cohort_name}: baseline diagnoses " + ", ".join(f"{dx} {baseline.get(dx, 0)}" for dx in ("CN", "MCI", "AD"))
+    print(f"{cohort_name}: baseline diagnoses " + ", ".join(f"{dx} {n}" for dx, n in baseline.items())
           + (f"; no {' or '.join(absent)} visit: tasks that need it get no samples from this cohort" if absent else ""),
           file=sys.stderr)
     if scans.empty:
@@ -284,10 +290,9 @@ def pool(tables: dict[str, dict[str, pd.DataFrame]],
                          "participant_ids": ",".join(g["participant_id"])})
     report = []
     for cohort, t in tables.items():
-        base = t["record"].drop_duplicates("participant_id")["diagnosis"].value_counts()
         report.append({"cohort": cohort, "use": uses[cohort], "participants": t["record"]["participant_id"].nunique(),
                        "scans": len(t["scans"]), "visits": len(t["record"]),
-                       **{f"baseline_{dx}": int(base.get(dx, 0)) for dx in ("CN", "MCI", "AD")},
+                       **{f"baseline_{dx}": n for dx, n in baseline_counts(t["record"]).items()},
                        "excluded": len(t["excluded"])})
     return {**pooled, "overlap": pd.DataFrame(rows, columns=OVERLAP_COLUMNS),
             "cohorts": pd.DataFrame(report, columns=COHORT_REPORT_COLUMNS)}

@@ -226,8 +226,7 @@ def run_fold(inputs: dict[str, str], heldout: str, outputs: dict[str, str]) -> N
     :func:`output_name` names them) -> the fold's, at the same names in ``outputs``."""
     if set(inputs) != set(outputs):
         raise ValueError(f"fold tables: inputs {sorted(inputs)}, outputs {sorted(outputs)}")
-    names = {name: ("tasks/" + name.removeprefix("task_") if name.startswith("task_") else name) + ".tsv"
-             for name in inputs}
+    names = {name: table_of(name) for name in inputs}
     tables = fold_tables({rel: read_tsv(inputs[name]) for name, rel in names.items()}, heldout)
     for name, rel in names.items():
         write_tsv(tables[rel], Path(outputs[name]))
@@ -242,6 +241,11 @@ def run_fold(inputs: dict[str, str], heldout: str, outputs: dict[str, str]) -> N
 def output_name(table: str) -> str:
     """The name a caller gives a table's path: visits, subjects, splits, excluded, task_<task>."""
     return table.removesuffix(".tsv").replace("tasks/", "task_")
+
+
+def table_of(name: str) -> str:
+    """The table an :func:`output_name` names (task_dx_cn_ad -> tasks/dx_cn_ad.tsv)."""
+    return ("tasks/" + name.removeprefix("task_") if name.startswith("task_") else name) + ".tsv"
 
 
 def run(scans_tsv: str, record_tsv: str, cohort_excluded_tsv: str, qc_tsv: str | None, outputs: dict[str, str],
