@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sslad import distributed, preflight
-from sslad.diagnostics import diagnose
+from sslad.diagnostics import diagnose, voxel_reference
 from sslad.io import atomic_path, write_json
 from sslad.loader import Stream, Volumes
 from sslad.methods import architecture, build
@@ -208,7 +208,8 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
     diagnostic: dict[str, Any] = {}
     if rank == 0:
         diagnostic = {**diagnose(method, encoder, scans, held, device),
-                      **{f"{k}_at_init": v for k, v in at_init.items() if k.endswith("accuracy")}}
+                      **{f"{k}_at_init": v for k, v in at_init.items() if k.endswith("accuracy")},
+                      **voxel_reference(scans, held)}
         log("diagnostic on held-out subjects: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                           for k, v in sorted(diagnostic.items())))
     metrics = {"method": settings["method"], "epochs": epochs, "resumed_after_epoch": start,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sslad.augment import masked_zscore
-from sslad.diagnostics import diagnose, encode, order_probe, pair_differences
+from sslad.diagnostics import diagnose, encode, order_probe, pair_differences, pooled_voxels, voxel_reference
 from sslad.methods import build
 from sslad.networks import build_aggregator, build_encoder, feature_dim
 from sslad.pretrain_data import ScanSet, epoch_batches, holdout, step_batch, units
@@ -123,6 +123,22 @@ def test_temporal_method_learns_an_order_a_linear_probe_reads_on_held_out_subjec
     assert d["order_probe_accuracy"] >= 0.75, (at_init, d)
     if name in ("tcl", "tmp"):  # their own query finds the right visit of the subject more often than chance
         assert d["retrieval_accuracy"] > d["retrieval_chance"], d
+
+
+def test_the_voxel_reference_reads_the_order_the_scans_carry(cohorts):
+    """The probe on the raw voxels of the same pairs: the widening "ventricle" is linear in them."""
+    scans, held = joined(*cohorts)
+    assert voxel_reference(scans, held)["order_probe_voxels"] >= 0.75  # measured: 0.867
+    assert voxel_reference(scans, []) == {}
+
+
+def test_pooled_voxels_bound_the_features_by_averaging_cubes():
+    volumes = torch.arange(2 * 40**3, dtype=torch.float32).reshape(2, 1, 40, 40, 40)  # 64,000 voxels
+    out = pooled_voxels(volumes, np.array([1]))
+    assert out.shape == (1, 20**3)  # 2^3 cubes: the smallest that leaves at most 16,384
+    assert out[0, 0] == float(volumes[1, 0, :2, :2, :2].mean())
+    small = volumes[:, :, :20, :20, :20]
+    np.testing.assert_array_equal(pooled_voxels(small, np.array([0, 1])), small.flatten(1).numpy())
 
 
 def test_pair_differences_are_later_minus_earlier():

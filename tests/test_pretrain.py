@@ -257,6 +257,7 @@ def test_no_test_participant_is_ever_loaded(manifest, tmp_path, monkeypatch):
     assert metrics["n_units"] == 6
     assert 0 <= d["order_probe_low"] <= d["order_probe_accuracy"] <= d["order_probe_high"] <= 1
     assert d["retrieval_chance"] == pytest.approx(1 / 3) and "order_probe_accuracy_at_init" in d
+    assert 0 <= d["order_probe_voxels"] <= 1  # the voxels' reach, read from the same (pretraining) scans
 
     leaky = pd.read_csv(manifest / "visits.tsv", sep="\t")[["participant_id", "session_id", "days_from_baseline"]]
     leaky.to_csv(tmp_path / "leaky.tsv", sep="\t", index=False)
