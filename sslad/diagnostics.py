@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
@@ -114,16 +113,12 @@ def probe_subjects(scans: ScanSet, held: list[int]) -> tuple[np.ndarray, list[np
     return rows, local, len(fit)
 
 
-def pooled_voxels(volumes: Volumes, rows: np.ndarray, chunk: int = 32) -> np.ndarray:
+def pooled_voxels(volumes: Volumes, rows: np.ndarray) -> np.ndarray:
     """(N, V) the ``rows``' voxels, average-pooled by the smallest cube that leaves at most
-    ``VOXEL_FEATURES`` of them (none on coarse grids), read ``chunk`` at a time."""
-    shape = volumes.shape[-3:]
-    k = int(np.ceil((np.prod(shape) / VOXEL_FEATURES) ** (1 / 3)))
-    out = []
-    for i in range(0, len(rows), chunk):
-        x = volumes[torch.from_numpy(rows[i:i + chunk])].float()
-        out.append((F.avg_pool3d(x, k, ceil_mode=True) if k > 1 else x).flatten(1).numpy())
-    return np.concatenate(out).astype(np.float64)
+    ``VOXEL_FEATURES`` of them (1, i.e. none, on coarse grids), read as :func:`encode` reads."""
+    k = int(np.ceil((np.prod(volumes.shape[-3:]) / VOXEL_FEATURES) ** (1 / 3)))
+    reader = nn.Sequential(nn.AvgPool3d(k, ceil_mode=True), nn.Flatten())
+    return encode(reader, volumes, torch.device("cpu"), rows).numpy().astype(np.float64)
 
 
 def voxel_reference(scans: ScanSet, held: list[int]) -> dict[str, Any]:
