@@ -35,6 +35,7 @@ class ScanSet:
     months: np.ndarray              # (N,) acquisition time
     subjects: list[np.ndarray]      # per subject, its rows sorted by time
     keys: list[tuple[str, str]]     # (participant, session) per row
+    diagnoses: np.ndarray | None = None  # (N,) diagnosis at each visit (CN, MCI, AD): the diagnostics' strata
 
     def subject_of(self) -> np.ndarray:
         """(N,) the subject number (position in ``subjects``) of every row."""
@@ -60,9 +61,10 @@ def load_pretrain_scans(pretrain_tsv: str, visits_tsv: str, splits_tsv: str) -> 
     keys = [keys[i] for i in order]
     months = months[order]
     volumes = open_arrays(visits, keys, pretrain_tsv)
+    diagnoses = visits.loc[keys, "diagnosis"].astype(str).to_numpy() if "diagnosis" in visits else None
     groups = pd.Series(range(len(keys))).groupby([k[0] for k in keys], sort=True)
     subjects = [g.to_numpy() for _, g in groups]
-    return ScanSet(volumes, months, subjects, keys)
+    return ScanSet(volumes, months, subjects, keys, diagnoses)
 
 
 def timed_subjects(scans: ScanSet) -> list[int]:

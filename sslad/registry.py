@@ -71,9 +71,13 @@ METHODS: dict[str, Method] = {
                          "that gap, the subject's other visits among the negatives",
                          n_scans=_N_SCANS, temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
     "tmp": Method("sslad.methods.tmp", "TMP", "tab:purple",
-                  _block("masked temporal prediction: each of n_scans embeddings hidden in turn and picked "
-                         "out from the others and all times, the subject's other visits among the candidates",
-                         n_scans=_N_SCANS, temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
+                  _block("masked temporal prediction: every split of n_scans visits into context and two or "
+                         "more hidden ones, each hidden visit picked out from the context and all times among "
+                         "the other hidden visits and other subjects' scans",
+                         n_scans={**_N_SCANS, "minimum": 3, "maximum": 8,
+                                  "description": "visits per sampled sequence: at least 3 (a context and two "
+                                                 "hidden), at most 8 (queries grow as n_scans x 2^(n_scans-1))"},
+                         temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
     "topc": Method("sslad.methods.topc", "TOPC", "tab:red",
                    _block("top's loss plus spatial_weight x simclr's on two views of scans drawn as simclr's",
                           n_scans=_N_SCANS, hidden=_HIDDEN, temperature=_TEMPERATURE, projection_dim=_PROJECTION,

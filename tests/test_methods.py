@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from sslad.augment import AugmentParams, _theta, apply, draw, masked_zscore
 from sslad.methods import Batch, build, sequence_embeddings
 from sslad.methods.simclr import nt_xent
-from sslad.methods.tmp import hide_each
+from sslad.methods.tmp import hidden_sets
 from sslad.methods.top import OrderHead, order_pairs
 from sslad.networks import TemporalAggregator, build_aggregator, build_encoder, feature_dim
 from sslad.pretrain_data import ScanSet, epoch_batches, step_batch, units
@@ -33,7 +33,7 @@ STRONG = {"min_crop": 0.6, "p_rotate": 1.0, "max_rotate_deg": 15, "p_flip": 0.5,
 HP = {"simclr": {"temperature": 0.5, "projection_dim": 8},
       "top": {"n_scans": 3, "hidden": 16},
       "tcl": {"n_scans": 3, "temperature": 0.5, "projection_dim": 8},
-      "tmp": {"n_scans": 3, "temperature": 0.2, "projection_dim": 8},
+      "tmp": {"n_scans": 4, "temperature": 0.2, "projection_dim": 8},
       "topc": {"n_scans": 3, "hidden": 16, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0}}
 
 
@@ -196,15 +196,48 @@ def test_order_head_is_antisymmetric():
 # ----------------------------------------------------------------------------------- TMP helpers
 
 
-def test_hide_each_hides_every_real_position_once():
-    valid = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
-    rows, masked = hide_each(valid)
-    assert masked.dtype == torch.bool and masked.shape == (6, 3)
-    assert (masked.sum(1) == 1).all() and not (masked & ~valid[rows]).any()
-    # each real position of each sequence is hidden exactly once
-    hidden = torch.zeros(valid.shape, dtype=torch.long).index_put_((rows, masked.int().argmax(1)), torch.tensor(1),
-                                                                   accumulate=True)
-    assert torch.equal(hidden, valid.long())
+def test_hidden_sets_leave_context_and_hide_two_or_more_visits_at_different_times():
+    valid = torch.tensor([[True, True, True, True], [True, True, True, False], [True, True, False, False],
+                          [True, True, True, False]])
+    months = torch.tensor([[0.0, 6, 12, 18], [0, 6, 12, 0], [0, 6, 0, 0], [0, 6, 6, 0]])
+    rows, at, hidden = hidden_sets(valid, months)
+    real = valid[rows]
+    assert hidden.dtype == torch.bool and hidden[torch.arange(len(at)), at].all()
+    assert not (hidden & ~real).any() and (hidden.sum(1) >= 2).all() and (real & ~hidden).any(1).all()
+    # per sequence: 4 visits, splits hiding 2 (6, 2 queries each) or 3 (4, 3 each); 3 visits: 3 splits
+    # of 2; 2 visits: none; 3 visits of which two share a time: only the 2 splits that hide one of those
+    assert torch.bincount(rows, minlength=4).tolist() == [24, 6, 0, 4]
+    for q in range(len(rows)):
+        t = months[rows[q]][hidden[q]]
+        assert len(t.unique()) == len(t)
+    # every split's queries are each of its hidden visits once
+    splits = {(int(r), tuple(h.tolist())) for r, h in zip(rows, hidden)}
+    assert sum(sum(h) for _, h in splits) == len(rows)
+
+
+@torch.no_grad()
+def test_tmp_never_offers_a_query_its_own_context_as_candidate():
+    # the loss equals InfoNCE over every scan of the batch except the visits the query was predicted
+    # from: a seen visit could be ruled out by its content alone, without time
+    scans = atrophy_scans(3, 4, 16, seed=3)
+    torch.manual_seed(0)
+    arch = tiny_arch(norm="group")
+    method = build("tmp", build_encoder(arch), build_aggregator(arch), feature_dim(arch), HP["tmp"])
+    batch = method_batch(method, scans, scans.subjects, NONE, seed=0)
+    loss, _ = method(batch)
+    h = method.encoder(apply(batch.volumes, batch.views[0]))
+    keys = F.normalize(method.key(h), dim=1)
+    rows, at, hidden = hidden_sets(batch.valid, batch.months)
+    pred = F.normalize(method.predict(sequence_embeddings(h, batch.index)[rows], batch.months[rows],
+                                      batch.valid[rows], hidden, at), dim=1)
+    terms = []
+    for q in range(len(rows)):
+        seen = set(batch.index[rows[q]][batch.valid[rows[q]] & ~hidden[q]].tolist())
+        candidates = [c for c in range(len(h)) if c not in seen]
+        sims = pred[q] @ keys[candidates].T / HP["tmp"]["temperature"]
+        right = candidates.index(int(batch.index[rows[q], at[q]]))
+        terms.append(torch.logsumexp(sims, 0) - sims[right])
+    assert len(terms) == 3 * 24 and float(loss) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------- temporal aggregator
@@ -325,7 +358,8 @@ def test_method_forward_backward_and_step(name, small_scans):
 def test_identity_alone_cannot_meet_a_temporal_objective(name):
     # every visit of a subject is the same scan (identity, no change): whatever the weights, the
     # target visit ties with the subject's other visits, so the loss stays at the within-subject
-    # chance level (top: log 2 per pair; tcl, tmp: log 3, the subject's 3 visits being candidates)
+    # chance level: log 2 (top: per pair; tcl: the two visits other than the query's own scan; tmp:
+    # the two hidden visits, its context being no candidate)
     scans = atrophy_scans(6, 3, 16, seed=2)
     for rows in scans.subjects:
         scans.volumes[rows] = scans.volumes[rows[0]].clone()
@@ -335,7 +369,7 @@ def test_identity_alone_cannot_meet_a_temporal_objective(name):
     opt = torch.optim.Adam(method.parameters(), lr=3e-3)
     for step in range(8):
         loss, _ = method(method_batch(method, scans, scans.subjects, NONE, seed=0, step=step))
-        floor = math.log(2) if name == "top" else math.log(3)
+        floor = math.log(2)
         assert loss.item() >= floor - 1e-4, (step, loss.item())
         opt.zero_grad()
         loss.backward()

@@ -55,7 +55,8 @@ def manifest(tmp_path_factory) -> Path:
             path = root / f"{pid}_ses-{v}.npy"
             np.save(path, arr)
             visits.append({"participant_id": pid, "session_id": f"ses-{v}", "days_from_baseline": months * 30,
-                           "months": months, "split": split, "array": str(path)})
+                           "months": months, "split": split, "array": str(path),
+                           "diagnosis": "CN" if s % 2 else ["MCI", "MCI", "AD"][v]})
     visits = pd.DataFrame(visits)
     visits.to_csv(root / "visits.tsv", sep="\t", index=False)
     pd.DataFrame(splits).to_csv(root / "splits.tsv", sep="\t", index=False)
@@ -256,8 +257,16 @@ def test_no_test_participant_is_ever_loaded(manifest, tmp_path, monkeypatch):
     assert d["holdout_subjects"] == 2 and d["holdout_scans"] == 6 and d["order_probe_pairs"] == 6
     assert metrics["n_units"] == 6
     assert 0 <= d["order_probe_low"] <= d["order_probe_accuracy"] <= d["order_probe_high"] <= 1
-    assert d["retrieval_chance"] == pytest.approx(1 / 3) and "order_probe_accuracy_at_init" in d
+    # tmp: each query among the two visits hidden with it (the subjects have 3 visits: context 1)
+    assert d["retrieval_chance"] == pytest.approx(1 / 2) and "order_probe_accuracy_at_init" in d
     assert 0 <= d["order_probe_voxels"] <= 1  # the voxels' reach, read from the same (pretraining) scans
+    # by course (stable CN or MCI vs the others): the held-out pairs split between them, the overall
+    # accuracy their pair-weighted mean, for the encoder and the voxels alike
+    courses = ["stable", "progressing"]  # one held-out subject of each here
+    assert sum(d[f"order_probe_pairs_{c}"] for c in courses) == d["order_probe_pairs"]
+    for key in ("order_probe_accuracy", "order_probe_voxels"):
+        mean = sum(d[f"{key}_{c}"] * d[f"order_probe_pairs_{c}"] for c in courses) / d["order_probe_pairs"]
+        assert mean == pytest.approx(d[key])
 
     leaky = pd.read_csv(manifest / "visits.tsv", sep="\t")[["participant_id", "session_id", "days_from_baseline"]]
     leaky.to_csv(tmp_path / "leaky.tsv", sep="\t", index=False)

@@ -69,12 +69,14 @@ def step_draw(batch: Batch, shape: tuple[int, int]) -> torch.Tensor:
 
 
 def masked_readout(aggregator: nn.Module, seq: torch.Tensor, months: torch.Tensor, valid: torch.Tensor,
-                   masked: torch.Tensor) -> torch.Tensor:
-    """(B, 2D): the aggregator's pooled readout (what fine-tuning reads) beside its output at the one
-    masked position per row, whose content is hidden and whose time is kept. Both carry the target's
-    time (the mean aggregator's pool does not), and training through both trains the readout."""
+                   masked: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 2D): the aggregator's pooled readout (what fine-tuning reads) beside its output at position
+    ``at`` (B,) of each row, by default the one masked position; masked positions' content is hidden
+    and their time kept. Both carry the target's time (the mean aggregator's pool does not), and
+    training through both trains the readout."""
     pooled, tokens = aggregator.tokens(seq, months, valid, masked)
-    return torch.cat([pooled, tokens[masked]], dim=1)
+    at = masked.int().argmax(1) if at is None else at
+    return torch.cat([pooled, tokens[torch.arange(len(at), device=at.device), at]], dim=1)
 
 
 def sequence_embeddings(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

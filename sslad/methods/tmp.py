@@ -1,17 +1,22 @@
-"""Masked temporal prediction: hide a scan of a sequence, predict its encoding from the other
-scans and all times through the temporal aggregator (InfoNCE).
+"""Masked temporal prediction: hide some visits of a subject's sequence and, from the others and
+every visit's time, pick out each hidden visit among the other hidden ones and other subjects' scans
+(InfoNCE).
 
-The prediction is read from the aggregator's pooled readout (what fine-tuning reads) beside its
-output at the hidden position (:func:`sslad.methods.masked_readout`), so the loss trains both; it is
-projected by a query head and compared with every scan's key projection (as in ``tcl``). The
-candidates are every scan of the global batch, *including the same subject's other visits* (the
-context scans): identity alone cannot pick the hidden visit among them, its time can. Each visit of
-a sampled sequence is hidden in turn (one query per visit): the mean over positions is the expected
-loss of a uniformly drawn mask without its variance, it gives n_scans times the queries for the same
-encoder passes, and no draw has to agree across data-parallel ranks."""
+Each query is the aggregator's pooled readout (what fine-tuning reads) beside its output at the
+hidden position (:func:`sslad.methods.masked_readout`), so the loss trains both; a query head
+projects it and it is compared with every scan's key projection (as in ``tcl``). The candidates are
+every scan of the global batch *except the visits the query was computed from*: a visit the model
+has seen can be ruled out by its own content, with no time at all (one hidden visit among a
+subject's four was picked out of the three it was predicted from by exclusion alone, and the demo's
+tmp then kept less order than the raw voxels). The subject's other hidden visits, unseen like the
+target and of the same identity, leave only time to tell them apart. Every split of a sampled
+sequence into context (at least one visit) and hidden visits (two or more, at different times) is
+used, each hidden visit a query in turn: no random mask, so nothing has to agree across
+data-parallel ranks; a sequence needs three visits."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import torch
@@ -24,47 +29,75 @@ from sslad.methods import Batch, Sampling, masked_readout, sequence_embeddings
 from sslad.networks import ProjectionHead
 
 
-def hide_each(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One query per real position of the (B, K) sequences: its sequence's row (Q,) and a (Q, K)
-    one-hot mask hiding that position (padding is never hidden)."""
-    rows, position = valid.nonzero(as_tuple=True)
-    return rows, F.one_hot(position, valid.shape[1]).bool()
+@cache
+def _subsets(k: int) -> torch.Tensor:
+    """(S, k) every subset of k positions with at least two members."""
+    return torch.tensor([[bool(m >> i & 1) for i in range(k)] for m in range(1 << k) if bin(m).count("1") >= 2],
+                        dtype=torch.bool).reshape(-1, k)
+
+
+def hidden_sets(valid: torch.Tensor, months: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One query per hidden visit of every split of the (B, K) sequences into context (>= 1 real
+    scan) and hidden scans (>= 2 real scans at different times): its sequence's row (Q,), its
+    position (Q,) and the split's hidden positions (Q, K)."""
+    subsets = _subsets(valid.shape[1]).to(valid.device)
+    inside = ~(subsets[None] & ~valid[:, None]).any(-1)                    # (B, S) only real scans hidden
+    context = (valid[:, None] & ~subsets[None]).any(-1)                    # (B, S) something left to see
+    pair = subsets[:, :, None] & subsets[:, None, :]                       # (S, K, K) both hidden
+    tie = (months[:, :, None] == months[:, None, :]) & ~torch.eye(valid.shape[1], dtype=torch.bool,
+                                                                  device=valid.device)
+    same_time = (tie[:, None] & pair[None]).flatten(2).any(-1)             # (B, S)
+    rows, split = (inside & context & ~same_time).nonzero(as_tuple=True)
+    hidden = subsets[split]
+    query, position = hidden.nonzero(as_tuple=True)
+    return rows[query], position, hidden[query]
 
 
 class TMP(nn.Module):
     def __init__(self, encoder: nn.Module, aggregator: nn.Module, dim: int, hp: dict[str, Any]) -> None:
         super().__init__()
-        self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=2, views=("augment",))
+        self.sampling = Sampling(seq_len=hp["n_scans"], min_scans=3, views=("augment",))
         self.encoder = encoder
         self.aggregator = aggregator
         self.query = ProjectionHead(2 * dim, dim, hp["projection_dim"])
         self.key = ProjectionHead(dim, dim, hp["projection_dim"])
         self.temperature = hp["temperature"]
 
-    def predict(self, seq: torch.Tensor, months: torch.Tensor, valid: torch.Tensor,
-                masked: torch.Tensor) -> torch.Tensor:
-        """(Q, projection_dim) queries: the masked scans predicted from the rest of their sequences."""
-        return self.query(masked_readout(self.aggregator, seq, months, valid, masked))
+    def predict(self, seq: torch.Tensor, months: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor,
+                at: torch.Tensor) -> torch.Tensor:
+        """(Q, projection_dim) queries: the hidden scans at positions ``at`` predicted from the rest."""
+        return self.query(masked_readout(self.aggregator, seq, months, valid, hidden, at))
 
     def retrieval(self, h: torch.Tensor, months: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
-        """One subject's visits (n, D) and times (n,): per visit j, the similarity of its prediction
-        from all the other visits (however many: the aggregator takes any length) to every visit of
-        the subject, and j (the right one)."""
-        n = len(months)
-        masked = torch.eye(n, dtype=torch.bool, device=h.device)
-        seq, m = h.unsqueeze(0).expand(n, -1, -1), months.unsqueeze(0).expand(n, -1)
-        pred = F.normalize(self.predict(seq, m, torch.ones_like(masked), masked).float(), dim=1)
-        sims = pred @ F.normalize(self.key(h).float(), dim=1).T
-        return [(sims[j], j) for j in range(n)]
+        """One subject's visits (n, D) and times (n,): per query of every split (as in training), the
+        similarity of its prediction to each hidden visit of its split, and the right one's place."""
+        valid = torch.ones((1, len(months)), dtype=torch.bool, device=h.device)
+        _, at, hidden = hidden_sets(valid, months.unsqueeze(0))
+        q = len(at)
+        if not q:  # fewer than three visits: no split to predict
+            return []
+        pred = self.predict(h.unsqueeze(0).expand(q, -1, -1), months.unsqueeze(0).expand(q, -1),
+                            valid.expand(q, -1), hidden, at)
+        sims = F.normalize(pred.float(), dim=1) @ F.normalize(self.key(h).float(), dim=1).T
+        return [(sims[i][hidden[i]], int(hidden[i, :at[i]].sum())) for i in range(q)]
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         h = self.encoder(apply(batch.volumes, batch.views[0]))
         seq = sequence_embeddings(h, batch.index)
-        rows, masked = hide_each(batch.valid)
-        pred = self.predict(seq[rows], batch.months[rows], batch.valid[rows], masked)
+        rows, at, hidden = hidden_sets(batch.valid, batch.months)
+        # no split (three visits, two hidden at different times) on this rank: no query, but every
+        # collective below still runs
+        pred = (self.predict(seq[rows], batch.months[rows], batch.valid[rows], hidden, at) if len(rows)
+                else h.new_zeros((0, self.key[-1].out_features)))
         keys = gather(self.key(h))
-        target = batch.index[rows][masked] + row_offset(h.shape[0], h.device)
+        offset = row_offset(h.shape[0], h.device)
         logits = F.normalize(pred.float(), dim=1) @ F.normalize(keys.float(), dim=1).T / self.temperature
-        total = F.cross_entropy(logits, target, reduction="sum")
-        hits = float((logits.argmax(1) == target).float().mean())
+        # the query's own context is no candidate: what the model saw, it could rule out without time
+        query, position = (batch.valid[rows] & ~hidden).nonzero(as_tuple=True)
+        seen = torch.zeros_like(logits, dtype=torch.bool)
+        seen[query, batch.index[rows[query], position] + offset] = True
+        logits = logits.masked_fill(seen, float("-inf"))
+        target = batch.index[rows, at] + offset
+        total = F.cross_entropy(logits, target, reduction="sum") + h.sum() * 0.0
+        hits = float((logits.argmax(1) == target).float().mean()) if len(rows) else 0.0
         return global_mean(total, len(target)), {"batch_retrieval": hits}
