@@ -19,13 +19,14 @@ many losses), so every pretraining job measures it on subjects held out of its l
   study's draws 0.58-0.81: a method below it keeps less order than the voxels hold.
 - **by course**: both probes on the held-out subjects whose diagnosis is CN at every visit or MCI
   at every visit (``*_stable``) and on the others (a change of diagnosis, or AD: ``*_progressing``),
-  with their pairs: where the order is. In the simulation a stable subject's stage moves at most
-  0.04 a year, and on a tuning study every reader, raw voxels included, ordered pairs of nearly
-  unchanged stage near chance (0.48-0.59) and the others at 0.84-0.87: with about half the pairs
-  stable, the overall accuracy is bounded near 0.7 whatever the method.
+  with their pairs: where the order is (subjects with a visit of unknown diagnosis count in
+  neither). In the simulation a stable subject's stage moves at most 0.04 a year, and on a tuning
+  study every reader, raw voxels included, ordered pairs of nearly unchanged stage near chance
+  (0.48-0.61) and the others at 0.83-0.87: with about half the pairs stable, the overall accuracy
+  is bounded near 0.72 whatever the method.
 - **visit retrieval**, the contrastive and masked methods (tcl, tmp: those with ``retrieval``):
   how often their own query picks the right visit among the same subject's candidate visits (tcl:
-  all of them; tmp: the visits hidden with it); chance is the mean of 1 / candidates.
+  all but the query's own scan; tmp: the visits hidden with it); chance is the mean of 1 / candidates.
 """
 
 from __future__ import annotations
@@ -110,8 +111,10 @@ def order_probe(features: np.ndarray, months: np.ndarray, train: list[np.ndarray
 def course(diagnoses: np.ndarray) -> str:
     """A subject's course over its scans: ``stable`` with one diagnosis, CN or MCI, at every visit
     (little change to order the visits by: in the simulation their stage moves at most 0.04 a year),
-    ``progressing`` with a change of diagnosis, or AD."""
+    ``progressing`` with a change of diagnosis, or AD; ``unknown`` when a visit has no diagnosis."""
     seen = set(diagnoses)
+    if not seen <= {"CN", "MCI", "AD"}:
+        return "unknown"
     return "stable" if len(seen) == 1 and seen <= {"CN", "MCI"} else "progressing"
 
 
@@ -131,7 +134,7 @@ def by_course(hits: list[np.ndarray] | None, scans: ScanSet, held: list[int], ke
 
 @torch.no_grad()
 def visit_retrieval(method: nn.Module, features: torch.Tensor, months: np.ndarray,
-                    subjects: list[np.ndarray]) -> tuple[float, float]:
+                    subjects: list[np.ndarray]) -> tuple[float | None, float | None]:
     """(accuracy, chance) of the method's own visit retrieval within each subject; (None, None) when no
     subject has a query (tmp needs three visits)."""
     hits, chance = [], []
@@ -196,7 +199,7 @@ def diagnose(method: nn.Module, encoder: nn.Module, scans: ScanSet, held: list[i
         out["order_probe_low"], out["order_probe_high"] = interval
     out.update(by_course(hits, scans, held, "order_probe_accuracy"))
     if hasattr(method, "retrieval"):
-        hits, chance = visit_retrieval(method, feats[:n_held].to(device), months[:n_held], local[:len(held)])
-        if hits is not None:
-            out["retrieval_accuracy"], out["retrieval_chance"] = hits, chance
+        found, chance = visit_retrieval(method, feats[:n_held].to(device), months[:n_held], local[:len(held)])
+        if found is not None:
+            out["retrieval_accuracy"], out["retrieval_chance"] = found, chance
     return out

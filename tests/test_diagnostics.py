@@ -143,9 +143,12 @@ def test_pooled_voxels_bound_the_features_by_averaging_cubes():
 
 
 def test_course_separates_stable_subjects_from_those_whose_diagnosis_moves_or_is_ad():
+    # the strata of the order probes (metrics.json *_stable, *_progressing)
     assert course(np.array(["CN", "CN", "CN"])) == "stable" and course(np.array(["MCI", "MCI"])) == "stable"
     for moving in (["CN", "MCI"], ["MCI", "AD", "AD"], ["AD", "AD"], ["MCI", "CN"]):
         assert course(np.array(moving)) == "progressing", moving
+    # a visit without a diagnosis (read as "nan") puts the subject in neither
+    assert course(np.array(["CN", "nan"])) == "unknown" and course(np.array(["nan", "nan"])) == "unknown"
 
 
 def test_pair_differences_are_later_minus_earlier():
