@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from sslad.augment import AugmentParams, _theta, apply, draw, masked_zscore
 from sslad.methods import Batch, build, sequence_embeddings
 from sslad.methods.simclr import nt_xent
+from sslad.methods.tcl import ordered_pairs
 from sslad.methods.tmp import hidden_sets
 from sslad.methods.top import OrderHead, order_pairs
 from sslad.networks import TemporalAggregator, build_aggregator, build_encoder, feature_dim
@@ -238,6 +239,28 @@ def test_tmp_never_offers_a_query_its_own_context_as_candidate():
         right = candidates.index(int(batch.index[rows[q], at[q]]))
         terms.append(torch.logsumexp(sims, 0) - sims[right])
     assert len(terms) == 3 * 24 and float(loss) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+
+
+@torch.no_grad()
+def test_tcl_never_offers_a_query_its_own_scan_as_candidate():
+    # InfoNCE over every scan of the batch but the one the query was carried from
+    scans = atrophy_scans(3, 3, 16, seed=4)
+    torch.manual_seed(0)
+    arch = tiny_arch(norm="group")
+    method = build("tcl", build_encoder(arch), build_aggregator(arch), feature_dim(arch), HP["tcl"])
+    batch = method_batch(method, scans, scans.subjects, NONE, seed=0)
+    loss, _ = method(batch)
+    h = method.encoder(apply(batch.volumes, batch.views[0]))
+    keys = F.normalize(method.key(h), dim=1)
+    rows, i, j = ordered_pairs(batch.months, batch.valid)
+    seq = sequence_embeddings(h, batch.index)
+    q = F.normalize(method.carry(seq[rows, i], batch.months[rows, i], batch.months[rows, j]), dim=1)
+    terms = []
+    for n in range(len(rows)):
+        candidates = [c for c in range(len(h)) if c != int(batch.index[rows[n], i[n]])]
+        sims = q[n] @ keys[candidates].T / HP["tcl"]["temperature"]
+        terms.append(torch.logsumexp(sims, 0) - sims[candidates.index(int(batch.index[rows[n], j[n]]))])
+    assert len(terms) == 3 * 6 and float(loss) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------- temporal aggregator
