@@ -12,7 +12,8 @@ tmp then kept less order than the raw voxels). The subject's other hidden visits
 target and of the same identity, leave only time to tell them apart. Every split of a sampled
 sequence into context (at least one visit) and hidden visits (two or more, at different times) is
 used, each hidden visit a query in turn: no random mask, so nothing has to agree across
-data-parallel ranks; a sequence needs three visits."""
+data-parallel ranks; a sequence needs three visits. Every query weighs the same: a sequence of 4
+visits gives 24 queries, one of 3 gives 6 (as tcl's and top's pairs weigh longer records more)."""
 
 from __future__ import annotations
 
@@ -30,23 +31,25 @@ from sslad.networks import ProjectionHead
 
 
 @cache
-def _subsets(k: int) -> torch.Tensor:
-    """(S, k) every subset of k positions with at least two members."""
-    return torch.tensor([[bool(m >> i & 1) for i in range(k)] for m in range(1 << k) if bin(m).count("1") >= 2],
-                        dtype=torch.bool).reshape(-1, k)
+def _subsets(k: int, most: int) -> torch.Tensor:
+    """(S, k) every subset of k positions with two to ``most`` members."""
+    return torch.tensor([[bool(m >> i & 1) for i in range(k)] for m in range(1 << k)
+                         if 2 <= bin(m).count("1") <= most], dtype=torch.bool).reshape(-1, k)
 
 
-def hidden_sets(valid: torch.Tensor, months: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def hidden_sets(valid: torch.Tensor, months: torch.Tensor,
+                most: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One query per hidden visit of every split of the (B, K) sequences into context (>= 1 real
-    scan) and hidden scans (>= 2 real scans at different times): its sequence's row (Q,), its
-    position (Q,) and the split's hidden positions (Q, K)."""
-    subsets = _subsets(valid.shape[1]).to(valid.device)
+    scan) and hidden scans (2 to ``most`` real scans, by default all but one), where no hidden visit
+    shares its time with another visit (a same-time twin in the context would give its content
+    away): its sequence's row (Q,), its position (Q,) and the split's hidden positions (Q, K)."""
+    k = valid.shape[1]
+    subsets = _subsets(k, most or k).to(valid.device)
     inside = ~(subsets[None] & ~valid[:, None]).any(-1)                    # (B, S) only real scans hidden
     context = (valid[:, None] & ~subsets[None]).any(-1)                    # (B, S) something left to see
-    pair = subsets[:, :, None] & subsets[:, None, :]                       # (S, K, K) both hidden
-    tie = (months[:, :, None] == months[:, None, :]) & ~torch.eye(valid.shape[1], dtype=torch.bool,
-                                                                  device=valid.device)
-    same_time = (tie[:, None] & pair[None]).flatten(2).any(-1)             # (B, S)
+    tie = (months[:, :, None] == months[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    tie &= ~torch.eye(k, dtype=torch.bool, device=valid.device)            # (B, K, K) two real visits, one time
+    same_time = (tie[:, None] & subsets[None, :, :, None]).flatten(2).any(-1)  # (B, S) a hidden visit has a twin
     rows, split = (inside & context & ~same_time).nonzero(as_tuple=True)
     hidden = subsets[split]
     query, position = hidden.nonzero(as_tuple=True)
@@ -69,10 +72,11 @@ class TMP(nn.Module):
         return self.query(masked_readout(self.aggregator, seq, months, valid, hidden, at))
 
     def retrieval(self, h: torch.Tensor, months: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
-        """One subject's visits (n, D) and times (n,): per query of every split (as in training), the
-        similarity of its prediction to each hidden visit of its split, and the right one's place."""
+        """One subject's visits (n, D) and times (n,): per query of every split that hides two visits
+        (all splits would grow as 2^n over a long record), the similarity of its prediction to both
+        hidden visits, and the right one's place (chance 1/2)."""
         valid = torch.ones((1, len(months)), dtype=torch.bool, device=h.device)
-        _, at, hidden = hidden_sets(valid, months.unsqueeze(0))
+        _, at, hidden = hidden_sets(valid, months.unsqueeze(0), most=2)
         q = len(at)
         if not q:  # fewer than three visits: no split to predict
             return []
