@@ -118,17 +118,16 @@ def course(diagnoses: np.ndarray) -> str:
     return "stable" if len(seen) == 1 and seen <= {"CN", "MCI"} else "progressing"
 
 
-def by_course(hits: list[np.ndarray] | None, scans: ScanSet, held: list[int], key: str) -> dict[str, Any]:
-    """``key``'s accuracy and pairs on the held-out subjects of each course: where the order is."""
+def by_course(hits: list[np.ndarray] | None, scans: ScanSet, held: list[int]) -> dict[str, tuple[float, int]]:
+    """(accuracy, pairs) on the held-out subjects of each course that has pairs: where the order is."""
     if hits is None or scans.diagnoses is None:
         return {}
-    out: dict[str, Any] = {}
+    out = {}
     for name in ("stable", "progressing"):
         mine = [h for h, s in zip(hits, held) if course(scans.diagnoses[scans.subjects[s]]) == name]
-        n = sum(len(h) for h in mine)
-        if n:
-            out[f"{key}_{name}"] = float(np.concatenate(mine).mean())
-            out[f"order_probe_pairs_{name}"] = n
+        if sum(len(h) for h in mine):
+            correct = np.concatenate(mine)
+            out[name] = (float(correct.mean()), len(correct))
     return out
 
 
@@ -178,7 +177,10 @@ def voxel_reference(scans: ScanSet, held: list[int]) -> dict[str, Any]:
     rows, local, _ = probe_subjects(scans, held)
     hits = pair_hits(pooled_voxels(scans.volumes, rows), scans.months[rows], local[len(held):], local[:len(held)])
     acc = summarise(hits)[0]
-    return {} if acc is None else {"order_probe_voxels": acc, **by_course(hits, scans, held, "order_probe_voxels")}
+    if acc is None:
+        return {}
+    return {"order_probe_voxels": acc, **{f"order_probe_voxels_{name}": a
+                                          for name, (a, _) in by_course(hits, scans, held).items()}}
 
 
 def diagnose(method: nn.Module, encoder: nn.Module, scans: ScanSet, held: list[int],
@@ -197,7 +199,8 @@ def diagnose(method: nn.Module, encoder: nn.Module, scans: ScanSet, held: list[i
                            "order_probe_pairs": pairs, "order_probe_fit_subjects": n_fit}
     if interval is not None:
         out["order_probe_low"], out["order_probe_high"] = interval
-    out.update(by_course(hits, scans, held, "order_probe_accuracy"))
+    for name, (a, n) in by_course(hits, scans, held).items():
+        out[f"order_probe_accuracy_{name}"], out[f"order_probe_pairs_{name}"] = a, n
     if hasattr(method, "retrieval"):
         found, chance = visit_retrieval(method, feats[:n_held].to(device), months[:n_held], local[:len(held)])
         if found is not None:

@@ -219,50 +219,48 @@ def test_hidden_sets_leave_context_and_hide_two_or_more_visits_at_different_time
     assert sum(sum(h) for _, h in splits) == len(rows)
 
 
-@torch.no_grad()
-def test_tmp_never_offers_a_query_its_own_context_as_candidate():
-    # the loss equals InfoNCE over every scan of the batch except the visits the query was predicted
-    # from: a seen visit could be ruled out by its content alone, without time
-    scans = atrophy_scans(3, 4, 16, seed=3)
+def _by_hand(name: str, scans: ScanSet) -> tuple:
+    """A tiny method's loss on one batch of ``scans``, the batch, its encodings, the method, and the
+    InfoNCE term of one query computed by hand over the candidates it is given."""
     torch.manual_seed(0)
     arch = tiny_arch(norm="group")
-    method = build("tmp", build_encoder(arch), build_aggregator(arch), feature_dim(arch), HP["tmp"])
+    method = build(name, build_encoder(arch), build_aggregator(arch), feature_dim(arch), HP[name])
     batch = method_batch(method, scans, scans.subjects, NONE, seed=0)
     loss, _ = method(batch)
     h = method.encoder(apply(batch.volumes, batch.views[0]))
     keys = F.normalize(method.key(h), dim=1)
+
+    def term(query: torch.Tensor, candidates: list[int], right: int) -> torch.Tensor:
+        sims = F.normalize(query, dim=0) @ keys[candidates].T / HP[name]["temperature"]
+        return torch.logsumexp(sims, 0) - sims[candidates.index(right)]
+
+    return loss, batch, h, method, term
+
+
+@torch.no_grad()
+def test_tmp_never_offers_a_query_its_own_context_as_candidate():
+    # the loss equals InfoNCE over every scan of the batch except the visits the query was predicted
+    # from: a seen visit could be ruled out by its content alone, without time
+    loss, batch, h, method, term = _by_hand("tmp", atrophy_scans(3, 4, 16, seed=3))
     rows, at, hidden = hidden_sets(batch.valid, batch.months)
-    pred = F.normalize(method.predict(sequence_embeddings(h, batch.index)[rows], batch.months[rows],
-                                      batch.valid[rows], hidden, at), dim=1)
+    pred = method.predict(sequence_embeddings(h, batch.index)[rows], batch.months[rows], batch.valid[rows],
+                          hidden, at)
     terms = []
     for q in range(len(rows)):
         seen = set(batch.index[rows[q]][batch.valid[rows[q]] & ~hidden[q]].tolist())
-        candidates = [c for c in range(len(h)) if c not in seen]
-        sims = pred[q] @ keys[candidates].T / HP["tmp"]["temperature"]
-        right = candidates.index(int(batch.index[rows[q], at[q]]))
-        terms.append(torch.logsumexp(sims, 0) - sims[right])
+        terms.append(term(pred[q], [c for c in range(len(h)) if c not in seen], int(batch.index[rows[q], at[q]])))
     assert len(terms) == 3 * 24 and float(loss) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
 
 
 @torch.no_grad()
 def test_tcl_never_offers_a_query_its_own_scan_as_candidate():
     # InfoNCE over every scan of the batch but the one the query was carried from
-    scans = atrophy_scans(3, 3, 16, seed=4)
-    torch.manual_seed(0)
-    arch = tiny_arch(norm="group")
-    method = build("tcl", build_encoder(arch), build_aggregator(arch), feature_dim(arch), HP["tcl"])
-    batch = method_batch(method, scans, scans.subjects, NONE, seed=0)
-    loss, _ = method(batch)
-    h = method.encoder(apply(batch.volumes, batch.views[0]))
-    keys = F.normalize(method.key(h), dim=1)
+    loss, batch, h, method, term = _by_hand("tcl", atrophy_scans(3, 3, 16, seed=4))
     rows, i, j = ordered_pairs(batch.months, batch.valid)
     seq = sequence_embeddings(h, batch.index)
-    q = F.normalize(method.carry(seq[rows, i], batch.months[rows, i], batch.months[rows, j]), dim=1)
-    terms = []
-    for n in range(len(rows)):
-        candidates = [c for c in range(len(h)) if c != int(batch.index[rows[n], i[n]])]
-        sims = q[n] @ keys[candidates].T / HP["tcl"]["temperature"]
-        terms.append(torch.logsumexp(sims, 0) - sims[candidates.index(int(batch.index[rows[n], j[n]]))])
+    q = method.carry(seq[rows, i], batch.months[rows, i], batch.months[rows, j])
+    terms = [term(q[n], [c for c in range(len(h)) if c != int(batch.index[rows[n], i[n]])],
+                  int(batch.index[rows[n], j[n]])) for n in range(len(rows))]
     assert len(terms) == 3 * 6 and float(loss) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sslad import distributed
@@ -77,6 +78,18 @@ def masked_readout(aggregator: nn.Module, seq: torch.Tensor, months: torch.Tenso
     pooled, tokens = aggregator.tokens(seq, months, valid, masked)
     at = masked.int().argmax(1) if at is None else at
     return torch.cat([pooled, tokens[torch.arange(len(at), device=at.device), at]], dim=1)
+
+
+def unseen_nce(queries: torch.Tensor, keys: torch.Tensor, target: torch.Tensor, seen: tuple[torch.Tensor, torch.Tensor],
+               temperature: float) -> tuple[torch.Tensor, float]:
+    """Summed InfoNCE of the (Q, P) queries against the (N, P) keys (cosine / ``temperature``), query q's
+    right key ``target[q]``, and the share of queries whose best key is the right one. ``seen``
+    (query rows, key rows) takes each listed key out of that query's candidates: the scans it was
+    computed from, which the model could rule out by their content alone, without time."""
+    logits = F.normalize(queries.float(), dim=1) @ F.normalize(keys.float(), dim=1).T / temperature
+    logits = logits.index_put(seen, logits.new_tensor(float("-inf")))
+    hits = float((logits.argmax(1) == target).float().mean()) if len(target) else 0.0
+    return F.cross_entropy(logits, target, reduction="sum"), hits
 
 
 def sequence_embeddings(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from sslad.augment import apply
 from sslad.distributed import gather, global_mean, row_offset
-from sslad.methods import Batch, Sampling, masked_readout, sequence_embeddings
+from sslad.methods import Batch, Sampling, masked_readout, sequence_embeddings, unseen_nce
 from sslad.networks import ProjectionHead
 
 
@@ -73,13 +73,9 @@ class TCL(nn.Module):
         q = self.carry(seq[rows, i], batch.months[rows, i], batch.months[rows, j])
         keys = gather(self.key(h))
         offset = row_offset(h.shape[0], h.device)
-        target = batch.index[rows, j] + offset
-        logits = F.normalize(q.float(), dim=1) @ F.normalize(keys.float(), dim=1).T / self.temperature
-        # the query's own scan is no candidate: what the model saw, it could rule out without time
-        own = batch.index[rows, i] + offset
-        logits = logits.masked_fill(F.one_hot(own, logits.shape[1]).bool(), float("-inf"))
-        total = F.cross_entropy(logits, target, reduction="sum") + h.sum() * 0.0
-        hits = float((logits.argmax(1) == target).float().mean()) if len(rows) else 0.0
+        own = (torch.arange(len(rows), device=h.device), batch.index[rows, i] + offset)  # no candidate
+        total, hits = unseen_nce(q, keys, batch.index[rows, j] + offset, own, self.temperature)
+        total = total + h.sum() * 0.0
         gap = (batch.months[rows, j] - batch.months[rows, i]).abs()
         return global_mean(total, len(rows)), {"batch_retrieval": hits,
                                                "mean_interval_months": float(gap.mean()) if len(rows) else 0.0}

@@ -26,7 +26,7 @@ from torch import nn
 
 from sslad.augment import apply
 from sslad.distributed import gather, global_mean, row_offset
-from sslad.methods import Batch, Sampling, masked_readout, sequence_embeddings
+from sslad.methods import Batch, Sampling, masked_readout, sequence_embeddings, unseen_nce
 from sslad.networks import ProjectionHead
 
 
@@ -95,13 +95,10 @@ class TMP(nn.Module):
                 else h.new_zeros((0, self.key[-1].out_features)))
         keys = gather(self.key(h))
         offset = row_offset(h.shape[0], h.device)
-        logits = F.normalize(pred.float(), dim=1) @ F.normalize(keys.float(), dim=1).T / self.temperature
-        # the query's own context is no candidate: what the model saw, it could rule out without time
-        query, position = (batch.valid[rows] & ~hidden).nonzero(as_tuple=True)
-        seen = torch.zeros_like(logits, dtype=torch.bool)
-        seen[query, batch.index[rows[query], position] + offset] = True
-        logits = logits.masked_fill(seen, float("-inf"))
         target = batch.index[rows, at] + offset
-        total = F.cross_entropy(logits, target, reduction="sum") + h.sum() * 0.0
-        hits = float((logits.argmax(1) == target).float().mean()) if len(rows) else 0.0
+        # the query's own context is no candidate
+        query, position = (batch.valid[rows] & ~hidden).nonzero(as_tuple=True)
+        seen = (query, batch.index[rows[query], position] + offset)
+        total, hits = unseen_nce(pred, keys, target, seen, self.temperature)
+        total = total + h.sum() * 0.0
         return global_mean(total, len(target)), {"batch_retrieval": hits}
