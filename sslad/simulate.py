@@ -4,9 +4,17 @@ Why: the study must run anywhere with nothing downloaded, and every stage needs 
 tested against (brain masks for skull stripping, poses for registration, disease stage for the
 models). The nilearn template is skull-stripped, so a head (CSF, skull, scalp fat, neck) is built
 around it with per-subject thickness and intensity. Each subject gets its own anatomy (head size,
-smooth deformation); each visit a rigid pose, a bias field, Rician noise and an intensity scale.
+smooth deformation, hippocampal and ventricular size); each visit a rigid pose, a bias field, Rician
+noise and an intensity scale.
+
 Disease is a latent stage (0 = healthy, 1 = MCI threshold, 2 = AD threshold) that grows with time
-for converters and drives atrophy: ventricle enlargement, hippocampal shrinkage, global shrinkage.
+for converters. The diagnosis is the stage read through a noisy link (a per-subject offset, as
+cognitive reserve, and per-visit noise), so the same atrophy can carry different diagnoses. The
+images show volumes calibrated to published effect sizes (``atrophy`` settings, docs/study.md):
+hippocampal volume varies between subjects and shrinks with age for everyone, and with disease by a
+deficit that grows with the baseline stage and a per-course annual loss; the ventricles grow and the
+whole brain shrinks in proportion. ``disease_effect`` scales every disease term: 0 gives a null
+cohort whose images carry no trace of the disease (same subjects, visits and diagnoses).
 """
 
 from __future__ import annotations
@@ -109,9 +117,40 @@ class Subject:
     anatomy_seed: int
     layers: tuple[float, ...]  # csf, skull, scalp thickness (mm); csf, skull, scalp, neck intensity
     imaged: tuple[bool, ...]  # per visit: False = a clinical visit with a diagnosis but no T1w image
+    hippocampus: float = 0.0  # log hippocampal volume of this subject's anatomy (0 = the template's)
+    ventricles: float = 0.0  # log ventricular volume, likewise
+    loss_deviation: float = 0.0  # this subject's annual hippocampal loss minus its course's mean
 
     def stage(self, visit: int) -> float:
         return self.stage0 + self.rate * self.months[visit] / 12.0
+
+
+def _stage_deficit(stage: float, deficit: dict[str, float]) -> float:
+    """Disease-related log hippocampal loss at a latent stage: 0 when healthy, ``deficit.mci`` at the
+    MCI threshold (stage 1), ``deficit.ad`` at the AD threshold (stage 2) (fractions of the volume),
+    linear between, and on at the MCI-to-AD slope beyond."""
+    mci, ad = -np.log1p(-deficit["mci"]), -np.log1p(-deficit["ad"])
+    if stage >= 2.0:
+        return float(ad + (ad - mci) * (stage - 2.0))
+    return float(np.interp(stage, [0.0, 1.0, 2.0], [0.0, mci, ad]))
+
+
+def log_volumes(subject: Subject, visit: int, cfg: dict[str, Any]) -> dict[str, float]:
+    """Log volumes of the hippocampi, the ventricles and the brain at a visit, relative to the template.
+
+    Ageing (``atrophy.annual_loss.cn`` a year, about age 70) and the subject's own rate deviation act
+    on everyone; the disease adds its stage deficit at baseline and its course's extra annual loss,
+    both scaled by ``disease_effect``. The ventricles grow and the brain shrinks by fixed ratios of the
+    hippocampal loss (``ventricle_ratio``, ``brain_ratio``)."""
+    atrophy, effect = cfg["atrophy"], cfg["disease_effect"]
+    years = subject.months[visit] / 12.0
+    loss = atrophy["annual_loss"]
+    ageing = (loss["cn"] + subject.loss_deviation) * (subject.age + years - 70.0)
+    disease = effect * (_stage_deficit(subject.stage0, atrophy["deficit"])
+                        + (loss[subject.group] - loss["cn"]) * years)
+    shrink = ageing + disease
+    return {"hippocampus": subject.hippocampus - shrink, "ventricles": subject.ventricles + atrophy["ventricle_ratio"] * shrink,
+            "brain": -atrophy["brain_ratio"] * shrink}
 
 
 def _draw_subject(index: int, group: str, rng: np.random.Generator, cfg: dict[str, Any]) -> Subject:
@@ -129,20 +168,23 @@ def _draw_subject(index: int, group: str, rng: np.random.Generator, cfg: dict[st
     jitter = int(vcfg["jitter_days"])
     days = np.round(months * DAYS_PER_MONTH + np.concatenate([[0], rng.integers(-jitter, jitter + 1, n_visits - 1)]))
     years = months / 12.0
+    # the diagnosis reads the stage through a per-subject offset (cognitive reserve) and per-visit noise
+    link = cfg["diagnosis_noise"]
+    offset = float(rng.normal(0.0, link["subject_sd"]))
     if group == "cn":
         rate, stage0 = rng.uniform(0.0, 0.04), rng.uniform(0.0, 0.5)
     elif group == "mci":
         rate, stage0 = rng.uniform(0.0, 0.04), rng.uniform(1.1, 1.5)
     elif group == "ad":
         rate, stage0 = rng.uniform(0.1, 0.3), rng.uniform(2.1, 2.6)
-    else:  # converters cross the threshold between the first and the last visit
+    else:  # converters' clinical stage crosses the threshold between the first and the last visit
         threshold = 1.0 if group == "cn_mci" else 2.0
         rate = rng.uniform(0.25, 0.45)
         t_conv = rng.uniform(years[1] * 0.5, years[-1] * 0.95)
-        t_conv = min(t_conv, 0.95 / rate)  # keeps the baseline stage below the threshold
-        stage0 = threshold - rate * t_conv
-    stages = stage0 + rate * years
-    dx = [DX_BY_STAGE[int(np.clip(np.floor(s), 0, 2))] for s in stages]
+        t_conv = min(t_conv, 0.8 / rate)  # keeps the baseline clinical stage within the earlier class
+        stage0 = threshold - rate * t_conv - offset
+    clinical = stage0 + offset + rate * years + rng.normal(0.0, link["visit_sd"], n_visits)
+    dx = [DX_BY_STAGE[int(np.clip(np.floor(s), 0, 2))] for s in clinical]
     dx = _add_label_noise(dx, rng, cfg["label_noise"])
     if converter and rng.random() < cfg["reverter_rate"]:
         # a converted visit followed by a return to the earlier diagnosis
@@ -157,6 +199,7 @@ def _draw_subject(index: int, group: str, rng: np.random.Generator, cfg: dict[st
               rng.uniform(0.12, 0.22), rng.uniform(0.03, 0.10), rng.uniform(0.85, 1.25), rng.uniform(0.4, 0.55))
     # follow-up visits without an image (as in ADNI): their diagnosis still counts for labels
     imaged = [True] + [bool(rng.random() >= vcfg["clinical_only_fraction"]) for _ in range(n_visits - 1)]
+    atrophy = cfg["atrophy"]
     return Subject(
         participant_id=f"sub-{cfg['seed']:03d}{index + 1:03d}", group=group, sex=str(rng.choice(["F", "M"])),
         age=float(np.round(np.clip(rng.normal(age_mu, 6.0), 55, 92), 1)),
@@ -164,6 +207,9 @@ def _draw_subject(index: int, group: str, rng: np.random.Generator, cfg: dict[st
         stage0=float(stage0), rate=float(rate), diagnoses=tuple(dx), reverter=bool(reverter),
         head_scale=float(np.clip(rng.normal(1.0, 0.04), 0.9, 1.1)),
         anatomy_seed=int(rng.integers(2**31)), layers=tuple(float(x) for x in layers), imaged=tuple(imaged),
+        hippocampus=float(rng.normal(0.0, atrophy["hippocampus_sd"])),
+        ventricles=float(rng.normal(0.0, atrophy["ventricle_sd"])),
+        loss_deviation=float(rng.normal(0.0, atrophy["annual_loss_sd"])),
     )
 
 
@@ -190,22 +236,32 @@ def draw_cohort(cfg: dict[str, Any]) -> list[Subject]:
     return [_draw_subject(i, g, rng, cfg) for i, g in enumerate(groups)]
 
 
-def atrophy_offsets(pts: np.ndarray, tpl: Template, stage: float, age: float) -> np.ndarray:
-    """Displacement (mm) that, sampled at ``pts + offset``, shows atrophy of this stage and age.
+HIPPOCAMPUS_SIGMA_MM, HIPPOCAMPUS_RADIUS_MM = 7.0, 5.0  # displacement reach; the ball whose volume is measured
+VENTRICLE_SIGMA_MM, VENTRICLE_RADIUS_MM = 20.0, 10.0
+
+
+def _radial_gain(log_volume: float, radius: float, sigma: float) -> float:
+    """Gain k of the displacement k (p - c) exp(-|p - c|^2 / 2 sigma^2) that makes the subject-space
+    region drawn from the template's ball of ``radius`` about c exp(log_volume) times its volume
+    (exact: the map is radial and monotonic)."""
+    r = radius * np.exp(log_volume / 3.0)
+    return float((radius / r - 1.0) / np.exp(-(r**2) / (2 * sigma**2)))
+
+
+def atrophy_offsets(pts: np.ndarray, tpl: Template, volumes: dict[str, float]) -> np.ndarray:
+    """Displacement (mm) that, sampled at ``pts + offset``, shows these log volumes (:func:`log_volumes`).
 
     Ventricles grow (samples pulled towards their centre), hippocampi shrink (samples pushed away
-    from theirs) and the whole brain shrinks a little; the lost volume becomes CSF.
+    from theirs) and the whole brain scales; the lost volume becomes CSF.
     """
-    severity = max(stage, 0.0) / 3.0
-    aging = np.clip((age - 60.0) / 30.0, 0.0, 1.5)
-    k_vent = 0.18 * severity + 0.08 * aging
-    k_hipp = 0.40 * severity + 0.05 * aging
-    k_glob = 0.035 * severity + 0.015 * aging
+    k_hipp = _radial_gain(volumes["hippocampus"], HIPPOCAMPUS_RADIUS_MM, HIPPOCAMPUS_SIGMA_MM)
+    k_vent = _radial_gain(volumes["ventricles"], VENTRICLE_RADIUS_MM, VENTRICLE_SIGMA_MM)
+    k_glob = float(np.exp(-volumes["brain"] / 3.0) - 1.0)
     d = pts - tpl.ventricle_center
-    off = -k_vent * d * np.exp(-(d**2).sum(1, keepdims=True) / (2 * 20.0**2))
+    off = k_vent * d * np.exp(-(d**2).sum(1, keepdims=True) / (2 * VENTRICLE_SIGMA_MM**2))
     for c in HIPPOCAMPI:
         d = pts - c
-        off += k_hipp * d * np.exp(-(d**2).sum(1, keepdims=True) / (2 * 7.0**2))
+        off += k_hipp * d * np.exp(-(d**2).sum(1, keepdims=True) / (2 * HIPPOCAMPUS_SIGMA_MM**2))
     off += k_glob * (pts - tpl.brain_center)
     return off
 
@@ -226,6 +282,7 @@ def render_scan(subject: Subject, visit: int, tpl: Template, cfg: dict[str, Any]
     t_csf, t_skull, t_scalp, i_csf, i_skull, i_scalp, i_neck = subject.layers
     stage = subject.stage(visit)
     age = subject.age + subject.months[visit] / 12.0
+    volumes = log_volumes(subject, visit, cfg)
 
     image = np.empty(shape, np.float32)
     mask = np.empty(shape, np.uint8)
@@ -236,7 +293,7 @@ def render_scan(subject: Subject, visit: int, tpl: Template, cfg: dict[str, Any]
         q = (p - HEAD_CENTER - shift) @ rot + HEAD_CENTER  # inverse pose: scanner -> subject
         s = tpl.brain_center + (q - tpl.brain_center) / subject.head_scale
         s = s + _eval_field(warp, q)  # subject anatomy -> template
-        a = s + atrophy_offsets(s, tpl, stage, age)
+        a = s + atrophy_offsets(s, tpl, volumes)
         m = _sample(tpl.brain, tpl.inv_affine, a)
         brain_val = _sample(tpl.t1, tpl.inv_affine, a) ** cfg["contrast"]  # the protocol's grey/white contrast
         dist = _sample(tpl.dist, tpl.inv_affine, s, cval=1e3)
@@ -260,7 +317,8 @@ def render_scan(subject: Subject, visit: int, tpl: Template, cfg: dict[str, Any]
     pose = {"rotation_deg": [round(float(v), 4) for v in angles],
             "translation_mm": [round(float(v), 4) for v in shift],
             "rotation_center_mm": HEAD_CENTER.tolist(), "intensity_scale": round(float(scale), 4),
-            "stage": round(stage, 4), "age": round(age, 2)}
+            "stage": round(stage, 4), "age": round(age, 2),
+            **{f"{k}_volume": round(float(np.exp(v)), 5) for k, v in volumes.items()}}
     return image, mask, affine, pose
 
 
@@ -327,6 +385,8 @@ def _write_tables(subjects: list[Subject], poses: list, cfg: dict[str, Any], out
         s = by_id[sub]
         rows.append({"participant_id": sub, "session_id": ses, "cohort": cohort, "group": s.group,
                      "stage": pose["stage"], "reverter": s.reverter,
+                     "hippocampus_volume": pose["hippocampus_volume"], "ventricles_volume": pose["ventricles_volume"],
+                     "brain_volume": pose["brain_volume"],
                      "rot_x_deg": pose["rotation_deg"][0], "rot_y_deg": pose["rotation_deg"][1],
                      "rot_z_deg": pose["rotation_deg"][2], "shift_x_mm": pose["translation_mm"][0],
                      "shift_y_mm": pose["translation_mm"][1], "shift_z_mm": pose["translation_mm"][2],

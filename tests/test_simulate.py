@@ -6,7 +6,21 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from sslad.simulate import GROUPS, draw_cohort, load_template, render_scan, simulate_cohort
+import dataclasses
+
+import pytest
+
+from sslad.simulate import (
+    GROUPS,
+    HIPPOCAMPI,
+    HIPPOCAMPUS_RADIUS_MM,
+    atrophy_offsets,
+    draw_cohort,
+    load_template,
+    log_volumes,
+    render_scan,
+    simulate_cohort,
+)
 
 
 def test_bids_layout_and_ground_truth(tmp_path, tiny_sim):
@@ -16,13 +30,15 @@ def test_bids_layout_and_ground_truth(tmp_path, tiny_sim):
     assert list(participants.columns) == ["participant_id", "sex", "age"]
     assert len(participants) == 6
     truth = pd.read_csv(out / "derivatives/simulation/scans.tsv", sep="\t")
-    assert len(truth) == sum(len(s.months) for s in subjects)
+    assert len(truth) == sum(sum(s.imaged) for s in subjects)  # clinical-only visits have no scan
     for s in subjects:
         sessions = pd.read_csv(out / s.participant_id / f"{s.participant_id}_sessions.tsv", sep="\t")
         assert list(sessions.columns) == ["session_id", "age", "diagnosis", "days_from_baseline"]
         assert sessions["session_id"].str.fullmatch(r"ses-M\d{3}").all()
         assert (np.diff(sessions["days_from_baseline"]) > 150).all()  # >= 6 months apart
-        for ses in sessions["session_id"]:
+        for ses, imaged in zip(sessions["session_id"], s.imaged):
+            if not imaged:
+                continue
             img = nib.load(out / s.participant_id / ses / "anat" / f"{s.participant_id}_{ses}_T1w.nii.gz")
             mask = nib.load(out / "derivatives/simulation" / s.participant_id / ses / "anat"
                             / f"{s.participant_id}_{ses}_desc-brain_mask.nii.gz")
@@ -49,7 +65,8 @@ def test_same_seed_same_cohort_other_seed_differs(tiny_sim):
 
 
 def test_disease_course_follows_groups(default_config):
-    cfg = {**default_config["simulate"], "n_subjects": 200, "label_noise": 0.0, "reverter_rate": 0.0}
+    cfg = {**default_config["simulate"], "n_subjects": 200, "label_noise": 0.0, "reverter_rate": 0.0,
+           "diagnosis_noise": {"subject_sd": 0.0, "visit_sd": 0.0}}
     subjects = draw_cohort(cfg)
     assert {s.group for s in subjects} == set(GROUPS)
     for s in subjects:
@@ -76,3 +93,67 @@ def test_atrophy_grows_with_stage(tiny_sim):
     early = render_scan(s, 0, tpl, tiny_sim, np.random.default_rng(0))[1].sum()
     late = render_scan(s, len(s.months) - 1, tpl, tiny_sim, np.random.default_rng(0))[1].sum()
     assert late < early * 0.98
+
+
+def _cohen_d(a: np.ndarray, b: np.ndarray) -> float:
+    pooled = ((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)
+    return float((b.mean() - a.mean()) / np.sqrt(pooled))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_simulation_is_calibrated_to_published_effect_sizes(default_config, seed):
+    """Measured on the simulation's ground truth (the hippocampal volume each scan is rendered with),
+    by diagnosis at baseline and by course, against the ranges docs/study.md gives with its sources:
+    annual hippocampal loss 1.4% (stable CN), 2-2.5% (stable MCI), 3.5-4.5% (MCI->AD), 4.7% (AD);
+    between-subject SD ~10%; baseline Cohen's d CN vs AD 1.5-2, CN vs MCI ~0.7."""
+    cfg = {**default_config["simulate"], "n_subjects": 2000, "seed": seed}
+    cfg["visits"] = {**cfg["visits"], "min": 3, "single_visit_fraction": 0.0}
+    subjects = draw_cohort(cfg)
+    base = {dx: np.array([np.exp(log_volumes(s, 0, cfg)["hippocampus"]) for s in subjects if s.diagnoses[0] == dx])
+            for dx in ("CN", "MCI", "AD")}
+    assert 1.5 <= _cohen_d(base["AD"], base["CN"]) <= 2.1
+    assert 0.55 <= _cohen_d(base["MCI"], base["CN"]) <= 0.95
+    for dx, v in base.items():
+        assert 0.08 <= v.std() / v.mean() <= 0.13, dx
+    expected = {"cn": (0.012, 0.016), "cn_mci": (0.017, 0.025), "mci": (0.019, 0.025), "mci_ad": (0.035, 0.045),
+                "ad": (0.042, 0.052)}
+    for group, (lo, hi) in expected.items():
+        slopes = [np.polyfit(np.array(s.months) / 12, [log_volumes(s, v, cfg)["hippocampus"]
+                                                       for v in range(len(s.months))], 1)[0]
+                  for s in subjects if s.group == group]
+        loss = 1 - np.exp(np.mean(slopes))
+        assert lo <= loss <= hi, (group, loss)
+    # the diagnosis is a noisy function of the stage: some of every course is read as another class
+    cn_read_mci = np.mean([s.diagnoses[0] != "CN" for s in subjects if s.group == "cn"])
+    assert 0.005 < cn_read_mci < 0.15
+
+
+def test_rendered_hippocampus_has_the_ground_truth_volume():
+    """The deformation render_scan samples with gives the hippocampal ball the volume the ground truth
+    states: counted on a 0.25-mm grid of subject space mapped into the template."""
+    tpl = load_template(6)
+    step = 0.25
+    axis = np.arange(-9, 9 + step, step)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    for log_volume in (-0.3, -0.1, 0.0, 0.1):
+        volumes = {"hippocampus": log_volume, "ventricles": 0.0, "brain": 0.0}
+        pts = grid + HIPPOCAMPI[0]
+        mapped = pts + atrophy_offsets(pts, tpl, volumes)
+        inside = (np.linalg.norm(mapped - HIPPOCAMPI[0], axis=1) < HIPPOCAMPUS_RADIUS_MM).sum() * step**3
+        ball = 4 / 3 * np.pi * HIPPOCAMPUS_RADIUS_MM**3
+        assert inside / ball == pytest.approx(np.exp(log_volume), rel=0.02)
+
+
+def test_null_disease_effect_renders_no_disease(tiny_sim):
+    """disease_effect 0: an AD course and a stable CN course of the same subject render the same image
+    at every visit; at 1 they differ."""
+    tpl = load_template(tiny_sim["resolution_mm"])
+    s = next(x for x in draw_cohort({**tiny_sim, "n_subjects": 20}) if x.group == "cn" and len(x.months) > 1)
+    sick = dataclasses.replace(s, group="ad", stage0=2.4, rate=0.2, diagnoses=("AD",) * len(s.months))
+    for effect, same in ((0.0, True), (1.0, False)):
+        cfg = {**tiny_sim, "disease_effect": effect}
+        a = render_scan(s, 1, tpl, cfg, np.random.default_rng(5))[0]
+        b = render_scan(sick, 1, tpl, cfg, np.random.default_rng(5))[0]
+        assert np.array_equal(a, b) == same, effect
+    null = {**tiny_sim, "disease_effect": 0.0}
+    assert draw_cohort(null) == draw_cohort(tiny_sim)  # same subjects, visits and diagnoses
