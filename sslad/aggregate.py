@@ -46,6 +46,7 @@ from sslad.metrics import (
     subject_strata,
 )
 from sslad.registry import colours
+from sslad.schedule import SCHEDULE
 
 MODES = ("full", "probe")
 # metric keys of a metrics.json row; each must be a finite number in [0, 1]
@@ -67,9 +68,12 @@ COHORT_SKIPPED_COLUMNS = ["heldout", "task", "init", "mode", "inputs", "fraction
 GROUP = ["task", "init", "mode", "inputs", "fraction"]
 # the family of one Holm adjustment in summary.csv: every task x init compared with the reference there
 FAMILY = ["mode", "inputs", "fraction"]
+# claim: what the row's comparison with the reference says ("favours <init>", "none", "too few test
+# subjects" (no adjusted p then), "" without a comparison); holm_family: what its auc_diff_p_holm adjusts over
 SUMMARY_COLUMNS = [*GROUP, "n_seeds", "auc_mean", "auc_sd", "balanced_accuracy_mean", "balanced_accuracy_sd",
-                   "n_paired", "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_p", "auc_diff_seed_sd",
-                   "auc_diff_p_holm"]
+                   "n_paired", "n_test_subjects_pos", "n_test_subjects_neg", "auc_diff", "auc_diff_low",
+                   "auc_diff_high", "auc_diff_p", "auc_diff_seed_sd", "auc_diff_p_holm", "claim", "holm_family"]
+TOO_FEW = "too few test subjects"
 SKIPPED_COLUMNS = ["heldout", "task", "init", "inputs", "fraction", "seed", "reason", "source"]
 PRIMARY_KEYS = ("init", "reference", "mode", "inputs", "fraction")
 PRIMARY_COLUMNS = ["task", "n_seeds", "n_test_subjects_pos", "n_test_subjects_neg", "auc_init", "auc_reference",
@@ -424,11 +428,23 @@ def _floored_holm(p: np.ndarray | list, n_boot: int) -> np.ndarray:
     return holm(np.maximum(np.asarray(p, np.float64), 1.0 / n_boot))
 
 
+def _claim(init: str, reference: str, p_holm: float, low: float, high: float, level: float) -> str:
+    """The verdict of one adjusted comparison: the init its interval and Holm p favour, or none."""
+    if p_holm < 1 - level and low > 0:
+        return f"favours {init}"
+    if p_holm < 1 - level and high < 0:
+        return f"favours {reference}"
+    return "none"
+
+
 def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, reference: str = "scratch",
-              level: float = 0.95, preds: PredictionSource | None = None) -> pd.DataFrame:
+              level: float = 0.95, preds: PredictionSource | None = None,
+              min_subjects: int = MIN_CLAIM_SUBJECTS) -> pd.DataFrame:
     """One row per task x init x mode x inputs x fraction: mean and sd (ddof=1) over seeds, and for
-    each init other than the reference the paired comparison with it on the seeds both have, with
-    Holm's adjustment over every task x init compared at the same mode, inputs and fraction."""
+    each init other than the reference the paired comparison with it on the seeds both have. A
+    comparison with fewer than ``min_subjects`` test subjects of either class carries no claim and no
+    adjusted p (as in summary.md); the others get Holm's adjustment over every such task x init at
+    the same mode, inputs and fraction, and the claim it supports (exploratory: see summary.md)."""
     preds = preds or _Predictions()
     rows = []
     by_job = {k: g.set_index("seed") for k, g in table.groupby(GROUP, sort=False)}
@@ -438,21 +454,53 @@ def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, reference:
         for m in ("auc", "balanced_accuracy"):
             row[f"{m}_mean"] = float(g[m].mean())
             row[f"{m}_sd"] = float(g[m].std(ddof=1)) if len(g) > 1 else math.nan
-        row.update(n_paired=math.nan, auc_diff=math.nan, auc_diff_low=math.nan, auc_diff_high=math.nan,
-                   auc_diff_p=math.nan, auc_diff_seed_sd=math.nan, auc_diff_p_holm=math.nan)
+        row.update(n_paired=math.nan, n_test_subjects_pos=math.nan, n_test_subjects_neg=math.nan, auc_diff=math.nan,
+                   auc_diff_low=math.nan, auc_diff_high=math.nan, auc_diff_p=math.nan, auc_diff_seed_sd=math.nan,
+                   auc_diff_p_holm=math.nan, claim="", holm_family="")
         task, init, mode, inputs, fraction = key
         ref = by_job.get((task, reference, mode, inputs, fraction))
         seeds = sorted(set(g.index) & set(ref.index)) if ref is not None and init != reference else []
         if seeds:
             c = paired_auc_diff(_seed_pairs(g, ref, seeds, mode, preds), n_boot, seed)
             low, high = c.interval(level)
-            row.update(n_paired=len(seeds), auc_diff=c.diff, auc_diff_low=low, auc_diff_high=high, auc_diff_p=c.p,
-                       auc_diff_seed_sd=c.seed_sd)
+            row.update(n_paired=len(seeds), n_test_subjects_pos=c.n_pos_subjects,
+                       n_test_subjects_neg=c.n_neg_subjects, auc_diff=c.diff, auc_diff_low=low, auc_diff_high=high,
+                       auc_diff_p=c.p, auc_diff_seed_sd=c.seed_sd,
+                       claim="" if c.has_at_least(min_subjects) else TOO_FEW)
         rows.append(row)
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    for _, idx in df.groupby(FAMILY, sort=False).groups.items():
-        df.loc[idx, "auc_diff_p_holm"] = _floored_holm(df.loc[idx, "auc_diff_p"], n_boot)
-    return _sorted(df.astype({"n_paired": "Int64"}), ["init", "mode", "inputs", "fraction"])
+    for (mode, inputs, fraction), idx in df.groupby(FAMILY, sort=False).groups.items():
+        family = [i for i in idx if df.at[i, "n_paired"] > 0 and df.at[i, "claim"] != TOO_FEW]
+        if not family:
+            continue
+        df.loc[family, "auc_diff_p_holm"] = _floored_holm(df.loc[family, "auc_diff_p"], n_boot)
+        df.loc[family, "holm_family"] = (f"exploratory: {len(family)} comparisons with {reference} at {mode}, "
+                                         f"{inputs}, fraction {float(fraction):g}")
+        for i in family:
+            r = df.loc[i]
+            df.at[i, "claim"] = _claim(r["init"], reference, r["auc_diff_p_holm"], r["auc_diff_low"],
+                                       r["auc_diff_high"], level)
+    return _sorted(df.astype({"n_paired": "Int64", "n_test_subjects_pos": "Int64", "n_test_subjects_neg": "Int64"}),
+                   ["init", "mode", "inputs", "fraction"])
+
+
+def with_primary(summary: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, Any]) -> pd.DataFrame:
+    """summary.csv's rows of the pre-specified comparison carry its verdict, as summary.md states it:
+    the Holm p over the tasks that can carry a claim, and its claim (none where too few subjects)."""
+    out = summary.copy()
+    if prim.empty:
+        return out
+    at = ((out["init"] == primary["init"]) & (out["mode"] == primary["mode"]) & (out["inputs"] == primary["inputs"])
+          & np.isclose(out["fraction"].astype(float), float(primary["fraction"])))
+    m = int(prim["auc_diff_p_holm"].notna().sum())
+    for r in prim.itertuples(index=False):
+        i = out.index[at & (out["task"] == r.task)]
+        claim = (TOO_FEW if pd.isna(r.auc_diff_p_holm) else f"favours {primary['init']}" if r.favours
+                 else f"favours {primary['reference']}" if r.favours_reference else "none")
+        out.loc[i, "auc_diff_p_holm"] = r.auc_diff_p_holm
+        out.loc[i, "claim"] = f"primary: {claim}"
+        out.loc[i, "holm_family"] = f"primary: {m} tasks" if claim != TOO_FEW else ""
+    return out
 
 
 def _at(table: pd.DataFrame, primary: dict[str, Any], init: str) -> pd.DataFrame:
@@ -689,31 +737,72 @@ def _exploratory_section(summary_df: pd.DataFrame, reference: str, n_boot: int, 
     lines = ["## Exploratory: every init, mode and fraction", "",
              f"Not adjusted for choosing among inits, modes or fractions: a good-looking row here is a hypothesis, "
              f"not a finding. Holm p adjusts over every task × init compared with {reference} at the same mode, "
-             f"inputs and fraction.", ""]
+             f"inputs and fraction that has at least the claim's number of test subjects of each class; the others "
+             f"have no adjusted p and claim nothing (summary.csv: `claim`, `holm_family`; the primary "
+             f"comparison's rows there carry the primary section's Holm p and verdict).", ""]
     if summary_df.empty:
         return lines + ["No evaluated jobs.", ""]
     show_inputs = summary_df["inputs"].nunique() > 1
     head = ["task", "init", "mode", *(["inputs"] if show_inputs else []), "fraction", "seeds", "AUC mean ± sd",
-            "BA mean ± sd", f"ΔAUC vs {reference} [{_pct(level)} CI]", "p", "Holm p"]
+            "BA mean ± sd", f"ΔAUC vs {reference} [{_pct(level)} CI]", "p", "Holm p", "claim"]
     rows = []
     for r in summary_df.itertuples(index=False):
         diff = "" if pd.isna(r.auc_diff) else f"{r.auc_diff:+.3f} {_ci(r.auc_diff_low, r.auc_diff_high)}"
         rows.append([r.task, r.init, r.mode, *([r.inputs] if show_inputs else []), f"{r.fraction:g}", str(r.n_seeds),
                      _pm(r.auc_mean, r.auc_sd), _pm(r.balanced_accuracy_mean, r.balanced_accuracy_sd), diff,
-                     _p(r.auc_diff_p, n_boot), "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}"])
+                     _p(r.auc_diff_p, n_boot), "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}",
+                     r.claim])
     return lines + _table(head, rows) + [
         "", f"Mean ± sd over seeds (label-fraction subsets). ΔAUC: paired bootstrap over test subjects and seeds "
             f"({n_boot} resamples), same seeds for both inits; p two-sided; n/a: fewer than "
             f"{MIN_RESAMPLABLE} positive or negative test subjects.", ""]
 
 
+def _schedule_section(baseline: dict[str, pd.DataFrame], primary: dict[str, Any], n_boot: int,
+                      level: float) -> list[str]:
+    """Each image init of the primary comparison against the schedule-only baseline (same setting, test
+    samples and seeds), judged as the primary comparison is: what the images add beyond the schedule."""
+    if not baseline:
+        return []
+    lines = ["## Against the schedule-only baseline", "",
+             f"`{SCHEDULE}`: a logistic regression on what a model could read without the image (number of "
+             f"input scans, their span, the index visit's month, age at it, sex, cohort), fitted on the same "
+             f"training samples. A gain that this baseline also has is not a gain of the images.", ""]
+    need = primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS)
+    for init, rows in baseline.items():
+        if rows.empty:
+            lines += [f"- {init}: no results of both {init} and {SCHEDULE} at this setting.", ""]
+            continue
+        m = int(rows["auc_diff_p_holm"].notna().sum())
+        k = int(rows["favours"].sum())
+        if m:
+            verdict = (f"**{init} beats the schedule-only baseline on {k} of {m} tasks**"
+                       + ("" if k == m else f"; on the other {m - k} it does not beat what the schedule alone gives")
+                       + f" (Holm over those {m} tasks; simultaneous {_pct(level)} intervals above 0).")
+        else:
+            verdict = (f"**{init} vs {SCHEDULE}: no claim**, every task has fewer than {need} positive or "
+                       f"negative test subjects.")
+        lines += [verdict, ""]
+        head = ["task", f"AUC {init}", f"AUC {SCHEDULE}", f"ΔAUC [{_pct(level)} CI]", "Holm p", "verdict"]
+        body = []
+        for r in rows.itertuples(index=False):
+            verdict = (TOO_FEW if pd.isna(r.auc_diff_p_holm) else f"{init} beats it" if r.favours
+                       else f"{SCHEDULE} beats {init}" if r.favours_reference else f"{init} does not beat it")
+            body.append([r.task, f"{r.auc_init:.3f}", f"{r.auc_reference:.3f}",
+                         _diff(r.auc_diff, r.auc_diff_low, r.auc_diff_high),
+                         "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}", verdict])
+        lines += _table(head, body) + [""]
+    return lines
+
+
 def summary_markdown(summary_df: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, Any], table: pd.DataFrame,
                      skipped: pd.DataFrame, n_boot: int, level: float = 0.95,
-                     controls: pd.DataFrame | None = None) -> str:
-    """The report: the pre-specified primary comparison first, its controls beside it, then the
-    tasks not evaluated, then the exploratory table of everything."""
+                     controls: pd.DataFrame | None = None, baseline: dict[str, pd.DataFrame] | None = None) -> str:
+    """The report: the pre-specified primary comparison first, the schedule-only baseline and the
+    controls beside it, then the tasks not evaluated, then the exploratory table of everything."""
     controls = pd.DataFrame(columns=CONTROL_COLUMNS) if controls is None else controls
     lines = ["# Fine-tuning results", "", *_primary_section(prim, primary, table, n_boot, level),
+             *_schedule_section(baseline or {}, primary, n_boot, level),
              *_controls_section(controls, prim, primary, level), *_skipped_section(skipped, table),
              *_exploratory_section(summary_df, primary["reference"], n_boot, level)]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -866,12 +955,17 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
     Path(figures_dir).mkdir(parents=True, exist_ok=True)
     for fold in folds:
         whole = table[(table["heldout"] == fold) & (table["test_cohort"] == ALL)]
-        summary = summarise(whole, n_boot, seed, primary["reference"], level, preds)
-        summaries.append(summary.assign(heldout=fold)[["heldout", *SUMMARY_COLUMNS]])
+        need = primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS)
+        summary = summarise(whole, n_boot, seed, primary["reference"], level, preds, need)
         prim = primary_comparison(whole, primary, n_boot, seed, level, preds)
+        summary = with_primary(summary, prim, primary)
+        summaries.append(summary.assign(heldout=fold)[["heldout", *SUMMARY_COLUMNS]])
+        baseline = {name: primary_comparison(whole, {**primary, "init": name, "reference": SCHEDULE}, n_boot, seed,
+                                             level, preds)
+                    for name in dict.fromkeys((primary["init"], primary["reference"])) if name != SCHEDULE}
         controls = control_comparisons(whole, primary, n_boot, seed, level, preds)
         text = summary_markdown(summary, prim, primary, whole, skipped[skipped["heldout"] == fold], n_boot, level,
-                                controls)
+                                controls, baseline)
         lines = text.rstrip("\n").splitlines() + [""] + _by_cohort_section(table[table["heldout"] == fold],
                                                                           missing[missing["heldout"] == fold], primary)
         sections.append((fold, lines))

@@ -49,6 +49,7 @@ from sslad.loader import Stream, Volumes, local_rows
 from sslad.metrics import auc, binary_metrics, youden_threshold
 from sslad.networks import build_aggregator, build_encoder, feature_dim, load_encoder
 from sslad.optim import Adam
+from sslad.schedule import SCHEDULE, fit_baseline
 from sslad.visit_time import acquisition_months
 from sslad.volumes import open_arrays, read_visits
 
@@ -324,6 +325,9 @@ def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[C
         visits_tsv: str, encoder_pt: str | None, threads: int, workers: int = 0) -> list[dict[str, Any]]:
     """The ``sslad finetune`` job: every label fraction (``cells``) and mode of one task x init x seed,
     its scans read from disk per batch by ``workers`` loader processes."""
+    if init == SCHEDULE:  # no image: neither device nor arrays
+        table = read_tsv(task_tsv)
+        return [run_schedule_cell(settings, task, seed, cell, table, task_tsv) for cell in cells]
     torch.set_num_threads(max(1, threads))
     device = pick_device(settings["device"], "finetune.device")
     if device.type == "cuda":  # CPU kernels here are deterministic already; asking imports TorchInductor (~1.4 s)
@@ -341,6 +345,56 @@ def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[C
             for cell in cells]
 
 
+def _parts_or_skip(job: dict[str, Any], table: pd.DataFrame, task_tsv: str,
+                   cell: Cell) -> tuple[dict[str, pd.DataFrame] | None, dict[str, Any]]:
+    """The cell's samples by split; or None and the metrics written to say why it cannot be evaluated."""
+    try:
+        return select_samples(table, task_tsv, cell.fraction_tsv), {}
+    except NotEvaluable as exc:
+        print(f"{job['task']} {job['init']} frac {cell.fraction:g} seed {job['seed']}: not evaluated: {exc}",
+              file=sys.stderr)
+        metrics = {**job, "rows": [], "curves": {}, "skipped": str(exc)}
+        write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), cell.metrics, cell.predictions)
+        return None, metrics
+
+
+def _finish_cell(job: dict[str, Any], cell: Cell, mode: str, scores: dict[str, np.ndarray], data: dict[str, Samples],
+                 best_epoch: int, rows: list[dict[str, Any]], predictions: list[pd.DataFrame]) -> None:
+    """One mode's metrics row and test predictions, added to ``rows`` and ``predictions``."""
+    row = evaluate(scores, data)
+    row.update(mode=mode, best_epoch=best_epoch)
+    rows.append(row)
+    test = data["test"].table
+    predictions.append(pd.DataFrame({"participant_id": test["participant_id"], "index_session": test["index_session"],
+                                     "mode": mode, "label": test["label"], "logit": scores["test"]}))
+    print(f"{job['task']} {job['init']} frac {cell.fraction:g} seed {job['seed']} {mode}: test AUC {row['auc']:.3f}, "
+          f"balanced accuracy {row['balanced_accuracy']:.3f}, "
+          f"val AUC {row['val_auc']:.3f} at epoch {row['best_epoch']}", file=sys.stderr)
+
+
+def run_schedule_cell(settings: dict[str, Any], task: str, seed: int, cell: Cell, table: pd.DataFrame,
+                      task_tsv: str) -> dict[str, Any]:
+    """The ``schedule`` init's cell: the schedule-only baseline (:func:`sslad.schedule.fit_baseline`) on
+    the cell's samples, thresholded on validation and scored on test as an image model is. It has no
+    mode of its own: its one fit is the row of every configured mode, so each image model's row has
+    its schedule reference at the same task, fraction, seed and mode."""
+    job = {"task": task, "init": SCHEDULE, "fraction": cell.fraction, "seed": seed, "inputs": settings["inputs"],
+           "heldout": settings.get("heldout", ""), "encoder": "", "settings": settings}
+    parts, skipped = _parts_or_skip(job, table, task_tsv, cell)
+    if parts is None:
+        return skipped
+    scores = fit_baseline(parts, seed)
+    data = {k: Samples(v, torch.tensor(v["label"].to_numpy(), dtype=torch.float32), *(torch.empty(0),) * 3)
+            for k, v in parts.items()}
+    rows: list[dict[str, Any]] = []
+    predictions: list[pd.DataFrame] = []
+    for mode in settings["modes"]:
+        _finish_cell(job, cell, mode, scores, data, 0, rows, predictions)
+    metrics = {**job, "rows": rows, "curves": {mode: {"train_loss": [], "val_auc": []} for mode in settings["modes"]}}
+    write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], cell.metrics, cell.predictions)
+    return metrics
+
+
 def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Cell, table: pd.DataFrame,
              task_tsv: str, arrays: Callable[[], Volumes], row_of: dict[tuple[str, str], int],
              encoder_pt: str | None, device: torch.device, workers: int = 0) -> dict[str, Any]:
@@ -348,13 +402,9 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
     fraction = cell.fraction
     job = {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": settings["inputs"],
            "heldout": settings.get("heldout", ""), "encoder": encoder_pt or "", "settings": settings}
-    try:
-        parts = select_samples(table, task_tsv, cell.fraction_tsv)
-    except NotEvaluable as exc:
-        print(f"{task} {init} frac {fraction:g} seed {seed}: not evaluated: {exc}", file=sys.stderr)
-        metrics = {**job, "rows": [], "curves": {}, "skipped": str(exc)}
-        write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), cell.metrics, cell.predictions)
-        return metrics
+    parts, skipped = _parts_or_skip(job, table, task_tsv, cell)
+    if parts is None:
+        return skipped
     data = {k: s.to(device) for k, s in build_samples(parts, settings["inputs"], row_of, seed).items()}
     rows, curves, predictions = [], {}, []
     for mode in settings["modes"]:
@@ -371,17 +421,8 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
             scores = {k: predict(model, scans, s) for k, s in data.items()}
         else:
             scores, curve = fit_probe(encoder.to(device), scans, data, settings, seed)
-        row = evaluate(scores, data)
-        row.update(mode=mode, best_epoch=curve.pop("best_epoch"))
-        rows.append(row)
+        _finish_cell(job, cell, mode, scores, data, curve.pop("best_epoch"), rows, predictions)
         curves[mode] = curve
-        test = data["test"].table
-        predictions.append(pd.DataFrame({"participant_id": test["participant_id"],
-                                         "index_session": test["index_session"], "mode": mode,
-                                         "label": test["label"], "logit": scores["test"]}))
-        print(f"{task} {init} frac {fraction:g} seed {seed} {mode}: test AUC {row['auc']:.3f}, "
-              f"balanced accuracy {row['balanced_accuracy']:.3f}, "
-              f"val AUC {row['val_auc']:.3f} at epoch {row['best_epoch']}", file=sys.stderr)
     metrics = {**job, "rows": rows, "curves": curves}
     write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], cell.metrics, cell.predictions)
     return metrics

@@ -98,6 +98,7 @@ def task_samples(record: pd.DataFrame, usable: set[tuple[str, str]], task_id: st
         days = visits["days_from_baseline"].tolist()
         months = schedule_months(sessions, days)
         coded = is_coded(sessions)
+        ages = visits["age"].tolist() if "age" in visits else [float("nan")] * len(dx)
         ok = [(sub, s) in usable for s in sessions]
         for i in range(len(dx)):
             if not ok[i]:
@@ -114,8 +115,9 @@ def task_samples(record: pd.DataFrame, usable: set[tuple[str, str]], task_id: st
             rows.append({"participant_id": sub, "index_session": sessions[i],
                          "input_sessions": ";".join(sessions[k] for k in inputs),
                          "input_days": ";".join(str(int(days[k])) for k in inputs),
-                         "n_inputs": len(inputs), "index_months": months[i], "index_diagnosis": dx[i],
-                         "label": label})
+                         "n_inputs": len(inputs), "index_months": months[i],
+                         "span_months": months[i] - months[inputs[0]], "index_age": ages[i],
+                         "index_diagnosis": dx[i], "label": label})
     columns = ["participant_id", "index_session", "input_sessions", "input_days", "n_inputs", "index_months",
-               "index_diagnosis", "label"]
+               "span_months", "index_age", "index_diagnosis", "label"]
     return pd.DataFrame(rows, columns=columns)

@@ -17,6 +17,7 @@ import pandas as pd
 from sslad.cohort import EXCLUDED_COLUMNS
 from sslad.io import read_tsv, write_tsv
 from sslad.labels import RANK, TASKS, is_reverter, task_samples
+from sslad.schedule import confound_table, match_schedule
 from sslad.splits import label_fractions, split_subjects
 from sslad.visit_time import acquisition_months, chronological
 
@@ -67,8 +68,11 @@ def subject_strata(subjects: pd.DataFrame, tasks: dict[str, pd.DataFrame]) -> di
 
 def build(scans: pd.DataFrame, record: pd.DataFrame, cohort_excluded: pd.DataFrame, qc: pd.DataFrame | None,
           cfg: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    """Every manifest table (visits, subjects, splits, pretraining set, exclusions and the seven task
-    tables), keyed by file name."""
+    """Every manifest table (visits, subjects, splits, pretraining set, exclusions, the seven task
+    tables and the schedule confound of each), keyed by file name.
+
+    With ``index_visits: matched`` each task keeps only samples whose classes share their schedules
+    (:func:`sslad.schedule.match_schedule`), before the split; ``all`` keeps every usable index visit."""
     excluded = [cohort_excluded[EXCLUDED_COLUMNS]]
     if qc is not None:
         qc = qc.astype({"qc_pass": str})
@@ -92,11 +96,18 @@ def build(scans: pd.DataFrame, record: pd.DataFrame, cohort_excluded: pd.DataFra
     uses = cfg.get("cohort_use", {})
     pretrain_only = set(subjects.loc[subjects["cohort"].map(lambda c: uses.get(c, "both")) == "pretrain",
                                      "participant_id"])
-    tasks = {}
+    sex = scans.drop_duplicates("participant_id").set_index("participant_id")["sex"] if "sex" in scans else {}
+    tasks, confound = {}, []
     for task in TASKS:
         t = task_samples(record, usable, task, cfg["horizon_months"], cfg["max_inputs"], cfg["exclude_reverters"],
                          cfg["visit_window_months"])
-        tasks[task] = t[~t["participant_id"].isin(pretrain_only)]
+        t = t[~t["participant_id"].isin(pretrain_only)].reset_index(drop=True)
+        t = t.assign(sex=t["participant_id"].map(sex))
+        confound.append(confound_table(task, t, "all"))
+        if cfg["index_visits"] == "matched":
+            t = match_schedule(t, task, cfg["match_bin_months"], cfg["seed"])
+            confound.append(confound_table(task, t, "matched"))
+        tasks[task] = t
     downstream = subjects[~subjects["participant_id"].isin(pretrain_only)]
     splits = split_subjects(subject_strata(downstream, tasks), cfg["split"]["val"], cfg["split"]["test"], cfg["seed"])
     splits = pd.concat([splits, pd.Series("pretrain", index=sorted(pretrain_only), dtype=object)]).sort_index()
@@ -112,6 +123,7 @@ def build(scans: pd.DataFrame, record: pd.DataFrame, cohort_excluded: pd.DataFra
     out["visits.tsv"] = visits[["participant_id", "session_id", "days_from_baseline", "months", "age",
                                 "diagnosis", "cohort", "split", "path"] + (["array"] if "array" in visits else [])]
     out["subjects.tsv"] = subjects
+    out["schedule.tsv"] = pd.concat(confound, ignore_index=True)
     out["splits.tsv"] = split_df
     for task, t in tasks.items():
         out[f"tasks/{task}.tsv"] = t.assign(cohort=t["participant_id"].map(cohort_of),
@@ -267,3 +279,16 @@ def run(scans_tsv: str, record_tsv: str, cohort_excluded_tsv: str, qc_tsv: str |
           file=sys.stderr)
     for task in TASKS:
         print(summary(task, tables[f"tasks/{task}.tsv"]), file=sys.stderr)
+    print(schedule_report(tables["schedule.tsv"]), file=sys.stderr)
+
+
+def schedule_report(confound: pd.DataFrame) -> str:
+    """The schedule confound for the log: per task and sample set, each schedule feature's AUC alone
+    against its limit (schedule.tsv)."""
+    lines = ["AUC of each schedule feature alone (either direction; limit max(0.65, 0.5 + 2.5 null SE)):"]
+    for (task, selection), part in confound.groupby(["task", "samples"], sort=False):
+        cells = ", ".join(f"{r.feature} {r.auc:.3f}{' CONFOUNDED' if r.confounded else ''}" for r in part.itertuples())
+        first = part.iloc[0]
+        lines.append(f"  {task} {selection} ({first['n_pos']}+/{first['n_neg']}- samples, limit {first['limit']:.3f}): "
+                     f"{cells}")
+    return "\n".join(lines)

@@ -117,13 +117,14 @@ METHODS: dict[str, Method] = {
                             augment=_RECIPE)),
 }
 
-# initialisations that are not pretraining methods: random weights, and an imported checkpoint
-OTHER_INITS: dict[str, str] = {"scratch": "black", "external": "tab:brown"}
+# initialisations that are not pretraining methods: random weights, an imported checkpoint, and the
+# schedule-only baseline (no image: sslad.schedule), which every study runs as the reference
+OTHER_INITS: dict[str, str] = {"scratch": "black", "external": "tab:brown", "schedule": "tab:gray"}
 
 
 def inits() -> list[str]:
-    """Every valid fine-tuning init: scratch, the registered methods, external."""
-    return ["scratch", *METHODS, "external"]
+    """Every valid fine-tuning init: scratch, the registered methods, external, schedule."""
+    return ["scratch", *METHODS, "external", "schedule"]
 
 
 def colours() -> dict[str, str]:

@@ -149,7 +149,8 @@ def log_volumes(subject: Subject, visit: int, cfg: dict[str, Any]) -> dict[str, 
     disease = effect * (_stage_deficit(subject.stage0, atrophy["deficit"])
                         + (loss[subject.group] - loss["cn"]) * years)
     shrink = ageing + disease
-    return {"hippocampus": subject.hippocampus - shrink, "ventricles": subject.ventricles + atrophy["ventricle_ratio"] * shrink,
+    return {"hippocampus": subject.hippocampus - shrink,
+            "ventricles": subject.ventricles + atrophy["ventricle_ratio"] * shrink,
             "brain": -atrophy["brain_ratio"] * shrink}
 
 

@@ -247,7 +247,7 @@ def test_primary_without_results_says_so(study, tmp_path, change, expected):
     out = _outputs(tmp_path)
     _run(study["paths"], out, {**SETTINGS, "primary": {**PRIMARY, **change}})
     text = out["summary_md"].read_text()
-    assert expected in text and "favours" not in text
+    assert expected in text and "favours" not in text[:text.index("## Exploratory")]  # the exploratory claims stay
     assert len(pd.read_csv(out["summary_csv"])) == len(TASKS) * len(INITS) * len(FRACTIONS) * 2
 
 
@@ -276,6 +276,11 @@ def test_too_few_test_subjects_give_no_claim(tmp_path):
     topc = summary[summary.init == "topc"]
     assert topc[["auc_diff", "auc_diff_seed_sd", "auc_diff_low", "auc_diff_high", "auc_diff_p"]].notna().all().all()
     assert (topc["auc_diff_high"] - topc["auc_diff_low"] > 0.3).all()  # honest width for six subjects
+    # one truth in both summaries: no adjusted p where summary.md makes no claim, and the CSV says why
+    assert topc["auc_diff_p_holm"].isna().all()
+    assert set(topc["claim"]) <= {"too few test subjects", "primary: too few test subjects"}
+    assert "primary: too few test subjects" in set(topc["claim"])
+    assert "too few test subjects |" in text  # the exploratory table's claim column
     single = TEST[TEST["participant_id"].isin([f"sub-{i:03d}" for i in (0, 20, 21, 22)])]
     paths = [str(_write_job(tmp_path / "jobs1", t, i, 1.0, s, single)) for t in TASKS for i in INITS for s in SEEDS]
     out = _outputs(tmp_path / "results1")

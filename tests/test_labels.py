@@ -134,7 +134,8 @@ def test_labels_follow_visit_codes_and_the_whole_record(tmp_path):
     scans, record, excluded = ingest(bids, {"CN": "CN", "MCI": "MCI", "AD": "AD"}, "test", strict=True)
     assert len(record) == len(OFF_SCHEDULE) and len(scans) == sum(v[4] for v in OFF_SCHEDULE)
     cfg = {"seed": 0, "horizon_months": 36, "visit_window_months": 3, "max_inputs": 3, "exclude_reverters": True,
-           "split": {"val": 0.2, "test": 0.25}, "pretrain_splits": ["train", "val"]}
+           "split": {"val": 0.2, "test": 0.25}, "pretrain_splits": ["train", "val"],
+           "index_visits": "all", "match_bin_months": 12}  # every labelled visit, unmatched
     tables = build(scans, record, excluded, None, cfg)
     for task, expected in EXPECTED.items():
         t = tables[f"tasks/{task}.tsv"]

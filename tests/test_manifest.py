@@ -115,7 +115,7 @@ def test_same_seed_byte_identical(tmp_path, default_config):
     write_tsv(scans, tmp_path / "scans.tsv")
     write_tsv(record, tmp_path / "record.tsv")
     write_tsv(pd.DataFrame(columns=EXCLUDED_COLUMNS), tmp_path / "excluded.tsv")
-    names = ["visits", "subjects", "splits", "excluded", *(f"task_{task}" for task in TASKS)]
+    names = ["visits", "subjects", "splits", "excluded", "schedule", *(f"task_{task}" for task in TASKS)]
     for out in ("a", "b"):
         outputs = {name: str(tmp_path / out / f"{name}.tsv") for name in names}
         run(tmp_path / "scans.tsv", tmp_path / "record.tsv", tmp_path / "excluded.tsv", None, outputs, cfg)
@@ -199,6 +199,7 @@ def test_a_pretraining_only_cohort_is_in_no_task_table_and_a_downstream_only_one
     cfg = {**default_config["manifest"], "cohort_use": {"SiteA": "downstream", "SiteB": "pretrain"}}
     tables = build(scans, record, pd.DataFrame(columns=EXCLUDED_COLUMNS), None, cfg)
     assert set(tables["splits.tsv"].loc[tables["splits.tsv"]["cohort"] == "SiteB", "split"]) == {"pretrain"}
-    assert all(set(tables[f"tasks/{t}.tsv"]["cohort"]) == {"SiteA"} for t in TASKS)
+    assert all(set(tables[f"tasks/{t}.tsv"]["cohort"]) <= {"SiteA"} for t in TASKS)
+    assert set(tables["tasks/dx_cn_mci.tsv"]["cohort"]) == {"SiteA"}
     chosen = pretrain_set(tables["visits.tsv"], ["train", "val"], ["SiteA"])
     assert set(tables["visits.tsv"].set_index("participant_id").loc[chosen["participant_id"], "cohort"]) == {"SiteB"}

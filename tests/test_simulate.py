@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
-
-import dataclasses
-
 import pytest
 
 from sslad.simulate import (

@@ -26,6 +26,7 @@ from test_envs import pypi_requirements
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["dx_cn_ad", "det_mci_ad"]  # those of .test/config.yaml
 INITS = ["scratch", "simclr", "top", "tcl", "tmp", "topc"]
+GRID = [*INITS, "schedule"]  # every study fine-tunes the schedule-only baseline too
 # the controls of the primary comparison (topc vs scratch) on its control task det_mci_ad: index and
 # time_shuffled inputs x 2 inits x seed 0
 CONTROL_INITS = ["scratch", "topc"]
@@ -161,8 +162,8 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
                                                                                          "inputs"]])]
         assert g["n_test_subjects"].sum() <= whole["n_test_subjects"] and (g["threshold"] == whole["threshold"]).all()
     assert "## By test cohort" in (study / "results/summary.md").read_text()
-    assert len(table) == len(TASKS) * len(INITS) * 2 + CONTROLS  # x modes (full, probe); controls: full only
-    assert set(table["init"]) == set(INITS) and set(table["mode"]) == {"full", "probe"}
+    assert len(table) == len(TASKS) * len(GRID) * 2 + CONTROLS  # x modes (full, probe); controls: full only
+    assert set(table["init"]) == set(GRID) and set(table["mode"]) == {"full", "probe"}
     controls = table[table["inputs"] != "history"]
     assert sorted(zip(controls["task"], controls["init"], controls["inputs"], controls["mode"])) == sorted(
         ("det_mci_ad", i, c, "full") for i in CONTROL_INITS for c in ("index", "time_shuffled"))
@@ -178,7 +179,7 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
     client = MlflowClient(tracking_uri=f"sqlite:///{study / 'results/mlflow/mlflow.db'}")
     runs = {e: client.search_runs([client.get_experiment_by_name(e).experiment_id]) for e in ("pretrain", "finetune")}
     assert sorted(r.data.tags["method"] for r in runs["pretrain"]) == sorted(INITS[1:])
-    assert len(runs["finetune"]) == len(TASKS) * len(INITS) + CONTROLS
+    assert len(runs["finetune"]) == len(TASKS) * len(GRID) + CONTROLS
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
 
 
@@ -225,7 +226,7 @@ def test_tracking_server_gets_every_pretraining_and_finetuning_run(study, mlflow
     runs = {e: client.search_runs([client.get_experiment_by_name(e).experiment_id]) for e in ("pretrain", "finetune")}
     assert sorted(r.data.tags["method"] for r in runs["pretrain"]) == sorted(INITS[1:])
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs["pretrain"])
-    assert sorted(r.data.tags["init"] for r in runs["finetune"]) == sorted(INITS * len(TASKS) + CONTROL_INITS * 2)
+    assert sorted(r.data.tags["init"] for r in runs["finetune"]) == sorted(GRID * len(TASKS) + CONTROL_INITS * 2)
     assert {r.data.params["epochs"] for r in runs["finetune"]} == {"2"}
     # back to the SQLite store: the tracking jobs rerun and find every result logged already
     snakemake(study)
@@ -290,7 +291,7 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.8)
     # validation subsampling: the fractions and what follows; the primary comparison: aggregation only
     set_config(study, "study", "subsample_validation", False)
-    assert planned_jobs(study) == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(INITS),
+    assert planned_jobs(study) == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(GRID),
                                    "finetune_control": CONTROLS, "track_finetune": 1, "aggregate": 1}
     set_config(study, "study", "subsample_validation", True)
     # another primary init: aggregation, and the controls of the new pair (top's; scratch's are there)
@@ -299,12 +300,12 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "study", "primary.init", "topc")
     # one new seed (the grid comes from .test/config.yaml, so --config it): only its jobs
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1]}")
-    assert grown == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(INITS), "finetune_control": CONTROLS,
+    assert grown == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(GRID), "finetune_control": CONTROLS,
                      "track_finetune": 1, "aggregate": 1}
     # and a new fraction: each seed's job runs its fractions, the old one again too (and the controls
     # read the primary fraction's subset, which those jobs rewrite)
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1], label_fractions: [0.5, 1.0]}")
-    assert grown == {"label_fraction": 2 * len(TASKS), "finetune": 2 * len(TASKS) * len(INITS),
+    assert grown == {"label_fraction": 2 * len(TASKS), "finetune": 2 * len(TASKS) * len(GRID),
                      "finetune_control": 2 * CONTROLS, "track_finetune": 1, "aggregate": 1}
     assert planned_jobs(study) == {}
 
@@ -329,7 +330,7 @@ def test_finetuning_is_deterministic_and_the_report_builds(study):
     snakemake(study, "--forcerun", "finetune", "finetune_control")  # the shuffled times are seeded too
     assert (study / "results/table.csv").read_bytes() == before
     tracked = (study / "results/mlflow/finetune_runs.tsv").read_text().splitlines()
-    assert len(tracked) == 1 + len(TASKS) * len(INITS) + CONTROLS
+    assert len(tracked) == 1 + len(TASKS) * len(GRID) + CONTROLS
     assert all("\tFalse\t" in r for r in tracked[1:])  # no duplicates
     snakemake(study, "--report", "results/report.html")
     html = (study / "results/report.html").read_text(errors="replace")
@@ -467,7 +468,7 @@ def test_leave_one_cohort_out_keeps_the_held_out_cohort_out_of_training_and_pret
     loco = ("--config", "study={evaluation: leave_one_cohort_out}")
     planned = planned_jobs(study, *loco)
     assert (planned["fold"], planned["pretrain_set"], planned["pretrain"]) == (2, 2, 10)
-    assert planned["finetune"] == 2 * len(TASKS) * len(INITS) and planned["finetune_control"] == 2 * CONTROLS
+    assert planned["finetune"] == 2 * len(TASKS) * len(GRID) and planned["finetune_control"] == 2 * CONTROLS
     snakemake(study, "manifest_all", *loco)  # the target before --config, which takes every word after it
     for heldout in ("SiteA", "SiteB"):
         fold = study / "results/manifest" / f"heldout-{heldout}"

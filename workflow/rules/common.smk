@@ -142,6 +142,12 @@ def fraction_name(fraction):
     return f"{fraction:g}"
 
 
+def grid_inits():
+    """The inits fine-tuned: the study's, and always the schedule-only baseline (the reference every
+    image model is read against; it reads no image, so it costs seconds)."""
+    return list(dict.fromkeys([*config["study"]["inits"], "schedule"]))
+
+
 def study_methods():
     """The pretraining methods the study fine-tunes from (its inits that are methods)."""
     return [m for m in config["study"]["inits"] if m in METHODS]
@@ -160,7 +166,7 @@ def manifest_outputs():
     """The manifest job's outputs by name (sslad.manifest.output_name): the study-wide tables and all
     seven task tables (the splits are stratified on every task's labels, whichever tasks the study
     fine-tunes)."""
-    tables = {name: f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "excluded")}
+    tables = {name: f"results/manifest/{name}.tsv" for name in ("visits", "subjects", "splits", "excluded", "schedule")}
     return tables | {f"task_{task}": f"results/manifest/tasks/{task}.tsv" for task in ALL_TASKS}
 
 
@@ -193,6 +199,8 @@ def finetune_block(init):
     predictions); the encoder block only for scratch (pretrained inits carry their architecture in
     encoder.pt, an input)."""
     ft = {k: v for k, v in config["finetune"].items() if k != "n_bootstrap"}
+    if init == "schedule":  # no image, no training: only what its rows are labelled with
+        return {k: ft[k] for k in ("modes", "inputs")}
     if init == "scratch":
         ft["model"] = config["model"]
     return ft
@@ -251,7 +259,7 @@ def finetune_inputs(wildcards):
     }
     if wildcards.init == "external":  # imported once, pretrained on none of the study's cohorts
         files["encoder"] = "results/pretrain/external/encoder.pt"
-    elif wildcards.init != "scratch":
+    elif wildcards.init not in ("scratch", "schedule"):
         files["encoder"] = f"results/pretrain/{fold}{wildcards.init}/encoder.pt"
     return files
 
@@ -270,7 +278,7 @@ def finetune_outputs(name):
     return expand(
         f"results/finetune/{FOLD}{{task}}/{{init}}/frac-{{fraction}}/seed-{{seed}}/{name}",
         task=study["tasks"],
-        init=study["inits"],
+        init=grid_inits(),
         fraction=FRACTIONS,
         seed=study["seeds"],
         **folds(),
@@ -335,10 +343,10 @@ def check_study(cfg):
         )
     primary = study["primary"]
     for key in ("init", "reference"):
-        if primary[key] not in study["inits"]:
+        if primary[key] not in [*study["inits"], "schedule"]:
             raise ValueError(
                 f"invalid configuration: study.primary.{key} is {primary[key]!r}, not one of study.inits "
-                f"{study['inits']}"
+                f"{study['inits']} or schedule"
             )
     if primary["mode"] not in cfg["finetune"]["modes"]:
         raise ValueError(f"invalid configuration: study.primary.mode {primary['mode']!r} is not in finetune.modes")

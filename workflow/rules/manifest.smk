@@ -37,12 +37,12 @@ rule fold:
     """One leave-one-cohort-out fold's tables (sslad.manifest.fold_tables): the held-out cohort's
     subjects all test; the other cohorts' val split as pooled, all their other subjects train."""
     input:
-        **{name: path for name, path in manifest_outputs().items() if name not in ("subjects", "excluded")},
+        **{name: path for name, path in manifest_outputs().items() if name not in ("subjects", "excluded", "schedule")},
     output:
         **{
             name: path.replace("results/manifest/", "results/manifest/heldout-{heldout}/")
             for name, path in manifest_outputs().items()
-            if name not in ("subjects", "excluded")
+            if name not in ("subjects", "excluded", "schedule")
         },
     log:
         "results/logs/fold/heldout-{heldout}.log",
