@@ -79,7 +79,7 @@ def select_samples(task: pd.DataFrame, task_tsv: str, fraction_tsv: str) -> dict
     parts = {}
     for split in ("train", "val"):
         keys = set(zip(*(frac.loc[frac["split"] == split, c] for c in ("participant_id", "index_session"))))
-        rows = task[[k in keys for k in zip(task["participant_id"], task["index_session"])]]
+        rows = task[np.array([k in keys for k in zip(task["participant_id"], task["index_session"])], dtype=bool)]
         if len(rows) != len(keys) or set(rows["split"]) - {split}:
             raise ValueError(f"{fraction_tsv}: rows that are not {split} samples of {task_tsv}")
         parts[split] = rows

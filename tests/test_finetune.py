@@ -14,7 +14,7 @@ import torch
 
 from sslad import finetune
 from sslad.aggregate import PREDICTION_COLUMNS
-from sslad.io import write_tsv
+from sslad.io import read_tsv, write_tsv
 from sslad.metrics import auc
 from sslad.networks import build_aggregator, build_encoder, save_encoder
 from sslad.visit_time import DAYS_PER_MONTH
@@ -240,3 +240,32 @@ def test_a_job_is_bit_identical_when_rerun(cohort, tmp_path):
     again = _run(cohort, tmp_path / "b", "scratch", None, inputs="time_shuffled", modes=["full"])
     assert first.equals(again)
     assert json.loads(Path(tmp_path / "a" / "scratch.json").read_text())["inputs"] == "time_shuffled"
+
+
+@pytest.mark.parametrize("init", ["scratch", "schedule"])
+def test_an_empty_task_table_is_skipped(tmp_path, init):
+    """A task left without samples (the schedule matching can empty a small cohort's): skipped with
+    its reason, for an image init and the schedule baseline alike."""
+    task_tsv, frac_tsv = _tables(tmp_path, [0, 1])
+    write_tsv(read_tsv(task_tsv).iloc[:0], task_tsv)
+    write_tsv(read_tsv(frac_tsv).iloc[:0], frac_tsv)
+    settings = {"device": "cpu", "inputs": "history", "modes": ["full"]}
+    cell = finetune.Cell(1.0, frac_tsv, str(tmp_path / "metrics.json"), str(tmp_path / "predictions.tsv"))
+    [metrics] = finetune.run(settings, "dx_cn_ad", init, 0, [cell], task_tsv, "unused.tsv", None, 1)
+    assert metrics["rows"] == [] and "need both classes, got 0 positive and 0 negative" in metrics["skipped"]
+
+
+def test_schedule_init_scores_the_schedule_alone(tmp_path):
+    """The schedule baseline's job: one fit, a row for every mode with the same test logits, no image read."""
+    task_tsv, frac_tsv = _tables(tmp_path, [0, 1, 0, 1])
+    task = read_tsv(task_tsv).assign(span_months=0.0, index_age=[70.0, 75.0, 71.0, 76.0, 70.0, 75.0, 72.0, 77.0],
+                                     sex="F", cohort="A")
+    write_tsv(task, task_tsv)
+    settings = {"inputs": "history", "modes": ["full", "probe"]}
+    cell = finetune.Cell(1.0, frac_tsv, str(tmp_path / "metrics.json"), str(tmp_path / "predictions.tsv"))
+    [metrics] = finetune.run(settings, "dx_cn_ad", "schedule", 0, [cell], task_tsv, "unused.tsv", None, 1)
+    assert [r["mode"] for r in metrics["rows"]] == ["full", "probe"]
+    assert metrics["rows"][0]["auc"] == metrics["rows"][1]["auc"] == 1.0  # age separates these classes
+    preds = read_tsv(tmp_path / "predictions.tsv")
+    full, probe = (preds.loc[preds["mode"] == m, "logit"].to_numpy() for m in ("full", "probe"))
+    assert (full == probe).all()
