@@ -178,12 +178,13 @@ def _draw_subject(index: int, group: str, rng: np.random.Generator, cfg: dict[st
         rate, stage0 = rng.uniform(0.0, 0.04), rng.uniform(1.1, 1.5)
     elif group == "ad":
         rate, stage0 = rng.uniform(0.1, 0.3), rng.uniform(2.1, 2.6)
-    else:  # converters' clinical stage crosses the threshold between the first and the last visit
+    else:  # converters' clinical stage crosses the threshold between the first and the last visit,
+        # from a baseline near it (as pMCI's atrophy is nearer AD's than sMCI's)
         threshold = 1.0 if group == "cn_mci" else 2.0
-        rate = rng.uniform(0.25, 0.45)
+        clinical0 = rng.uniform(threshold - 0.5, threshold - 0.15)
         t_conv = rng.uniform(years[1] * 0.5, years[-1] * 0.95)
-        t_conv = min(t_conv, 0.8 / rate)  # keeps the baseline clinical stage within the earlier class
-        stage0 = threshold - rate * t_conv - offset
+        rate = (threshold - clinical0) / t_conv
+        stage0 = clinical0 - offset
     clinical = stage0 + offset + rate * years + rng.normal(0.0, link["visit_sd"], n_visits)
     dx = [DX_BY_STAGE[int(np.clip(np.floor(s), 0, 2))] for s in clinical]
     dx = _add_label_noise(dx, rng, cfg["label_noise"])
