@@ -497,7 +497,8 @@ def _variety_trees(root: Path, checkout: Path) -> tuple[Path, Path]:
     base = yaml.safe_load((ROOT / "config.yaml").read_text())["simulate"]
     base.update(n_subjects=3, resolution_mm=6, visits={**base["visits"], "max": 3})
     no_mci = {"cn": 1, "cn_mci": 0, "mci": 0, "mci_ad": 0, "ad": 1}
-    oasis = {**base, "seed": 43, "label_noise": 0.0, "group_mix": no_mci}
+    exact = {"label_noise": 0.0, "diagnosis_noise": {"subject_sd": 0.0, "visit_sd": 0.0}}  # the courses' diagnoses
+    oasis = {**base, "seed": 43, **exact, "group_mix": no_mci}
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     trees = root / "ADNI", root / "OASIS3"
     for out, cfg in zip(trees, (base, oasis)):
