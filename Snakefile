@@ -34,6 +34,6 @@ rule cohort_all:
 rule all:
     default_target: True
     input:
-        rules.aggregate.output,
+        rules.aggregate_all.input,
         rules.preprocess_all.input,
         rules.pretrain_all.input,

@@ -45,6 +45,7 @@ from sslad.metrics import (
     subject_counts,
     subject_strata,
 )
+from sslad.provenance import code_label
 from sslad.registry import colours
 from sslad.schedule import SCHEDULE
 
@@ -61,8 +62,9 @@ COUNT_KEYS = ("best_epoch", "n_train", "n_val", "n_test", "n_test_pos", "n_train
 JOB_KEYS = ("task", "init", "fraction", "seed", "inputs", "rows")
 # heldout: the cohort a leave-one-cohort-out job held out ("" when pooled); test_cohort: "all" for the
 # job's whole test split, else the one cohort whose part of it the row scores (same model, same threshold)
+# code: the commit (and source digest) of the job that made the row (sslad.provenance.code_label)
 TABLE_COLUMNS = ["task", "init", "mode", "inputs", "fraction", "seed", "heldout", "test_cohort", *UNIT_KEYS,
-                 "threshold", *COUNT_KEYS]
+                 "threshold", *COUNT_KEYS, "code"]
 ALL = "all"
 COHORT_SKIPPED_COLUMNS = ["heldout", "task", "init", "mode", "inputs", "fraction", "seed", "test_cohort", "reason"]
 GROUP = ["task", "init", "mode", "inputs", "fraction"]
@@ -160,7 +162,7 @@ def _job_rows(job: dict[str, Any], path: str | Path) -> list[dict[str, Any]]:
     return [{"task": job["task"], "init": job["init"], "inputs": job["inputs"], "fraction": float(job["fraction"]),
              "seed": job["seed"], "heldout": job.get("heldout", ""), "test_cohort": ALL,
              **{k: row[k] for k in ("mode", *JOB_METRIC_KEYS, "threshold", *COUNT_KEYS)},
-             "source": str(path)} for row in job["rows"]]
+             "code": code_label(job.get("provenance")), "source": str(path)} for row in job["rows"]]
 
 
 def load_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -91,16 +91,28 @@ def _cmd_template(a: argparse.Namespace) -> None:
 
 
 def _cmd_preprocess(a: argparse.Namespace) -> None:
-    from sslad.preprocess import run
+    from sslad.preprocess import Outputs, run, run_participant
 
     if len(a.sessions) != len(a.t1w):
         raise SystemExit(f"sslad preprocess: {len(a.sessions)} sessions but {len(a.t1w)} T1w files")
-    for session, t1w in zip(a.sessions, a.t1w):
-        record = run(t1w, a.participant, session, a.template, a.template_mask, a.out_dir, a.settings, a.space,
-                     a.threads)
-        state = (f"FAILED ({record['reason']})" if record["failed_stage"] else
-                 f"done (template correlation {record['template_correlation']}, brain {record['brain_volume_ml']} ml)")
-        print(f"{a.participant} {session}: {state}; {record.get('seconds', {})}", file=sys.stderr)
+    if a.worker:  # the scans one after the other, in this process
+        for session, t1w in zip(a.sessions, a.t1w):
+            record = run(t1w, a.participant, session, a.template, a.template_mask, a.out_dir, a.settings, a.space,
+                         a.threads)
+            state = (f"FAILED ({record['reason']})" if record["failed_stage"] else f"done (template correlation "
+                     f"{record['template_correlation']}, brain {record['brain_volume_ml']} ml)")
+            print(f"{a.participant} {session}: {state}; {record.get('seconds', {})}", file=sys.stderr, flush=True)
+        return
+    for session in a.sessions:  # a record left by an earlier run must not pass for this one's
+        Outputs.for_scan(a.out_dir, a.participant, session, a.space).qc_json.unlink(missing_ok=True)
+    worker = [sys.executable, "-m", "sslad", "preprocess", "--worker", "--settings", json.dumps(a.settings),
+              "--participant", a.participant, "--template", a.template, "--template-mask", a.template_mask,
+              "--space", a.space, "--out-dir", a.out_dir, "--threads", str(a.threads)]
+    budget = a.runtime_min * 60 * 0.9 - 30 if a.runtime_min else None  # time to write the records left
+    records = run_participant(worker, a.participant, list(zip(a.sessions, a.t1w)), a.out_dir, a.space, budget)
+    failed = [r for r in records if r["failed_stage"]]
+    print(f"{a.participant}: {len(records) - len(failed)} of {len(records)} scans preprocessed"
+          + "".join(f"; {r['session_id']} FAILED ({r['reason']})" for r in failed), file=sys.stderr)
 
 
 def _cmd_qc_table(a: argparse.Namespace) -> None:
@@ -127,7 +139,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
     from sslad.pretrain import Outputs, run
 
     run(a.settings, a.pretrain, a.visits, a.splits, Outputs(a.encoder, a.metrics, a.checkpoint), a.threads,
-        a.device_memory_gb, a.workers)
+        a.device_memory_gb, a.workers, a.mem_mb)
 
 
 def _cmd_import_external(a: argparse.Namespace) -> None:
@@ -160,6 +172,16 @@ def _cmd_aggregate(a: argparse.Namespace) -> None:
     from sslad.aggregate import run
 
     run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, a.settings, a.predictions, a.subjects)
+
+
+def _cmd_provenance(a: argparse.Namespace) -> None:
+    from sslad.io import read_tsv, write_json
+    from sslad.provenance import report
+
+    stages = {name: files for name, *files in a.stage}
+    if a.qc:
+        stages["preprocess"] = list(read_tsv(a.qc, keep_default_na=False)["file"])
+    write_json(report(stages, a.settings["config_sha256"]), a.out)
 
 
 def _cmd_qc_mosaic(a: argparse.Namespace) -> None:
@@ -212,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", required=True, help="space label for output names, e.g. MNI152NLin2009aSym")
     p.add_argument("--out-dir", required=True, help="derivatives root (results/preproc)")
     p.add_argument("--threads", type=int, default=1, help="ITK threads")
+    p.add_argument("--runtime-min", type=float, default=0.0,
+                   help="the job's time limit (minutes): scans not done within 90%% of it are recorded as failed")
+    p.add_argument("--worker", action="store_true",
+                   help="run the scans in this process (the job runs one worker and outlives it)")
 
     p = add("qc-table", _cmd_qc_table,
             "Collect per-scan qc.json files into one QC table, with the verdict under --settings (preprocess.qc).")
@@ -266,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     p.add_argument("--device-memory-gb", type=float, default=0.0,
                    help="memory one process may use on its device; 0: the device's (pre-flight check)")
+    p.add_argument("--mem-mb", type=float, default=0.0,
+                   help="the job's memory allowance in MB (the rule's resources.mem_mb), a limit of the pre-flight "
+                        "check on a CPU beside the host's RAM and the cgroup's; 0: none")
     p.add_argument("--workers", type=int, default=0,
                    help="data-loader worker processes of the job (split across its processes) that read the next "
                         "batches from disk while a step runs (0: the main process reads each batch when it is due)")
@@ -316,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-md", required=True)
     p.add_argument("--figures-dir", required=True)
 
+    p = add("provenance", _cmd_provenance,
+            "Write results/provenance.json: the code and library versions every stage's results were made with.")
+    p.add_argument("--stage", nargs="+", action="append", default=[], metavar=("NAME", "FILE"),
+                   help="a stage's name and its result files (JSON with a provenance key); repeatable")
+    p.add_argument("--qc", default=None, help="results/preproc/qc.tsv: its scans' qc.json as stage preprocess")
+    p.add_argument("--out", required=True)
+
     p = add("qc-mosaic", _cmd_qc_mosaic, "Draw one picture with a slice of every preprocessed scan, failures marked.")
     p.add_argument("--qc", required=True, help="results/preproc/qc.tsv")
     p.add_argument("--out", required=True)
@@ -327,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         args.func(args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ArithmeticError) as exc:  # ArithmeticError: a training run diverged
         print(f"sslad {args.command}: error: {exc}", file=sys.stderr)
         return 1
     print(f"sslad {args.command}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

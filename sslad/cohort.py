@@ -30,6 +30,10 @@ EXCLUDED_COLUMNS = ["participant_id", "session_id", "stage", "file", "reason"]
 
 COHORT_DEFAULTS = {"bids_dir": "", "use": "both", "strict": False, "simulate": {}}
 RUN = re.compile(r"_run-(\d+)_")
+# BIDS labels: letters and digits only. Anything else could not form valid file names downstream, and a
+# label reaches shell commands, file paths and wildcards (a session "ses-M000$(touch X)" must never run).
+PARTICIPANT_LABEL = re.compile(r"sub-[A-Za-z0-9]+")
+SESSION_LABEL = re.compile(r"ses-[A-Za-z0-9]+")
 
 
 class CohortError(ValueError):
@@ -94,6 +98,24 @@ def pooled_id(cohort: str, participant: str) -> str:
     return f"sub-{cohort}{participant.removeprefix('sub-')}"
 
 
+def clinical_digest(bids_dir: str | Path) -> str:
+    """sha256 of what ingestion reads from a BIDS tree: participants.tsv, every sessions.tsv (path and
+    bytes) and the list of T1w images (path and size). A rule parameter, so that a table corrected in
+    place (whose folder's time stamp does not change) or an added image reruns ingestion."""
+    import hashlib
+
+    bids = Path(bids_dir)
+    h = hashlib.sha256()
+    files = [bids / "participants.tsv", *sorted(bids.glob("sub-*/sub-*_sessions.tsv"))]
+    for path in files:
+        h.update(str(path.relative_to(bids)).encode() + b"\0")
+        h.update(path.read_bytes() if path.is_file() else b"(missing)")
+    for image in sorted(bids.glob("sub-*/ses-*/anat/*T1w.nii*")):
+        size = image.stat().st_size if image.exists() else -1  # a broken link: ingestion reports it
+        h.update(f"{image.relative_to(bids)}\0{size}\0".encode())
+    return h.hexdigest()
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=["", "n/a", "NA", "NaN"])
@@ -149,7 +171,7 @@ def ingest(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: st
     participants = _read_table(participants_tsv)
     if "participant_id" not in participants:
         raise CohortError(f"{participants_tsv}: no participant_id column")
-    listed = dict(zip(participants["participant_id"], participants.to_dict("records")))
+    listed = dict(zip(participants["participant_id"].astype(str), participants.to_dict("records")))
     on_disk = sorted(p.name for p in bids.glob("sub-*") if p.is_dir())
     for sub in on_disk:
         if sub not in listed:
@@ -158,6 +180,11 @@ def ingest(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: st
     for sub in sorted(listed):
         sessions_tsv = bids / sub / f"{sub}_sessions.tsv"
         disk_sessions = sorted(p.name for p in (bids / sub).glob("ses-*") if p.is_dir())
+        if not PARTICIPANT_LABEL.fullmatch(sub):
+            for ses in disk_sessions or ["n/a"]:
+                reject(sub, ses, participants_tsv, f"participant label {sub!r} is not a BIDS label "
+                       "(sub-<letters and digits>): rename it in the dataset")
+            continue
         try:
             if not sessions_tsv.is_file():
                 raise CohortError(f"{sessions_tsv}: missing")
@@ -175,7 +202,11 @@ def ingest(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: st
             if ses not in counts:
                 reject(sub, ses, sessions_tsv, "session on disk but not listed in sessions.tsv")
         for row in sessions.to_dict("records"):
-            ses = row["session_id"]
+            ses = str(row["session_id"])
+            if not SESSION_LABEL.fullmatch(ses):
+                reject(sub, ses, sessions_tsv, f"session label {ses!r} is not a BIDS label (ses-<letters and "
+                       "digits>): rename it in the dataset")
+                continue
             if counts[ses] > 1:
                 reject(sub, ses, sessions_tsv, "duplicate session_id in sessions.tsv")
                 continue
@@ -257,8 +288,13 @@ def run(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: str, 
     print(f"{cohort_name}: baseline diagnoses " + ", ".join(f"{dx} {n}" for dx, n in baseline.items())
           + (f"; no {' or '.join(absent)} visit: tasks that need it get no samples from this cohort" if absent else ""),
           file=sys.stderr)
-    if scans.empty:
-        raise CohortError(f"{bids_dir}: no usable scan ({len(excluded)} excluded; see {excluded_out})")
+    if scans.empty:  # the job's outputs are removed on failure: the exclusions go beside the log's lines
+        report = Path(excluded_out).with_name("excluded.no-usable-scan.tsv")
+        write_tsv(qualify(excluded, cohort_name), report)
+        reasons = excluded["reason"].value_counts().head(3)
+        raise CohortError(f"{bids_dir}: no usable scan ({len(excluded)} excluded, listed in {report}; most often: "
+                          + "; ".join(f"{n} x {reason}" for reason, n in reasons.items()) + ")")
+    Path(excluded_out).with_name("excluded.no-usable-scan.tsv").unlink(missing_ok=True)
     write_tsv(qualify(scans, cohort_name), scans_out)
     write_tsv(qualify(record, cohort_name), record_out)
     write_tsv(qualify(excluded, cohort_name), excluded_out)

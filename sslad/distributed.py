@@ -54,10 +54,11 @@ def world() -> tuple[int, int]:
 
 
 def init(device_type: str) -> tuple[int, int]:
-    """Join the process group of torchrun's or srun's processes (NCCL on GPUs, gloo on CPUs)."""
+    """Join the process group of torchrun's or srun's processes (NCCL for GPU tensors, gloo on CPUs;
+    on GPUs gloo too for the CPU numbers that ``mean`` averages)."""
     os.environ.update(slurm_ranks() or {})
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
     return world()
 
 

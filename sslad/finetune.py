@@ -23,7 +23,10 @@ Arrays stay on disk; each batch (full) or chunk of scans (probe, prediction) is 
 (:mod:`sslad.loader`).
 
 A task whose label-fraction subset, validation or test samples lack a class cannot be trained or
-evaluated: the job says why in metrics.json (``skipped``) and the study goes on without it.
+evaluated, nor can a cell whose training meets a non-finite loss or validation score, or whose
+encoder.pt holds non-finite weights (:class:`sslad.networks.Diverged`): the job says why in
+metrics.json (``skipped``) and the study goes on without the cell. Every metrics.json carries the
+job's provenance (:func:`sslad.provenance.job_provenance`).
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ from sslad.distributed import pick_device
 from sslad.io import read_tsv, write_json, write_tsv
 from sslad.loader import Stream, Volumes, local_rows
 from sslad.metrics import auc, binary_metrics, youden_threshold
-from sslad.networks import build_aggregator, build_encoder, feature_dim, load_encoder
+from sslad.networks import Diverged, build_aggregator, build_encoder, check_loss, feature_dim, load_encoder
 from sslad.optim import Adam
+from sslad.provenance import job_provenance
 from sslad.schedule import SCHEDULE, fit_baseline
 from sslad.visit_time import acquisition_months
 from sslad.volumes import open_arrays, read_visits
@@ -191,10 +195,18 @@ def _weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=(len(labels) - pos) / pos)
 
 
+def _val_auc(labels: torch.Tensor, scores: np.ndarray, where: str) -> float:
+    """The validation AUC; :class:`Diverged` when a score is not finite (the epoch's last update broke
+    the weights, and no loss will show it before the AUC would fail on NaN)."""
+    if not np.isfinite(scores).all():
+        raise Diverged(f"{where}: validation scores are not finite ({scores[~np.isfinite(scores)][0]})")
+    return auc(labels.cpu().numpy(), scores)
+
+
 def train_full(model: Classifier, scans: Scans, data: dict[str, Samples], cfg: dict[str, Any],
                seed: int) -> tuple[Classifier, dict[str, Any]]:
     """End-to-end fine-tuning; returns the model of the best validation epoch and the curves. Each
-    batch reads only the scans its samples use."""
+    batch reads only the scans its samples use. :class:`Diverged` at the first non-finite loss."""
     opt = Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     gen = torch.Generator().manual_seed(seed)
     tr = data["train"]
@@ -208,14 +220,16 @@ def train_full(model: Classifier, scans: Scans, data: dict[str, Samples], cfg: d
         batches = [perm[start:start + cfg["batch_size"]] for start in range(0, len(perm), cfg["batch_size"])]
         batches = [b for b in batches if len(b) >= 2 or len(perm) == 1]  # batch norm needs two samples
         local = [local_rows(tr.index[b], tr.valid[b]) for b in batches]
-        for volumes, b, (_, index) in zip(scans.stream([rows for rows, _ in local]), batches, local):
+        for step, (volumes, b, (_, index)) in enumerate(zip(scans.stream([rows for rows, _ in local]), batches, local)):
             logits = model(volumes, index, tr.months[b], tr.valid[b])
             loss = F.binary_cross_entropy_with_logits(logits, tr.labels[b], pos_weight=weights)  # train-set ratio
+            losses.append(check_loss(float(loss.detach()), f"full fine-tuning diverged at epoch {epoch + 1}, step "
+                                     f"{step + 1} of {len(batches)} (lr {cfg['lr']:g})"))
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()))
-        val = auc(data["val"].labels.cpu().numpy(), predict(model, scans, data["val"]))
+        val = _val_auc(data["val"].labels, predict(model, scans, data["val"]),
+                       f"full fine-tuning diverged at epoch {epoch + 1} (lr {cfg['lr']:g})")
         curves["train_loss"].append(float(np.mean(losses)))
         curves["val_auc"].append(val)
         if val > best:
@@ -256,7 +270,8 @@ def frozen_features(s: Samples, seq: torch.Tensor) -> torch.Tensor:
 
 def train_probe(reps: dict[str, torch.Tensor], data: dict[str, Samples], cfg: dict[str, Any],
                 seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Logistic regression (Adam, full batch) on standardised frozen representations."""
+    """Logistic regression (Adam, full batch) on standardised frozen representations.
+    :class:`Diverged` at the first non-finite loss."""
     torch.manual_seed(seed)
     mu, sd = reps["train"].mean(0), reps["train"].std(0).clamp_min(1e-6)
     x = {k: (v - mu) / sd for k, v in reps.items()}
@@ -265,13 +280,14 @@ def train_probe(reps: dict[str, torch.Tensor], data: dict[str, Samples], cfg: di
     y = data["train"].labels
     best, best_state, curves = -np.inf, None, {"train_loss": [], "val_auc": []}
     for epoch in range(cfg["probe_epochs"]):
+        where = f"linear probe diverged at epoch {epoch + 1}, step 1 of 1 (lr {cfg['probe_lr']:g})"
         loss = _weighted_bce(head(x["train"]).squeeze(-1), y)
+        curves["train_loss"].append(check_loss(loss.item(), where))
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
-            val = auc(data["val"].labels.cpu().numpy(), head(x["val"]).squeeze(-1).double().cpu().numpy())
-        curves["train_loss"].append(loss.item())
+            val = _val_auc(data["val"].labels, head(x["val"]).squeeze(-1).double().cpu().numpy(), where)
         curves["val_auc"].append(val)
         if val > best:
             best, best_state, curves["best_epoch"] = val, copy.deepcopy(head.state_dict()), epoch + 1
@@ -315,10 +331,14 @@ class Cell:
     predictions: str
 
 
-def write_outputs(metrics: dict[str, Any], predictions: pd.DataFrame, metrics_path: str, predictions_path: str) -> None:
-    """metrics.json and predictions.tsv (logits at full precision: %.17g round-trips a float64)."""
+def write_outputs(metrics: dict[str, Any], predictions: pd.DataFrame, metrics_path: str, predictions_path: str,
+                  device: str | None = None) -> dict[str, Any]:
+    """metrics.json and predictions.tsv (logits at full precision: %.17g round-trips a float64); the
+    metrics get the job's provenance on ``device``, taken now, and are returned so."""
+    metrics = {**metrics, "provenance": job_provenance(device=device, threads=torch.get_num_threads())}
     write_tsv(predictions, predictions_path, float_format="%.17g")
     write_json(metrics, metrics_path)
+    return metrics
 
 
 def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[Cell], task_tsv: str,
@@ -345,17 +365,22 @@ def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[C
             for cell in cells]
 
 
-def _parts_or_skip(job: dict[str, Any], table: pd.DataFrame, task_tsv: str,
-                   cell: Cell) -> tuple[dict[str, pd.DataFrame] | None, dict[str, Any]]:
+def _skip(job: dict[str, Any], cell: Cell, reason: str, device: str) -> dict[str, Any]:
+    """The metrics of a cell that could not be evaluated, written with empty predictions."""
+    print(f"{job['task']} {job['init']} frac {cell.fraction:g} seed {job['seed']}: not evaluated: {reason}",
+          file=sys.stderr)
+    metrics = {**job, "rows": [], "curves": {}, "skipped": reason}
+    return write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), cell.metrics, cell.predictions,
+                         device)
+
+
+def _parts_or_skip(job: dict[str, Any], table: pd.DataFrame, task_tsv: str, cell: Cell,
+                   device: str) -> tuple[dict[str, pd.DataFrame] | None, dict[str, Any]]:
     """The cell's samples by split; or None and the metrics written to say why it cannot be evaluated."""
     try:
         return select_samples(table, task_tsv, cell.fraction_tsv), {}
     except NotEvaluable as exc:
-        print(f"{job['task']} {job['init']} frac {cell.fraction:g} seed {job['seed']}: not evaluated: {exc}",
-              file=sys.stderr)
-        metrics = {**job, "rows": [], "curves": {}, "skipped": str(exc)}
-        write_outputs(metrics, pd.DataFrame(columns=list(PREDICTION_COLUMNS)), cell.metrics, cell.predictions)
-        return None, metrics
+        return None, _skip(job, cell, str(exc), device)
 
 
 def _finish_cell(job: dict[str, Any], cell: Cell, mode: str, scores: dict[str, np.ndarray], data: dict[str, Samples],
@@ -380,7 +405,7 @@ def run_schedule_cell(settings: dict[str, Any], task: str, seed: int, cell: Cell
     its schedule reference at the same task, fraction, seed and mode."""
     job = {"task": task, "init": SCHEDULE, "fraction": cell.fraction, "seed": seed, "inputs": settings["inputs"],
            "heldout": settings.get("heldout", ""), "encoder": "", "settings": settings}
-    parts, skipped = _parts_or_skip(job, table, task_tsv, cell)
+    parts, skipped = _parts_or_skip(job, table, task_tsv, cell, "cpu")
     if parts is None:
         return skipped
     scores = fit_baseline(parts, seed)
@@ -391,38 +416,42 @@ def run_schedule_cell(settings: dict[str, Any], task: str, seed: int, cell: Cell
     for mode in settings["modes"]:
         _finish_cell(job, cell, mode, scores, data, 0, rows, predictions)
     metrics = {**job, "rows": rows, "curves": {mode: {"train_loss": [], "val_auc": []} for mode in settings["modes"]}}
-    write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], cell.metrics, cell.predictions)
-    return metrics
+    return write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], cell.metrics, cell.predictions,
+                         "cpu")
 
 
 def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Cell, table: pd.DataFrame,
              task_tsv: str, arrays: Callable[[], Volumes], row_of: dict[tuple[str, str], int],
              encoder_pt: str | None, device: torch.device, workers: int = 0) -> dict[str, Any]:
-    """Every mode of one grid cell; writes its metrics.json and predictions.tsv."""
+    """Every mode of one grid cell; writes its metrics.json and predictions.tsv. A mode that diverges,
+    or an encoder.pt with non-finite weights, skips the whole cell (a skipped cell has no rows)."""
     fraction = cell.fraction
     job = {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": settings["inputs"],
            "heldout": settings.get("heldout", ""), "encoder": encoder_pt or "", "settings": settings}
-    parts, skipped = _parts_or_skip(job, table, task_tsv, cell)
+    parts, skipped = _parts_or_skip(job, table, task_tsv, cell, device.type)
     if parts is None:
         return skipped
     data = {k: s.to(device) for k, s in build_samples(parts, settings["inputs"], row_of, seed).items()}
     rows, curves, predictions = [], {}, []
     for mode in settings["modes"]:
         torch.manual_seed(seed)
-        if encoder_pt:
-            encoder, aggregator, arch, _ = load_encoder(encoder_pt)
-        else:
-            arch = settings["model"]
-            encoder, aggregator = build_encoder(arch), build_aggregator(arch)
-        scans = Scans(arrays(), device, workers, arch.get("axes") == "zyx")
-        if mode == "full":
-            model = Classifier(encoder, aggregator, feature_dim(arch)).to(device)
-            model, curve = train_full(model, scans, data, settings, seed)
-            scores = {k: predict(model, scans, s) for k, s in data.items()}
-        else:
-            scores, curve = fit_probe(encoder.to(device), scans, data, settings, seed)
+        try:
+            if encoder_pt:
+                encoder, aggregator, arch, _ = load_encoder(encoder_pt)
+            else:
+                arch = settings["model"]
+                encoder, aggregator = build_encoder(arch), build_aggregator(arch)
+            scans = Scans(arrays(), device, workers, arch.get("axes") == "zyx")
+            if mode == "full":
+                model = Classifier(encoder, aggregator, feature_dim(arch)).to(device)
+                model, curve = train_full(model, scans, data, settings, seed)
+                scores = {k: predict(model, scans, s) for k, s in data.items()}
+            else:
+                scores, curve = fit_probe(encoder.to(device), scans, data, settings, seed)
+        except Diverged as exc:
+            return _skip(job, cell, str(exc), device.type)
         _finish_cell(job, cell, mode, scores, data, curve.pop("best_epoch"), rows, predictions)
         curves[mode] = curve
     metrics = {**job, "rows": rows, "curves": curves}
-    write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], cell.metrics, cell.predictions)
-    return metrics
+    return write_outputs(metrics, pd.concat(predictions)[list(PREDICTION_COLUMNS)], cell.metrics, cell.predictions,
+                         device.type)

@@ -1,11 +1,13 @@
 """Atomic writers and readers shared by every stage.
 
-Every output is written to a temporary sibling and renamed into place, so a killed job never
-leaves a half-written file that a later run could mistake for a result.
+Every output is written to a temporary sibling, flushed to disk and renamed into place, so a killed
+job, a crash or a power loss never leaves a half-written (or, on a filesystem that writes data after
+the rename, an empty) file that a later run could mistake for a result.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -18,6 +20,19 @@ import pandas as pd
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to disk. A directory on a filesystem that
+    cannot sync one (EINVAL, ENOTSUP: some network and FUSE filesystems) is left to the filesystem."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not (path.is_dir() and exc.errno in (errno.EINVAL, errno.ENOTSUP)):
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -33,8 +48,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)  # the data reaches the disk before the name does
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared on clusters
         os.replace(tmp_path, path)
+        _fsync(path.parent)  # and the rename itself
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -48,9 +65,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
         yield tmp
+        for root, _, files in os.walk(tmp):  # every file's data and every entry reach the disk first
+            for file in (Path(root, name) for name in files):
+                if not file.is_symlink():  # a link's target is not the writer's to sync
+                    _fsync(file)
+            _fsync(Path(root))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -21,6 +21,23 @@ RESNET_LAYERS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 CHECKPOINT_FORMAT = "sslad-encoder/1"
 
 
+class Diverged(ArithmeticError):
+    """Training gave non-finite numbers: a loss (the loop stops at the first) or the weights it saved.
+    Any result computed from them would be meaningless, so the error says where they arose."""
+
+
+def check_loss(loss: float, where: str) -> float:
+    """``loss`` if finite, else :class:`Diverged` naming ``where`` (the loop, epoch and step)."""
+    if not math.isfinite(loss):
+        raise Diverged(f"{where}: the loss is {loss}")
+    return loss
+
+
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of a state dict's floating-point tensors that hold NaN or inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
 
@@ -267,10 +284,15 @@ def save_encoder(path: str | Path, arch: dict[str, Any], encoder: nn.Module, agg
 
 
 def load_encoder(path: str | Path) -> tuple[nn.Module, TemporalAggregator, dict[str, Any], bool]:
-    """Encoder and aggregator from an ``encoder.pt``; the bool says whether the aggregator was pretrained."""
+    """Encoder and aggregator from an ``encoder.pt``; the bool says whether the aggregator was pretrained.
+    :class:`Diverged` when a weight is NaN or inf (a diverged pretraining's), which would only give NaN
+    scores downstream."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an sslad encoder checkpoint (format {CHECKPOINT_FORMAT})")
+    bad = non_finite({**state["encoder"], **{f"aggregator.{k}": v for k, v in (state["aggregator"] or {}).items()}})
+    if bad:
+        raise Diverged(f"encoder {path} has non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     arch = state["arch"]
     encoder = build_encoder(arch)
     encoder.load_state_dict(state["encoder"])

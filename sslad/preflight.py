@@ -6,9 +6,11 @@ bytes autograd saves for the backward pass are counted per stage (stem, layer1..
 probes give each stage's bytes per scan on the configured grid. With the number of encoder passes
 one process makes per step (units x scans x views), the activation checkpointing and micro-batch
 settings, the augmentation's buffers and the weights, gradients and Adam state, that is the
-estimate of the step's peak memory. A job whose estimate exceeds the device's memory (or
+estimate of the step's peak memory. A job whose estimate exceeds the memory it may use (a GPU's free
+memory; on a CPU the least of the host's RAM, the cgroup's limit and the job's mem_mb; or
 ``pretrain.device_memory_gb``) stops at once with the estimate, the limit and settings that fit,
-instead of running out of memory hours into the run. Probing takes seconds on a CPU.
+instead of running out of memory (or being killed by SLURM) hours into the run. Probing takes
+seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +30,8 @@ GB = 1024**3
 AUGMENT_BYTES_PER_VOXEL = 36
 PROBE_SCANS = 2
 GPU_RESERVE = 0.1
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 class DoesNotFit(ValueError):
@@ -139,14 +144,57 @@ def state_bytes(model: nn.Module) -> int:
     return 4 * sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def device_limit(device: torch.device, memory_gb: float) -> float:
-    """Bytes the step may use: ``memory_gb`` when set, else the GPU's memory less GPU_RESERVE (the
-    CUDA context, cuDNN workspaces, the allocator's fragmentation) or the host's RAM."""
+def cgroup_limit(root: Path = CGROUP_ROOT, proc: Path = PROC_CGROUP) -> float | None:
+    """The memory limit of this process's control group (the one SLURM or a container enforces), the
+    tightest over its ancestors; None without one. cgroup v2: ``memory.max`` ("max": none) along the
+    ``0::<path>`` line of /proc/self/cgroup; v1: ``memory.limit_in_bytes`` under ``memory/`` along the
+    memory controller's line (no limit reads as about 2^63 there)."""
+    try:
+        lines = proc.read_text().splitlines()
+    except OSError:
+        return None
+    files = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files.append((root, path, "memory.max"))
+        elif "memory" in controllers.split(","):
+            files.append((root / "memory", path, "memory.limit_in_bytes"))
+    limits = []
+    for base, path, name in files:
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts) + 1):  # a container sees its own group as the root
+            try:
+                value = (base.joinpath(*parts[:depth]) / name).read_text().strip()
+            except OSError:
+                continue
+            if value.isdigit() and 0 < int(value) < 2**60:
+                limits.append(float(value))
+    return min(limits, default=None)
+
+
+def device_limit(device: torch.device, memory_gb: float, mem_mb: float = 0.0, cgroup_root: Path = CGROUP_ROOT,
+                 proc_cgroup: Path = PROC_CGROUP) -> tuple[float, str]:
+    """Bytes the step may use and which limit that is: ``memory_gb`` when set; on a GPU, the memory
+    free to this process (what the driver has free and what PyTorch holds already: the probes and
+    the weights, which the estimate counts) less GPU_RESERVE of the total (cuDNN workspaces, the
+    allocator's fragmentation); on a CPU, the tightest of the host's RAM, the process's cgroup
+    limit and the job's ``mem_mb`` (the rule's resources.mem_mb, megabytes as Snakemake counts
+    them): a job given 4 GB on a large node must fit in 4 GB, not in the node."""
     if memory_gb:
-        return memory_gb * GB
+        return memory_gb * GB, "pretrain.device_memory_gb"
     if device.type == "cuda":
-        return float(torch.cuda.get_device_properties(device).total_memory) * (1 - GPU_RESERVE)
-    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        free, total = torch.cuda.mem_get_info(device)
+        limit = free + torch.cuda.memory_reserved(device) - GPU_RESERVE * total
+        return float(limit), f"cuda free memory (less a {GPU_RESERVE:.0%} reserve)"
+    limits = {"host RAM": float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))}
+    cgroup = cgroup_limit(cgroup_root, proc_cgroup)
+    if cgroup:
+        limits["cgroup"] = cgroup
+    if mem_mb:
+        limits["job mem_mb"] = mem_mb * 1e6
+    name = min(limits, key=limits.get)
+    return limits[name], name
 
 
 def _fits(stages: list[StageBytes], plan: Plan, state: int, limit: float) -> bool:
@@ -194,13 +242,15 @@ def estimate(settings: dict[str, Any], method: nn.Module, encoder: nn.Module, de
 
 
 def check(settings: dict[str, Any], method: nn.Module, encoder: nn.Module, device: torch.device, world: int,
-          batch_size: int, grid: tuple[int, ...], memory_gb: float, log=print) -> dict[str, float]:
+          batch_size: int, grid: tuple[int, ...], memory_gb: float, log=print, mem_mb: float = 0.0) -> dict[str, float]:
     """Estimate the step's memory; raise DoesNotFit (estimate, limit, settings that fit) when it
-    exceeds the device's. Returns the estimate in GB by part (3 significant digits), for the metrics."""
+    exceeds what the job may use (device_limit; ``mem_mb``: the rule's resources.mem_mb, as
+    every process of the job gets it). Returns the estimate in GB by part (3 significant digits), for
+    the metrics."""
     parts, stages, plan = estimate(settings, method, encoder, device, world, batch_size, grid)
-    limit = device_limit(device, memory_gb)
+    limit, which = device_limit(device, memory_gb, mem_mb)
     gb = {k: float(f"{v / GB:.3g}") for k, v in parts.items()}
-    where = f"{'pretrain.device_memory_gb' if memory_gb else device.type + ' memory'} {limit / GB:.1f} GB"
+    where = f"{which} {limit / GB:.1f} GB"
     log(f"pre-flight: one step needs ~{gb['total']:g} GB per process ({plan.passes} encoder passes on "
         f"{'x'.join(map(str, grid))}: activations {gb['activations']:g}, data {gb['data']:g}, weights/gradients/"
         f"Adam {gb['weights_grads_adam']:g} GB); limit {where}")

@@ -10,8 +10,12 @@ ANTs sees them, so that the message names the file and the problem.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import signal
+import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from sslad.io import atomic_path, write_json
+from sslad.provenance import job_provenance
 from sslad.register import TemplateSearch, index_to_phys, register
 
 
@@ -57,13 +62,24 @@ class Outputs:
         return [self.native_mask, self.preproc, self.mask, self.transform, self.array]
 
 
-def check_input(path: str | Path) -> nib.Nifti1Image:
-    """Load a T1 scan and reject what no preprocessing can use, naming the file and the reason."""
+def check_input(path: str | Path, max_voxels: float = float("inf")) -> nib.Nifti1Image:
+    """Load a T1 scan and reject what no preprocessing can use, naming the file and the reason. The
+    size the header declares is judged before any voxel is read: a small compressed file can declare
+    a billion voxels, which reading would decompress whole (config preprocess.max_voxels_million)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        img = nib.load(path)
+        img = nib.load(path)  # the header only: voxels are read on access
+        shape = tuple(int(d) for d in img.header.get_data_shape())
+    except Exception as exc:  # nibabel raises many types for a damaged file
+        raise InputError(f"{path}: not a readable NIfTI image ({type(exc).__name__}: {exc})") from exc
+    voxels = float(np.prod(shape, dtype=np.float64))
+    if voxels > max_voxels:
+        raise InputError(f"{path}: the header declares {'x'.join(map(str, shape))} = {voxels / 1e6:.0f} million "
+                         f"voxels ({voxels * 4 / 2**30:.1f} GB as float32), more than the "
+                         f"{max_voxels / 1e6:g} million of preprocess.max_voxels_million; not read")
+    try:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises many types for a damaged file
         raise InputError(f"{path}: not a readable NIfTI image ({type(exc).__name__}: {exc})") from exc
@@ -275,8 +291,6 @@ def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outp
                     settings: dict[str, Any], workdir: str, record: dict[str, Any]) -> None:
     """Run the chain on one scan, write its outputs, and fill ``record`` with the QC measures (and,
     as it goes, the stage it is in, so that a failure can name it)."""
-    import time
-
     import ants
 
     times: dict[str, float] = {}
@@ -291,7 +305,7 @@ def preprocess_scan(path: str | Path, template_t1: str, template_mask: str, outp
         clock = now
         record["stage"] = next(steps, "done")
 
-    img = check_input(path)
+    img = check_input(path, settings["max_voxels_million"] * 1e6)
     native = _to_ants(img)
     lap("load")
     head = head_mask(native)
@@ -469,16 +483,77 @@ def run(path: str, sub: str, ses: str, template_t1: str, template_mask: str, out
                        "reason": f"{stage}: {message}"})
         failure_png(outputs.qc_png, record["reason"])
     record.pop("stage", None)
+    record["provenance"] = job_provenance(threads=threads)
     write_json(record, outputs.qc_json)
     return record
+
+
+def job_failure(path: str, sub: str, ses: str, out_dir: str, space: str, stage: str, reason: str) -> dict[str, Any]:
+    """The QC record of a scan whose process died or whose time ran out: no outputs, the failure
+    named, so that the QC table and the manifest list it and the study goes on."""
+    outputs = Outputs.for_scan(out_dir, sub, ses, space)
+    for f in outputs.images():
+        f.unlink(missing_ok=True)
+    outputs.qc_json.parent.mkdir(parents=True, exist_ok=True)
+    record = {"participant_id": sub, "session_id": ses, "input": str(path), "space": space,
+              "failed_stage": stage, "reason": f"{stage}: {reason}", "provenance": job_provenance()}
+    failure_png(outputs.qc_png, record["reason"])
+    write_json(record, outputs.qc_json)
+    return record
+
+
+def _death(returncode: int) -> str:
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (killed: out of memory, or by the scheduler?)" if name == "SIGKILL" else ""
+        return f"the preprocessing process died of {name}{hint} while on this scan"
+    return f"the preprocessing process exited with code {returncode} while on this scan (see the job's log)"
+
+
+def run_participant(worker: list[str], sub: str, scans: list[tuple[str, str]], out_dir: str, space: str,
+                    budget_s: float | None) -> list[dict[str, Any]]:
+    """Preprocess one participant's scans (session, path) in a worker process (the command ``worker``
+    followed by ``--sessions ... --t1w ...``), within ``budget_s`` seconds, and give every scan a QC
+    record whatever happens to the worker.
+
+    Why a second process: a scan that crashes ANTs, exhausts memory (the kernel kills the largest
+    process: the worker) or outlasts the job's time must fail that scan, never the participant's
+    other scans nor the study; only a process that survives the worker can write that record. A
+    worker that dies is replaced for the scans after the one it was on; when the budget runs out,
+    the scan in progress and those left are recorded as out of time before the scheduler's limit.
+    """
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    left = list(scans)
+    while left:
+        cmd = [*worker, "--sessions", *(ses for ses, _ in left), "--t1w", *(raw for _, raw in left)]
+        proc = subprocess.Popen(cmd)
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = None
+            proc.wait()
+        done = [(ses, raw) for ses, raw in left if Outputs.for_scan(out_dir, sub, ses, space).qc_json.is_file()]
+        pending = [scan for scan in left if scan not in done]
+        if not pending:
+            break
+        if code is None:  # out of time: the scan in progress and every one after it
+            for ses, raw in pending:
+                job_failure(raw, sub, ses, out_dir, space, "time_limit",
+                            f"the participant's job used its {budget_s:.0f} s before this scan was done "
+                            "(resources.runtime of rule preprocess)")
+            break
+        ses, raw = pending[0]
+        job_failure(raw, sub, ses, out_dir, space, "crash", _death(code))
+        left = pending[1:]
+    return [json.loads(Outputs.for_scan(out_dir, sub, ses, space).qc_json.read_text()) for ses, _ in scans]
 
 
 def qc_table(scans_tsv: str | Path, preproc_dir: str | Path, space: str, out: str | Path,
              thresholds: dict[str, Any]) -> None:
     """Collect every scan's qc.json into one table for the manifest, with the verdict under
     ``thresholds`` (a missing or unreadable record is a failure)."""
-    import json
-
     import pandas as pd
 
     from sslad.io import read_tsv, write_tsv

@@ -6,17 +6,23 @@ loss history; a rerun on the same inputs (settings, scans, times and array conte
 ``fingerprint``) continues from it, so a killed job loses at most ``checkpoint_every`` epochs. A
 rerun whose inputs changed in any way starts afresh and logs why. The checkpoint only serves an
 interrupted run: it is removed once the outputs are written, so a finished job that Snakemake
-reruns (its inputs or code changed) always trains from scratch. Outputs (paths given by the
-caller, see :class:`Outputs`): the encoder and, for the temporal methods, the aggregator they
-trained (for fine-tuning), and the metrics, which carry the settings and the diagnostics of temporal
-learning on held-out subjects (sslad.diagnostics, at initialisation and after training) so that
-the tracking job (sslad.tracking) can log the run without touching this job.
+reruns (its inputs or code changed) always trains from scratch. It is read as data only
+(``weights_only``: a planted file runs no code), and only the code and the torch and numpy versions
+that wrote it resume it. The first non-finite loss stops the job (:class:`sslad.networks.Diverged`)
+before it writes anything. Outputs (paths given by the caller, see :class:`Outputs`): the encoder
+and, for the temporal methods, the aggregator they trained (for fine-tuning), and the metrics, which
+carry the settings, the job's provenance (sslad.provenance) and the diagnostics of temporal learning
+on held-out subjects (sslad.diagnostics, at initialisation and after training) so that the tracking
+job (sslad.tracking) can log the run without touching this job.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import pickle
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -26,12 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslad import distributed, preflight
+from sslad import distributed, preflight, provenance
 from sslad.diagnostics import diagnose, voxel_reference
 from sslad.io import atomic_path, write_json
 from sslad.loader import Stream, Volumes
 from sslad.methods import architecture, build
-from sslad.networks import bound_memory, build_aggregator, build_encoder, feature_dim, save_encoder
+from sslad.networks import bound_memory, build_aggregator, build_encoder, check_loss, feature_dim, save_encoder
 from sslad.pretrain_data import ScanSet, assemble, epoch_batches, holdout, load_pretrain_scans, plan_step, units
 
 
@@ -69,29 +75,72 @@ def arrays_digest(volumes: Volumes) -> str:
 def fingerprint(settings: dict[str, Any], scans: ScanSet) -> dict[str, str]:
     """What a checkpoint must match to be resumed, in parts so that the log can say what changed:
     the settings, the pretraining scans (participant, session, months) and the arrays' contents (a
-    re-preprocessed cohort has the same names and new arrays)."""
+    re-preprocessed cohort has the same names and new arrays); and the code and torch and numpy
+    versions (:func:`sslad.provenance.resume_key`), which a run must not change halfway."""
     keys = "\n".join(f"{p}\t{s}\t{float(m)!r}" for (p, s), m in zip(scans.keys, scans.months))
     return {"settings": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
             "scans": hashlib.sha256(keys.encode()).hexdigest(),
-            "arrays": arrays_digest(scans.volumes)}
+            "arrays": arrays_digest(scans.volumes), **provenance.resume_key()}
 
 
 _CHANGED = {"settings": "the settings changed",
             "scans": "the pretraining scans (participants, sessions or times) changed",
-            "arrays": "the input arrays changed (content hash)"}
+            "arrays": "the input arrays changed (content hash)",
+            "source_sha256": "the sslad code changed"}
 
 
-def _not_resumable(state: dict[str, Any], key: dict[str, str], epochs: int) -> str | None:
+def _changed(part: str, found: Any, now: str) -> str:
+    """Why one part of the fingerprint differs: a library's says from which version to which."""
+    if part in _CHANGED:
+        return _CHANGED[part]
+    return f"{part.removesuffix('_version')} changed ({found or 'unrecorded'} -> {now})"
+
+
+def _not_resumable(state: Any, key: dict[str, str], epochs: int) -> str | None:
     """Why a checkpoint must not be continued, or None when it is the interrupted run of these inputs."""
-    found = state.get("fingerprint")
+    found = state.get("fingerprint") if isinstance(state, dict) else None
     if not isinstance(found, dict):
         return "it has no content fingerprint (written by an older sslad)"
-    changed = [why for part, why in _CHANGED.items() if found.get(part) != key[part]]
+    changed = [_changed(part, found.get(part), now) for part, now in key.items() if found.get(part) != now]
     if changed:
         return ", ".join(changed)
     if state["epoch"] >= epochs:
         return f"it is the end of a completed run (epoch {state['epoch']} of {epochs}), not an interrupted one"
     return None
+
+
+def _unusable(exc: Exception) -> str:
+    """One log line for a checkpoint that failed to load or apply. torch's refusal to unpickle an
+    object spans lines and advises loading with weights_only=False, the very thing to avoid: keep
+    only what it found."""
+    text = " ".join(str(exc).split())
+    refused = re.search(r"WeightsUnpickler error: (.*?\.)(?: |$)", text)
+    if isinstance(exc, pickle.UnpicklingError) and refused:
+        return f"it holds more than weights and plain data, so it was not unpickled ({refused.group(1)})"
+    return f"cannot use it ({type(exc).__name__}: {text})"
+
+
+def _resume(state_path: Path, key: dict[str, str], epochs: int, method: torch.nn.Module,
+            opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]] | str:
+    """(epoch, history) of the interrupted run, its weights and optimiser state loaded into ``method``
+    and ``opt``; or why the checkpoint is not used, the two left as they were (a load that fails
+    halfway, on changed shapes, would otherwise leave some weights of the checkpoint behind)."""
+    fresh = None
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        why = _not_resumable(state, key, epochs)
+        if why is not None:
+            return why
+        fresh = ({k: v.detach().to("cpu", copy=True) for k, v in method.state_dict().items()},
+                 copy.deepcopy(opt.state_dict()))
+        method.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        return int(state["epoch"]), list(state["history"])
+    except Exception as exc:  # refused unpickling, a damaged file (zip errors of every kind), changed shapes
+        if fresh is not None:
+            method.load_state_dict(fresh[0])
+            opt.load_state_dict(fresh[1])
+        return _unusable(exc)
 
 
 def _remove_state(state_path: Path) -> None:
@@ -111,7 +160,7 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 
 def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, memory_gb: float = 0.0,
-          workers: int = 0) -> dict[str, Any]:
+          mem_mb: float = 0.0, workers: int = 0) -> dict[str, Any]:
     """Train, checkpointing as it goes; returns the metrics (also written by rank 0). Stops before
     training when one step would not fit in the device's memory (or ``memory_gb``): sslad.preflight.
     Each step's volumes are read from disk while the step before runs, by the job's ``workers``
@@ -149,25 +198,19 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
     if batch_size % world:
         raise ValueError(f"pretrain batch size {batch_size} is not divisible by the {world} processes")
     memory = preflight.check(settings, method, encoder, device, world, batch_size, tuple(scans.volumes.shape[-3:]),
-                             memory_gb, log)
+                             memory_gb, log, mem_mb)
     at_init = diagnose(method, encoder, scans, held, device) if rank == 0 else {}
     state_path = Path(out.checkpoint)
     key = fingerprint(settings, scans)
     start, history = 0, []
     epochs = settings["hp"].get("epochs", tr["epochs"])  # a method may set its own
     if state_path.exists():
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=False)
-            why = _not_resumable(state, key, epochs)
-        except Exception as exc:  # a damaged file: unpickling and zip errors of every kind
-            why = f"cannot read it ({type(exc).__name__}: {exc})"
-        if why is None:
-            method.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start, history = state["epoch"], state["history"]
-            log(f"resumed from {state_path} after epoch {start}")
+        resumed = _resume(state_path, key, epochs, method, opt)
+        if isinstance(resumed, str):
+            log(f"ignoring {state_path}: {resumed}; training from scratch")
         else:
-            log(f"ignoring {state_path}: {why}; training from scratch")
+            start, history = resumed
+            log(f"resumed from {state_path} after epoch {start}")
     log(f"{settings['method']}: {len(scans.keys)} scans, {len(held)} subjects held out, {len(pool)} units, "
         f"batch {batch_size} x {world} process(es) on {device}, {workers} loader worker(s) each, "
         f"epochs {start + 1}..{epochs}")
@@ -183,10 +226,13 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
             batch = assemble(plans[step], volumes, (epoch + step / len(plans)) / epochs)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss, extra = ddp(batch)
+            # the mean over ranks: every rank sees the same value and stops at the same step
+            losses.append(check_loss(distributed.mean(float(loss.detach())),
+                                     f"{settings['method']} pretraining diverged at epoch {epoch + 1}, step "
+                                     f"{step + 1} of {len(plans)} (lr {tr['lr']:g})"))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(distributed.mean(float(loss.detach())))
             for k, v in extra.items():
                 stats.setdefault(k, []).append(distributed.mean(v))
             spatial = len(batch.spatial.volumes) if batch.spatial is not None else 0
@@ -217,7 +263,8 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
                "n_units": len(pool), "world_size": world, "device": device.type,
                "volumes_per_second": seen / elapsed if seen else None, "preflight_gb": memory,
                "encoder": str(out.encoder), "settings": settings,
-               "diagnostic": diagnostic}
+               "diagnostic": diagnostic,
+               "provenance": provenance.job_provenance(device=device.type, threads=torch.get_num_threads())}
     if rank == 0:
         trained_aggregator = aggregator if sampling.seq_len > 1 else None  # the temporal methods train it
         save_encoder(Path(out.encoder), model_cfg, encoder, trained_aggregator, settings["method"])
@@ -227,7 +274,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
 
 
 def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv: str, out: Outputs,
-        threads: int, memory_gb: float = 0.0, workers: int = 0) -> dict[str, Any]:
+        threads: int, memory_gb: float = 0.0, workers: int = 0, mem_mb: float = 0.0) -> dict[str, Any]:
     """The ``sslad pretrain`` job: load, train, save (rank 0). No MLflow here: the job's metrics
     reach the tracking store through the tracking job, so no training job writes to a shared
     database (SQLite locking on NFS or Lustre is unreliable)."""
@@ -239,4 +286,4 @@ def run(settings: dict[str, Any], pretrain_tsv: str, visits_tsv: str, splits_tsv
         if distributed.world()[0] == 0:
             print(msg, file=sys.stderr, flush=True)
 
-    return train(settings, scans, out, log, memory_gb, workers)
+    return train(settings, scans, out, log, memory_gb, mem_mb, workers)

@@ -82,7 +82,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def _log(client: Any, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any],
-         curves: dict[str, list[float]], final: dict[str, float]) -> str:
+         curves: dict[str, list[float]], final: dict[str, float], sha: str) -> str:
+    """A run whose content tag ``metrics_sha256`` and status FINISHED come only after its last
+    write: a run cut short (a locked database, a killed job) is never taken for a logged job."""
     from mlflow.entities import Metric, Param
 
     now = int(time.time() * 1000)
@@ -93,6 +95,7 @@ def _log(client: Any, experiment_id: str, name: str, tags: dict[str, str], param
     client.log_batch(rid, params=[Param(k, v[:6000]) for k, v in flatten(params).items()])
     for i in range(0, len(metrics), 900):
         client.log_batch(rid, metrics=metrics[i:i + 900])
+    client.set_tag(rid, "metrics_sha256", sha)
     client.set_terminated(rid)
     return rid
 
@@ -109,11 +112,22 @@ def _experiment(client: Any, target: str | Path, experiment: str) -> str:
 
 
 def _logged(client: Any, exp_id: str) -> dict[str, str]:
-    """metrics_sha256 tag -> run id of every run already in the experiment."""
+    """metrics_sha256 tag -> run id of every complete run (FINISHED, with the tag) in the experiment.
+
+    A run of ours that an earlier attempt left unfinished (RUNNING: it has the ``metrics`` tag of
+    every run this module creates) is marked FAILED, so that its job is logged again and the
+    half-written run no longer looks like a run in progress."""
     logged, token = {}, None
     while True:
         page = client.search_runs([exp_id], max_results=1000, page_token=token)
-        logged.update({r.data.tags.get("metrics_sha256"): r.info.run_id for r in page})
+        for r in page:
+            sha = r.data.tags.get("metrics_sha256")
+            if r.info.status == "FINISHED" and sha:
+                logged[sha] = r.info.run_id
+            elif r.info.status in ("RUNNING", "SCHEDULED") and "metrics" in r.data.tags:
+                client.set_terminated(r.info.run_id, "FAILED")
+                print(f"marked run {r.info.run_id} ({r.info.run_name}, {r.data.tags['metrics']}) FAILED: "
+                      "an earlier attempt left it half-written; its job is logged again", file=sys.stderr)
         token = page.token
         if not token:
             return logged
@@ -127,9 +141,11 @@ def _log_jobs(target: str | Path, experiment: str, jobs: list[tuple[str, bytes, 
 
     A job result already logged (same metrics bytes) is not logged again, so a rerun adds runs for
     the jobs that changed and keeps the history of earlier ones; on a server the lookup is one
-    paged search, as in SQLite.
+    paged search, as in SQLite. A retry after a locked database looks the runs up again: what the
+    failed attempt completed counts as logged (and new), what it left half-written is marked FAILED
+    and logged again.
     """
-    rows = []
+    rows, created = [], set()  # created: run ids this call completed, in any attempt
     for attempt in range(5):
         try:
             with _locked(target):
@@ -139,12 +155,11 @@ def _log_jobs(target: str | Path, experiment: str, jobs: list[tuple[str, bytes, 
                 for path, raw, m in jobs:
                     sha = hashlib.sha256(raw).hexdigest()
                     name, tags, params, curves, final = describe(m)
-                    rid, new = logged.get(sha), sha not in logged
-                    if new:
-                        tags = {**tags, "metrics": path, "metrics_sha256": sha}
-                        rid = _log(client, exp_id, name, tags, params, curves, final)
-                        logged[sha] = rid
-                    rows.append({"job": name, "run_id": rid, "new": new, "metrics": path})
+                    if sha not in logged:
+                        logged[sha] = _log(client, exp_id, name, {**tags, "metrics": path}, params, curves, final,
+                                           sha)
+                        created.add(logged[sha])
+                    rows.append({"job": name, "run_id": logged[sha], "new": logged[sha] in created, "metrics": path})
             break
         except Exception as exc:  # sqlalchemy's OperationalError arrives wrapped in MlflowException
             if "locked" not in str(exc) or attempt == 4:
@@ -152,7 +167,7 @@ def _log_jobs(target: str | Path, experiment: str, jobs: list[tuple[str, bytes, 
             rows = []
             time.sleep(1 + attempt)
     write_tsv(pd.DataFrame(rows, columns=["job", "run_id", "new", "metrics"]), out)
-    print(f"{sum(r['new'] for r in rows)} new MLflow runs, {len(rows)} {experiment} jobs in {uri(target)}",
+    print(f"{len(created)} new MLflow runs, {len(rows)} {experiment} jobs in {uri(target)}",
           file=sys.stderr)
 
 

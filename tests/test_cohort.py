@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -192,3 +193,58 @@ def test_old_single_cohort_config_is_converted_and_names_checked(default_config)
     for names in (["AD", "ADNI"], ["X", "X"]):
         with pytest.raises(ValueError, match="cohort"):
             resolve_cohorts({**default_config, "cohorts": [{"name": n} for n in names]})
+
+
+def test_labels_that_are_not_bids_labels_are_excluded_and_never_run(tmp_path: Path):
+    """A session label carrying a shell command and participant labels with '_' or '.': each is
+    excluded with its reason (strict mode: the run stops naming the file); nothing is executed."""
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    evil = "ses-M000$(touch PWNED)"
+    (bids / "participants.tsv").write_text("participant_id\tsex\tage\nsub-01\tF\t70\nsub-002_S_0295\tM\t71\n"
+                                           "sub-01.5\tF\t72\n")
+    _sessions(bids, "sub-01", f"session_id\tage\tdiagnosis\nses-M000\t70\tCN\n{evil}\t71\tAD\n")
+    for sub, ses in (("sub-01", "ses-M000"), ("sub-01", evil), ("sub-002_S_0295", "ses-M000"),
+                     ("sub-01.5", "ses-M000")):
+        _scan(bids, sub, ses)
+    for sub in ("sub-002_S_0295", "sub-01.5"):
+        _sessions(bids, sub, "session_id\tage\tdiagnosis\nses-M000\t70\tCN\n")
+    scans, record, excluded = ingest(bids, ALIASES, "test")
+    assert list(scans["session_id"]) == ["ses-M000"] and list(scans["participant_id"]) == ["sub-01"]
+    reasons = {(r.participant_id, r.session_id): r.reason for r in excluded.itertuples()}
+    assert reasons[("sub-01", evil)].startswith(f"session label {evil!r} is not a BIDS label")
+    for sub in ("sub-002_S_0295", "sub-01.5"):
+        assert reasons[(sub, "ses-M000")].startswith(f"participant label {sub!r} is not a BIDS label")
+    with pytest.raises(CohortError, match=r"participants\.tsv: participant label 'sub-002_S_0295'"):
+        ingest(bids, ALIASES, "test", strict=True)
+    assert not list(tmp_path.rglob("PWNED")) and not Path("PWNED").exists()
+
+
+def test_the_clinical_digest_follows_in_place_edits(messy_bids: Path):
+    from sslad.cohort import clinical_digest
+
+    before = clinical_digest(messy_bids)
+    assert clinical_digest(messy_bids) == before
+    sessions = messy_bids / "sub-02" / "sub-02_sessions.tsv"
+    stat = sessions.stat()
+    sessions.write_text(sessions.read_text().replace("MCI", "AD"))
+    os.utime(sessions, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same time stamp: the content decides
+    assert clinical_digest(messy_bids) != before
+    edited = clinical_digest(messy_bids)
+    _scan(messy_bids, "sub-02", "ses-M012")
+    assert clinical_digest(messy_bids) != edited
+
+
+def test_an_empty_cohort_writes_its_exclusions_before_the_error(tmp_path: Path):
+    from sslad.cohort import run
+
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "participants.tsv").write_text("participant_id\tsex\tage\nsub-01\tF\t70\n")
+    _sessions(bids, "sub-01", "session_id\tage\tdiagnosis\nses-M000\t70\tWeird\n")
+    _scan(bids, "sub-01", "ses-M000")
+    out = tmp_path / "out"
+    with pytest.raises(CohortError, match=r"no usable scan \(1 excluded, listed in .*excluded\.no-usable-scan\.tsv; "
+                                          r"most often: 1 x unknown diagnosis 'Weird'\)"):
+        run(bids, ALIASES, "test", False, out / "scans.tsv", out / "record.tsv", out / "excluded.tsv")
+    assert "unknown diagnosis" in (out / "excluded.no-usable-scan.tsv").read_text()

@@ -1,10 +1,12 @@
 """Fine-tuning on its own: model selection, threshold, the probe's readout, the inputs each mode sees
-(history, the index scan alone, the time-shuffled control) and what a job writes. Real code paths on
+(history, the index scan alone, the time-shuffled control), what a job writes (with its provenance),
+and the cells it skips: a diverging training, an encoder with non-finite weights. Real code paths on
 a tiny synthetic task (8^3 volumes, a 4-channel ResNet-10)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sslad import finetune
+from sslad import aggregate, finetune, provenance
 from sslad.aggregate import PREDICTION_COLUMNS
 from sslad.io import read_tsv, write_tsv
 from sslad.metrics import auc
@@ -239,7 +241,14 @@ def test_a_job_is_bit_identical_when_rerun(cohort, tmp_path):
     first = _run(cohort, tmp_path / "a", "scratch", None, inputs="time_shuffled", modes=["full"])
     again = _run(cohort, tmp_path / "b", "scratch", None, inputs="time_shuffled", modes=["full"])
     assert first.equals(again)
-    assert json.loads(Path(tmp_path / "a" / "scratch.json").read_text())["inputs"] == "time_shuffled"
+    metrics = json.loads(Path(tmp_path / "a" / "scratch.json").read_text())
+    assert metrics["inputs"] == "time_shuffled"
+    # the job's provenance: the checkout's commit and the torch it ran
+    git = subprocess.run(["git", "-C", str(Path(finetune.__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                         text=True)
+    assert metrics["provenance"]["commit"] == (git.stdout.strip() if git.returncode == 0 else "unknown")
+    assert metrics["provenance"]["packages"]["torch"] == torch.__version__
+    assert metrics["provenance"]["device"] == "cpu" and set(metrics["provenance"]) == set(provenance.PROVENANCE_KEYS)
 
 
 @pytest.mark.parametrize("init", ["scratch", "schedule"])
@@ -269,3 +278,66 @@ def test_schedule_init_scores_the_schedule_alone(tmp_path):
     preds = read_tsv(tmp_path / "predictions.tsv")
     full, probe = (preds.loc[preds["mode"] == m, "logit"].to_numpy() for m in ("full", "probe"))
     assert (full == probe).all()
+
+
+def _job(cohort, tmp_path, init: str, encoder: str | None, fractions: tuple[float, ...] = (1.0,),
+         **settings) -> list[Path]:
+    """One job of ``fractions`` cells (all on the cohort's subset), in the workflow's layout; returns
+    the cells' directories."""
+    dirs = [tmp_path / init / f"frac-{f:g}" for f in fractions]
+    cells = [finetune.Cell(f, cohort["frac"], str(d / "metrics.json"), str(d / "predictions.tsv"))
+             for f, d in zip(fractions, dirs)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    finetune.run({**SETTINGS, **settings}, "det_mci_ad", init, 0, cells, cohort["task"], cohort["visits"], encoder, 1)
+    return dirs
+
+
+def _skipped(cell: Path) -> str:
+    """The reason a cell's metrics.json gives for skipping it; its predictions.tsv has no rows."""
+    metrics = json.loads((cell / "metrics.json").read_text())
+    assert metrics["rows"] == [] and metrics["curves"] == {} and "commit" in metrics["provenance"]
+    assert (cell / "predictions.tsv").read_text().strip() == "\t".join(PREDICTION_COLUMNS)
+    return metrics["skipped"]
+
+
+def test_an_encoder_with_non_finite_weights_skips_every_cell_and_the_study_goes_on(cohort, tmp_path):
+    """It once died with 'scores contain NaN'. The skipped cells reach the table as skipped."""
+    torch.manual_seed(0)
+    encoder = build_encoder(ARCH)
+    with torch.no_grad():
+        encoder.conv1.weight[0, 0, 0, 0, 0] = float("nan")
+    save_encoder(tmp_path / "encoder.pt", ARCH, encoder, None, "simclr")
+    cells = _job(cohort, tmp_path, "simclr", str(tmp_path / "encoder.pt"), (0.5, 1.0))
+    for cell in cells:
+        assert _skipped(cell) == f"encoder {tmp_path / 'encoder.pt'} has non-finite weights (conv1.weight)"
+    [evaluated] = _job(cohort, tmp_path, "scratch", None, modes=["probe"])
+    table, skipped = aggregate.build_table([str(c / "metrics.json") for c in (*cells, evaluated)], n_boot=20)
+    assert set(table["init"]) == {"scratch"} and list(table["mode"]) == ["probe"]
+    assert list(skipped["init"]) == ["simclr"] * 2 and list(skipped["fraction"]) == [0.5, 1.0]
+    assert set(skipped["reason"]) == {f"encoder {tmp_path / 'encoder.pt'} has non-finite weights (conv1.weight)"}
+
+
+def _exploding_encoder(tmp_path: Path) -> str:
+    """Finite weights whose features overflow to inf and NaN."""
+    torch.manual_seed(0)
+    encoder = build_encoder(ARCH)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.mul_(1e30)
+    save_encoder(tmp_path / "encoder.pt", ARCH, encoder, None, "simclr")
+    return str(tmp_path / "encoder.pt")
+
+
+@pytest.mark.parametrize("exploding, settings, reason", [
+    (False, {"modes": ["full", "probe"], "lr": 1e20},
+     "full fine-tuning diverged at epoch 1, step 2 of 6 (lr 1e+20): the loss is nan"),
+    # one step an epoch: the broken weights show in the validation scores before any loss
+    (False, {"modes": ["full"], "lr": 1e20, "batch_size": 64},
+     "full fine-tuning diverged at epoch 1 (lr 1e+20): validation scores are not finite (nan)"),
+    (True, {"modes": ["probe"]}, "linear probe diverged at epoch 1, step 1 of 1 (lr 0.05): the loss is nan")],
+    ids=["full-loss", "full-validation", "probe-loss"])
+def test_a_diverging_cell_is_skipped_with_its_reason(cohort, tmp_path, exploding, settings, reason):
+    encoder = _exploding_encoder(tmp_path) if exploding else None
+    [cell] = _job(cohort, tmp_path, "simclr" if exploding else "scratch", encoder, **settings)
+    assert _skipped(cell) == reason

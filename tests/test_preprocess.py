@@ -271,3 +271,103 @@ def test_cli_refuses_sessions_and_files_that_do_not_pair(tmp_path):
     with pytest.raises(SystemExit, match="2 sessions but 1 T1w files"):
         main(args)
     assert not (tmp_path / "out").exists()
+
+
+def _declared_huge(path: Path, side: int = 1000) -> Path:
+    """A 1 MB .nii.gz whose header declares side^3 float32 voxels (4 GB at 1000): non-zero content,
+    so that only the size can reject it."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((side, side, side))
+    hdr.set_data_dtype(np.float32)
+    hdr.set_zooms((1.0, 1.0, 1.0))
+    hdr.set_qform(np.eye(4), code=1)
+    hdr["vox_offset"] = 352
+    with gzip.open(path, "wb") as fh:
+        fh.write(hdr.binaryblock + b"\0" * 4 + np.random.default_rng(0).random(250_000).astype(np.float32).tobytes())
+    return path
+
+
+def test_an_image_declaring_too_many_voxels_is_rejected_unread(setup, tmp_path):
+    """The size check reads the header only: the process's peak memory stays far below the 4 GB
+    the header declares (measured in a fresh process)."""
+    import subprocess
+    import sys
+
+    root, settings, _ = setup
+    huge = _declared_huge(tmp_path / "huge.nii.gz")
+    record = _run(root, settings, huge, out="huge")
+    assert record["failed_stage"] == "input" and "declares 1000x1000x1000 = 1000 million voxels" in record["reason"]
+    assert "preprocess.max_voxels_million" in record["reason"]
+    # VmHWM: the peak of this process's own memory (ru_maxrss would carry its parent's over exec)
+    probe = ("import sys; from sslad.preprocess import check_input, InputError\n"
+             "try: check_input(sys.argv[1], 100e6)\nexcept InputError as e: print(e)\n"
+             "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')][0])")
+    out = subprocess.run([sys.executable, "-c", probe, str(huge)], capture_output=True, text=True, check=True)
+    assert "not read" in out.stdout and int(out.stdout.split()[-1]) < 400_000  # kB: no 4 GB decompression
+
+
+def _worker(code: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-c", code]
+
+
+def test_a_worker_that_dies_fails_its_scan_and_the_next_scans_go_on(tmp_path):
+    from sslad.preprocess import run_participant
+
+    scans = [("ses-M000", "a.nii.gz"), ("ses-M012", "b.nii.gz")]
+    # a worker that finishes the first scan it is given when it is ses-M012, and is killed otherwise
+    code = ("import os, sys, json; from sslad.preprocess import Outputs\n"
+            f"out = Outputs.for_scan({str(tmp_path)!r}, 'sub-01', sys.argv[sys.argv.index('--sessions') + 1], "
+            f"{SPACE!r})\n"
+            "if out.qc_json.name.startswith('sub-01_ses-M012'):\n"
+            "    out.qc_json.parent.mkdir(parents=True, exist_ok=True)\n"
+            "    out.qc_json.write_text(json.dumps({'session_id': 'ses-M012', 'failed_stage': None}))\n"
+            "else: os.kill(os.getpid(), 9)\n")
+    records = run_participant(_worker(code), "sub-01", scans, str(tmp_path), SPACE, None)
+    assert records[0]["failed_stage"] == "crash" and "died of SIGKILL" in records[0]["reason"]
+    assert records[1] == {"session_id": "ses-M012", "failed_stage": None}
+    assert Outputs.for_scan(tmp_path, "sub-01", "ses-M000", SPACE).qc_png.is_file()
+
+
+def test_scans_left_when_the_time_runs_out_are_recorded(tmp_path):
+    from sslad.preprocess import run_participant
+
+    scans = [("ses-M000", "a.nii.gz"), ("ses-M012", "b.nii.gz")]
+    records = run_participant(_worker("import time; time.sleep(60)"), "sub-01", scans, str(tmp_path), SPACE, 1.0)
+    assert [r["failed_stage"] for r in records] == ["time_limit", "time_limit"]
+    assert "used its 1 s" in records[0]["reason"]
+
+
+def test_a_participant_job_killed_mid_run_appears_failed_in_the_qc_table(setup, tmp_path):
+    """The real job (`sslad preprocess`) on two real scans; its worker is killed during the first:
+    the job still exits 0, the first scan is a failure in qc.tsv with the reason, the second passes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, settings, truth = setup
+    sub = truth["participant_id"].iloc[0]
+    sessions = list(truth.loc[truth["participant_id"] == sub, "session_id"])[:2]
+    t1w = [str(root / "bids" / sub / ses / "anat" / f"{sub}_{ses}_T1w.nii.gz") for ses in sessions]
+    cmd = [sys.executable, "-m", "sslad", "preprocess", "--settings", json.dumps(settings), "--participant", sub,
+           "--sessions", *sessions, "--t1w", *t1w, "--template", str(root / "tpl.nii.gz"), "--template-mask",
+           str(root / "tplmask.nii.gz"), "--space", SPACE, "--out-dir", str(tmp_path / "preproc")]
+    job = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{job.pid}/task/{job.pid}/children")
+    deadline = time.monotonic() + 60
+    while not children.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the worker is loading its libraries or on the first scan
+    os.kill(int(children.read_text().split()[0]), signal.SIGKILL)
+    _, log = job.communicate(timeout=300)
+    assert job.returncode == 0, log
+    assert "1 of 2 scans preprocessed" in log and "died of SIGKILL" in log
+    pd.DataFrame({"participant_id": [sub, sub], "session_id": sessions}).to_csv(tmp_path / "scans.tsv", sep="\t",
+                                                                                index=False)
+    qc_table(tmp_path / "scans.tsv", tmp_path / "preproc", SPACE, tmp_path / "qc.tsv", settings["qc"])
+    qc = pd.read_csv(tmp_path / "qc.tsv", sep="\t", keep_default_na=False)
+    assert list(qc["qc_pass"]) == [False, True] and list(qc["failed_stage"]) == ["crash", ""]
+    assert "died of SIGKILL" in qc["qc_reason"][0]

@@ -1,10 +1,12 @@
 """Pretraining jobs as the workflow runs them: DDP equivalence, resume after a kill (and only on the
-same inputs), leakage guard, external checkpoints."""
+same inputs, code and libraries, from a file read as data only), the stop at a non-finite loss,
+leakage guard, external checkpoints, provenance."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -16,8 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sslad import pretrain
-from sslad.networks import build_encoder, import_external, load_encoder
+from sslad import pretrain, provenance
+from sslad.networks import Diverged, build_encoder, import_external, load_encoder
 from sslad.pretrain_data import load_pretrain_scans
 
 MODEL = {"depth": 10, "widths": [8, 8, 16, 16], "stem_kernel": 3, "stem_stride": 1, "max_pool": True,
@@ -181,6 +183,13 @@ def test_rerun_on_renormalised_arrays_trains_afresh(manifest, tmp_path, capsys):
     assert not (out / "state").exists()
     second = weights(out / "encoder.pt")
     assert any(not torch.equal(first[k], second[k]) for k in first)
+    # the job's provenance: the checkout's commit and the torch it ran
+    git = subprocess.run(["git", "-C", str(Path(pretrain.__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                         text=True)
+    made = json.loads((out / "metrics.json").read_text())["provenance"]
+    assert made["commit"] == (git.stdout.strip() if git.returncode == 0 else "unknown")
+    assert made["packages"]["torch"] == torch.__version__ and made["device"] == "cpu" and made["threads"] == 1
+    assert set(made) == set(provenance.PROVENANCE_KEYS)
 
 
 def test_interrupted_run_resumes_only_on_the_same_inputs(manifest, tmp_path):
@@ -192,7 +201,8 @@ def test_interrupted_run_resumes_only_on_the_same_inputs(manifest, tmp_path):
     state = out / "state/last.pt"
     with pytest.raises(Interrupted):  # dies while reporting epoch 3, after epoch 2 was checkpointed
         pretrain.train(s, scans, pretrain.Outputs.under(out), interrupt_at("epoch 3/4"))
-    assert torch.load(state, weights_only=False)["epoch"] == 2 and not (out / "encoder.pt").exists()
+    # the real checkpoint is plain data (tensors, dicts, lists, numbers, strings): it loads as such
+    assert torch.load(state, weights_only=True)["epoch"] == 2 and not (out / "encoder.pt").exists()
     saved = state.read_bytes()
 
     def rerun(s: dict, scans) -> tuple[dict, list[str]]:
@@ -342,3 +352,126 @@ def test_a_method_block_may_set_its_own_epochs(manifest, tmp_path):
     metrics = pretrain.run(s, str(manifest / "pretrain.tsv"), str(manifest / "visits.tsv"),
                            str(manifest / "splits.tsv"), pretrain.Outputs.under(tmp_path), 1)
     assert metrics["epochs"] == 3 and len(metrics["history"]) == 3
+
+
+def test_two_process_ddp_stops_every_process_at_the_diverged_step(manifest, tmp_path):
+    """Each process checks the loss averaged over processes: all of them stop at the same step,
+    none waits for the others in the next collective."""
+    s = settings("simclr", epochs=2)
+    s["train"]["lr"] = 1e20
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "sslad"]
+    proc = subprocess.run(pretrain_cmd(manifest, tmp_path, s, torchrun), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("simclr pretraining diverged at epoch 1, step 2 of 4 (lr 1e+20)") == 2, proc.stderr[-3000:]
+    assert not (tmp_path / "encoder.pt").exists() and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("method, lr, where", [("simclr", 1e20, "epoch 1, step 2 of 4"),
+                                               ("tcl", 1e6, "epoch 2, step 1 of 1")], ids=["simclr", "tcl"])
+def test_a_diverging_run_stops_at_its_first_non_finite_loss_and_writes_nothing(manifest, tmp_path, method, lr, where):
+    s = settings(method, epochs=3)
+    s["train"]["lr"] = lr
+    message = f"{method} pretraining diverged at {where} (lr {lr:g}): the loss is nan"
+    with pytest.raises(Diverged, match=f"^{re.escape(message)}$"):
+        pretrain.run(s, str(manifest / "pretrain.tsv"), str(manifest / "visits.tsv"), str(manifest / "splits.tsv"),
+                     pretrain.Outputs.under(tmp_path), 1)
+    assert not (tmp_path / "encoder.pt").exists() and not (tmp_path / "metrics.json").exists()
+
+
+class Payload:
+    """Unpickled, it writes ``marker``: what a planted checkpoint could do with any code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+@pytest.fixture
+def interrupted(manifest, tmp_path):
+    """A simclr run killed after its epoch-1 checkpoint (the checkpoint's contents and where it lies),
+    the scans and settings, and the encoder of the same run trained without interruption."""
+    s = settings("simclr", epochs=2)
+    scans = load_pretrain_scans(str(manifest / "pretrain.tsv"), str(manifest / "visits.tsv"),
+                                str(manifest / "splits.tsv"))
+    pretrain.train(s, scans, pretrain.Outputs.under(tmp_path / "reference"), log=lambda msg: None)
+    out = pretrain.Outputs.under(tmp_path / "out")
+    with pytest.raises(Interrupted):
+        pretrain.train(s, scans, out, interrupt_at("epoch 2/2"))
+    return {"state": torch.load(out.checkpoint, weights_only=True), "out": out, "scans": scans, "settings": s,
+            "reference": weights(tmp_path / "reference/encoder.pt")}
+
+
+def _rerun(run: dict) -> tuple[dict, list[str]]:
+    log: list[str] = []
+    metrics = pretrain.train(run["settings"], run["scans"], run["out"], log.append)
+    return metrics, [line for line in log if line.startswith(("ignoring", "resumed"))]
+
+
+def _from_scratch(run: dict, metrics: dict) -> None:
+    """The run trained from scratch: all its epochs, ending where the uninterrupted run did."""
+    assert metrics["resumed_after_epoch"] == 0 and [h["epoch"] for h in metrics["history"]] == [1, 2]
+    for key, value in run["reference"].items():
+        torch.testing.assert_close(weights(run["out"].encoder)[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_planted_checkpoint_runs_no_code(interrupted, tmp_path):
+    marker = tmp_path / "marker"
+    state = interrupted["out"].checkpoint
+    torch.save({**interrupted["state"], "model": Payload(marker)}, state)
+    metrics, log = _rerun(interrupted)
+    assert not marker.exists()
+    [line] = log  # torch's wording of what it refused varies between versions: it names the callable
+    assert line.startswith(f"ignoring {state}: it holds more than weights and plain data, so it was not unpickled (")
+    assert "exec" in line and line.endswith("); training from scratch") and "weights_only" not in line
+    _from_scratch(interrupted, metrics)
+    # the plant is live: read as torch.load reads by default before 2.6, it runs its code
+    torch.save({"model": Payload(marker)}, tmp_path / "plant.pt")
+    torch.load(tmp_path / "plant.pt", weights_only=False)
+    assert marker.read_text() == "ran"
+
+
+def _code(state: dict) -> None:
+    state["fingerprint"]["source_sha256"] = "0" * 64
+
+
+def _torch(state: dict) -> None:
+    state["fingerprint"]["torch_version"] = "2.0.0"
+
+
+def _shape(state: dict) -> None:
+    name = next(k for k, v in state["model"].items() if v.dim() == 5)  # a convolution's weight
+    state["model"][name] = torch.cat([state["model"][name]] * 2)
+
+
+def _optimizer(state: dict) -> None:  # the weights load, then the optimiser's state does not
+    state["optimizer"]["param_groups"] = []
+
+
+@pytest.mark.parametrize("change, why", [
+    (_code, "the sslad code changed"),
+    (_torch, f"torch changed (2.0.0 -> {provenance.resume_key()['torch_version']})"),
+    (_shape, "cannot use it (RuntimeError: Error(s) in loading state_dict for SimCLR: size mismatch for "),
+    (_optimizer, "cannot use it (ValueError: loaded state dict has a different number of parameter groups)"),
+    (None, "cannot use it (")], ids=["code", "torch", "shape", "optimizer", "damaged"])
+def test_a_checkpoint_of_other_code_or_libraries_or_damaged_trains_afresh(interrupted, change, why):
+    state = interrupted["out"].checkpoint
+    if change is None:  # cut short, as by a full disk
+        state.write_bytes(state.read_bytes()[:1000])
+    else:
+        change(interrupted["state"])
+        torch.save(interrupted["state"], state)
+    metrics, log = _rerun(interrupted)
+    assert len(log) == 1 and "\n" not in log[0], log
+    assert log[0].startswith(f"ignoring {state}: {why}") and log[0].endswith("; training from scratch"), log
+    _from_scratch(interrupted, metrics)
+
+
+def test_a_genuine_checkpoint_resumes(interrupted):
+    """The control of the two tests above: their checkpoint, untouched, is resumed."""
+    metrics, log = _rerun(interrupted)
+    assert log == [f"resumed from {interrupted['out'].checkpoint} after epoch 1"]
+    assert metrics["resumed_after_epoch"] == 1
+    for key, value in interrupted["reference"].items():
+        torch.testing.assert_close(weights(interrupted["out"].encoder)[key], value, rtol=0, atol=0, msg=key)

@@ -174,6 +174,14 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
     assert "## Controls of the primary comparison" in (study / "results/summary.md").read_text()
     assert sorted(p.name for p in (study / "results/figures").glob("*.png")) == sorted(f"{t}.png" for t in TASKS)
     assert (study / "results/preproc/qc_mosaic.png").stat().st_size > 10_000
+    # every result names its code: the checkout's source digest (the copy has no .git), one version
+    prov = json.loads((study / "results/provenance.json").read_text())
+    assert prov["one_code_version"] and set(prov["stages"]) == {"preprocess", "pretrain", "finetune"}
+    assert sum(v["results"] for v in prov["stages"]["finetune"]) == len(TASKS) * len(GRID) + CONTROLS
+    libs = {k for v in prov["stages"]["pretrain"] for k in v["provenance"]["packages"]}
+    assert {"torch", "numpy"} <= libs
+    assert any("antspyx" in v["provenance"]["packages"] for v in prov["stages"]["preprocess"])
+    assert (table["code"] == prov["codes"][0]).all() and prov["codes"][0].startswith("no-git:")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{study / 'results/mlflow/mlflow.db'}")
@@ -220,7 +228,8 @@ def test_tracking_server_gets_every_pretraining_and_finetuning_run(study, mlflow
     from mlflow.tracking import MlflowClient
 
     server = f"tracking={{uri: {mlflow_server}}}"
-    assert planned_jobs(study, "--config", server) == {"track_pretrain": 1, "track_finetune": 1, "aggregate": 1}
+    assert planned_jobs(study, "--config", server) == {"track_pretrain": 1, "track_finetune": 1, "aggregate": 1,
+                                                       "provenance": 1}
     snakemake(study, "--config", server)
     client = MlflowClient(tracking_uri=mlflow_server)
     runs = {e: client.search_runs([client.get_experiment_by_name(e).experiment_id]) for e in ("pretrain", "finetune")}
@@ -271,43 +280,46 @@ def test_scores_are_full_precision_logits_and_counts_are_reported(study):
 def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "finetune", "lr", 0.002)  # the controls are fine-tuning with the same settings
     assert planned_jobs(study) == {"finetune": len(TASKS) * len(INITS), "finetune_control": CONTROLS,
-                                   "track_finetune": 1, "aggregate": 1}
+                                   "track_finetune": 1, "aggregate": 1, "provenance": 1}
     set_config(study, "finetune", "lr", 0.001)
     # the bootstrap is aggregation's: more resamples retrain nothing (.test/config.yaml sets it: --config)
-    assert planned_jobs(study, "--config", "finetune={n_bootstrap: 300}") == {"aggregate": 1}
+    assert planned_jobs(study, "--config", "finetune={n_bootstrap: 300}") == {"aggregate": 1, "provenance": 1}
     # the splits pretraining draws on: the pretraining set and what follows, not scratch's fine-tuning
     set_config(study, "manifest", "pretrain_splits", ["train"])
     assert planned_jobs(study) == {"pretrain_set": 1, "pretrain": 5, "track_pretrain": 1, "finetune": 5 * len(TASKS),
-                                   "finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1}
+                                   "finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1,
+                                   "provenance": 1}
     set_config(study, "manifest", "pretrain_splits", ["train", "val"])
     # a method's block: that method's pretraining and what fine-tunes from it, nothing else
     set_config(study, "pretrain", "methods.top.hidden", 32)
     assert planned_jobs(study) == {"pretrain": 1, "track_pretrain": 1, "finetune": len(TASKS), "track_finetune": 1,
-                                   "aggregate": 1}
+                                   "aggregate": 1, "provenance": 1}
     set_config(study, "pretrain", "methods.top.hidden", 64)
     # an augmentation recipe reruns the methods that use it: the temporal one all but simclr
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.5)
     assert planned_jobs(study) == {"pretrain": 4, "track_pretrain": 1, "finetune": 4 * len(TASKS),
-                                   "finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1}
+                                   "finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1,
+                                   "provenance": 1}
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.8)
     # validation subsampling: the fractions and what follows; the primary comparison: aggregation only
     set_config(study, "study", "subsample_validation", False)
     assert planned_jobs(study) == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(GRID),
-                                   "finetune_control": CONTROLS, "track_finetune": 1, "aggregate": 1}
+                                   "finetune_control": CONTROLS, "track_finetune": 1, "aggregate": 1, "provenance": 1}
     set_config(study, "study", "subsample_validation", True)
     # another primary init: aggregation, and the controls of the new pair (top's; scratch's are there)
     set_config(study, "study", "primary.init", "top")
-    assert planned_jobs(study) == {"finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1}
+    assert planned_jobs(study) == {"finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1,
+                                   "provenance": 1}
     set_config(study, "study", "primary.init", "topc")
     # one new seed (the grid comes from .test/config.yaml, so --config it): only its jobs
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1]}")
     assert grown == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(GRID), "finetune_control": CONTROLS,
-                     "track_finetune": 1, "aggregate": 1}
+                     "track_finetune": 1, "aggregate": 1, "provenance": 1}
     # and a new fraction: each seed's job runs its fractions, the old one again too (and the controls
     # read the primary fraction's subset, which those jobs rewrite)
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1], label_fractions: [0.5, 1.0]}")
     assert grown == {"label_fraction": 2 * len(TASKS), "finetune": 2 * len(TASKS) * len(GRID),
-                     "finetune_control": 2 * CONTROLS, "track_finetune": 1, "aggregate": 1}
+                     "finetune_control": 2 * CONTROLS, "track_finetune": 1, "aggregate": 1, "provenance": 1}
     assert planned_jobs(study) == {}
 
 
@@ -315,13 +327,13 @@ def test_control_edits_rerun_only_control_jobs(study):
     """study.controls and the primary comparison's mode reach the control jobs only: no job of the
     grid (finetune) is planned."""
     set_config(study, "study", "controls.tasks", ["dx_cn_ad", "det_mci_ad"])  # a task more: its controls
-    assert planned_jobs(study) == {"finetune_control": CONTROLS, "track_finetune": 1, "aggregate": 1}
+    assert planned_jobs(study) == {"finetune_control": CONTROLS, "track_finetune": 1, "aggregate": 1, "provenance": 1}
     set_config(study, "study", "controls.tasks", ["det_cn_mci", "det_mci_ad", "fut_cn_mci", "fut_mci_ad"])
     set_config(study, "study", "controls.inputs", ["index"])  # one control less: nothing to train
-    assert planned_jobs(study) == {"track_finetune": 1, "aggregate": 1}
+    assert planned_jobs(study) == {"track_finetune": 1, "aggregate": 1, "provenance": 1}
     set_config(study, "study", "controls.inputs", ["index", "time_shuffled"])
     set_config(study, "study", "primary.mode", "probe")  # the controls run the primary's mode
-    assert planned_jobs(study) == {"finetune_control": CONTROLS, "track_finetune": 1, "aggregate": 1}
+    assert planned_jobs(study) == {"finetune_control": CONTROLS, "track_finetune": 1, "aggregate": 1, "provenance": 1}
     set_config(study, "study", "primary.mode", "full")
     assert planned_jobs(study) == {}
 
@@ -550,3 +562,113 @@ def test_real_bids_variety_study_completes(tmp_path):
     assert set(scans.loc[scans["bids_participant_id"] == label, "participant_id"]) == {
         label.replace("sub-", "sub-ADNI"), label.replace("sub-", "sub-OASIS3")}  # kept apart
     assert (work / "results/table.csv").exists() and (work / "results/summary.md").exists()
+
+
+def _hostile_tree(root: Path, checkout: Path) -> tuple[Path, dict[str, str]]:
+    """A simulated BIDS tree of 6 subjects at 6 mm, made hostile: a session label carrying a shell
+    command (listed in its sessions.tsv, with an image), two participants whose labels are no BIDS
+    labels, and a 1 MB image whose header declares 1000^3 float32 voxels (4 GB). Returns the tree
+    and {what: label} of the planted cases."""
+    import pandas as pd
+    from test_preprocess import _declared_huge
+
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())["simulate"]
+    cfg = {**base, "n_subjects": 6, "resolution_mm": 6, "seed": 5, "visits": {**base["visits"], "max": 3}}
+    bids = root / "HOSTILE"
+    subprocess.run([sys.executable, "-m", "sslad", "simulate", "--settings", json.dumps(cfg), "--out", str(bids)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(checkout)}, capture_output=True)
+    subs = sorted(p.name for p in bids.glob("sub-*"))
+    first, second = subs[0], subs[1]
+    evil = "ses-M000$(touch PWNED)"  # run in the job's directory if it ever reached a shell
+    image = next((bids / first / "ses-M000" / "anat").glob("*_T1w.nii.gz"))
+    (bids / first / evil / "anat").mkdir(parents=True)
+    shutil.copy(image, bids / first / evil / "anat" / f"{first}_{evil}_T1w.nii.gz")
+    sessions = bids / first / f"{first}_sessions.tsv"
+    table = pd.read_csv(sessions, sep="\t", dtype=str)
+    row = table.iloc[[0]].assign(session_id=evil, days_from_baseline="900")
+    pd.concat([table, row]).to_csv(sessions, sep="\t", index=False)
+    participants = pd.read_csv(bids / "participants.tsv", sep="\t", dtype=str)
+    bad = ["sub-002_S_0295", "sub-01.5"]
+    for label in bad:
+        shutil.copytree(bids / second, bids / label)
+        for path in sorted((bids / label).rglob(f"*{second}*"), key=lambda p: -len(p.parts)):
+            path.rename(path.with_name(path.name.replace(second, label)))
+        participants = pd.concat([participants, participants.iloc[[1]].assign(participant_id=label)])
+    participants.to_csv(bids / "participants.tsv", sep="\t", index=False)
+    huge = next((bids / second / "ses-M000" / "anat").glob("*_T1w.nii.gz"))
+    _declared_huge(huge)
+    return bids, {"evil": evil, "first": first, "huge": second, "bad1": bad[0], "bad2": bad[1]}
+
+
+def _run_measured(workdir: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """A Snakemake run and the peak resident memory (GB) of its largest process, jobs included."""
+    wrap = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(p.returncode)")
+    snakefile = workdir.parent / "checkout" / "Snakefile"
+    cmd = [sys.executable, "-c", wrap, sys.executable, "-m", "snakemake", "-s", str(snakefile), "--cores", "2",
+           *args, "--configfile", ".test/config.yaml"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
+    return proc, int(proc.stderr.split()[-1]) / 2**20
+
+
+def test_hostile_dataset_runs_no_command_and_reports_every_bad_case(tmp_path):
+    """A session label with a shell command, two invalid participant labels and an image declaring 4
+    GB: nothing is executed, each case is reported with its reason, the good subjects reach the
+    manifest, the run's largest process stays under 3 GB and it exits 0. Then a diagnosis corrected
+    in place (same time stamp) reruns ingestion and what depends on labels, never preprocessing."""
+    import pandas as pd
+
+    work = make_study(tmp_path)
+    bids, case = _hostile_tree(tmp_path, work.parent / "checkout")
+    (work / ".test/config.yaml").write_text(yaml.safe_dump({
+        "cohorts": [{"name": "HOSTILE", "bids_dir": str(bids)}],
+        "preprocess": {"voxel_mm": 6.0},
+        "manifest": {"index_visits": "all"},
+        "study": {"tasks": ["dx_cn_ad"], "label_fractions": [1.0], "seeds": [0], "inits": ["scratch"],
+                  "primary": {"init": "scratch", "reference": "schedule"}, "controls": {"inputs": []}}}))
+    proc, peak_gb = _run_measured(work, "results/manifest/visits.tsv")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert peak_gb < 3, peak_gb
+    assert not list(tmp_path.rglob("PWNED")) and not (work / "PWNED").exists()
+    excluded = pd.read_csv(work / "results/cohort/excluded.tsv", sep="\t", dtype=str)
+    reasons = dict(zip(excluded["bids_participant_id"] + "/" + excluded["session_id"], excluded["reason"]))
+    assert reasons[f"{case['first']}/{case['evil']}"].startswith("session label")
+    for bad in (case["bad1"], case["bad2"]):
+        assert reasons[f"{bad}/ses-M000"].startswith(f"participant label '{bad}' is not a BIDS label")
+    qc = pd.read_csv(work / "results/preproc/qc.tsv", sep="\t", keep_default_na=False)
+    huge = qc[(qc["participant_id"] == f"sub-HOSTILE{case['huge'][4:]}") & (qc["session_id"] == "ses-M000")]
+    assert not huge["qc_pass"].iloc[0] and "more than the 100 million" in huge["qc_reason"].iloc[0]
+    visits = pd.read_csv(work / "results/manifest/visits.tsv", sep="\t")
+    good = {f"sub-HOSTILE{p.name[4:]}" for p in bids.glob("sub-*") if p.name.replace("-", "").isalnum()}
+    assert set(visits["participant_id"]) == good and len(good) == 6
+    assert planned_jobs(work, "results/manifest/visits.tsv") == {}
+    # a diagnosis corrected in place, its file's time stamp kept (as a copy with preserved times)
+    sessions = next(bids.glob(f"{case['first']}/*_sessions.tsv"))
+    stat, table = sessions.stat(), pd.read_csv(sessions, sep="\t", dtype=str)
+    table.loc[table.index[-2], "diagnosis"] = "AD" if table["diagnosis"].iloc[-2] != "AD" else "CN"
+    table.to_csv(sessions, sep="\t", index=False)
+    os.utime(sessions, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    planned = planned_jobs(work, "results/manifest/visits.tsv")
+    assert {"ingest_cohort", "cohort", "manifest"} <= set(planned), planned
+    assert "preprocess" not in planned and "template" not in planned
+    downstream = planned_rules(work, "results/finetune/dx_cn_ad/scratch/frac-1/seed-0/metrics.json")
+    assert {"manifest", "label_fraction", "finetune"} <= downstream and "preprocess" not in downstream
+
+
+# shell placeholders that need no quoting: numbers, and params that quote their own parts (shlex)
+PRE_QUOTED = {"threads", "resources.runtime", "resources.mem_mb", "resources.gpu", "resources.loader_workers",
+              "resources.nodes", "resources.tasks_per_node", "params.cells", "params.outputs", "params.inputs",
+              "params.cohorts", "params.encoder", "params.device_memory_gb", "params.stages"}
+
+
+def test_every_value_that_reaches_a_shell_command_is_quoted():
+    """A value from a dataset or a config (a path, a label, a setting) reaches a rule's command only
+    through `:q` or a params function that quotes it: no label can run a command."""
+    unquoted = set()
+    for smk in (ROOT / "workflow/rules").glob("*.smk"):
+        for body in re.findall(r"^    shell:\n((?:        .*\n)+)", smk.read_text(), re.M):
+            for name in re.findall(r"(?<!\{)\{([A-Za-z_.\[\]0-9]+)\}(?!\})", body):
+                if name not in PRE_QUOTED:
+                    unquoted.add(f"{smk.name}: {{{name}}}")
+    assert not unquoted, sorted(unquoted)

@@ -43,7 +43,37 @@ rule aggregate:
         " > {log:q} 2>&1"
 
 
+rule provenance:
+    """Which code and libraries made every result: the distinct versions per stage, read from each
+    scan's qc.json and each job's metrics.json (a study whose jobs ran on two commits says so)."""
+    input:
+        pretrain=pretrain_metrics(),
+        finetune=finetune_metrics(),
+        qc="results/preproc/qc.tsv",
+    output:
+        "results/provenance.json",
+    log:
+        "results/logs/provenance.log",
+    localrule: True
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        settings=json.dumps({"config_sha256": config_digest(config)}),
+        stages=lambda wildcards, input: " ".join(
+            "--stage " + " ".join(shlex.quote(str(p)) for p in [name, *files])
+            for name, files in (("pretrain", input.pretrain), ("finetune", input.finetune))
+            if files
+        ),
+    shell:
+        "sslad provenance --settings {params.settings:q} {params.stages} --qc {input.qc:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule aggregate_all:
-    """The table, summary and figures (what `snakemake` builds): `snakemake aggregate_all`."""
+    """The table, summary and figures (what `snakemake` builds), and the provenance of every result:
+    `snakemake aggregate_all`."""
     input:
         rules.aggregate.output,
+        rules.provenance.output,

@@ -24,7 +24,7 @@ rule simulate_cohort:
     params:
         settings=lambda wildcards: json.dumps(COHORTS[wildcards.cohort]["simulate"], sort_keys=True),
     shell:
-        "sslad simulate --settings {params.settings:q} --cohort {wildcards.cohort} --out {output:q}"
+        "sslad simulate --settings {params.settings:q} --cohort {wildcards.cohort:q} --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"
 
 
@@ -47,6 +47,7 @@ rule ingest_cohort:
         settings=lambda wildcards: json.dumps(
             {k: COHORTS[wildcards.cohort][k] for k in ("name", "strict", "diagnosis_aliases")}, sort_keys=True
         ),
+        clinical=clinical_tables,  # not in the command: its change is the rerun trigger
     shell:
         "sslad cohort --settings {params.settings:q} --bids {input:q}"
         " --scans {output.scans:q} --record {output.record:q} --excluded {output.excluded:q} > {log:q} 2>&1"

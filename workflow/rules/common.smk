@@ -10,7 +10,8 @@ import jsonschema
 import yaml
 
 sys.path.insert(0, os.path.abspath(workflow.basedir))  # the workflow's own sslad (stdlib-only parts here)
-from sslad.cohort import convert_single_cohort, resolve_cohorts
+from sslad.cohort import clinical_digest, convert_single_cohort, resolve_cohorts
+from sslad.provenance import config_digest
 from sslad.registry import METHODS, complete_schema, inits
 
 # Resources of a job are no config value: they are the rules' defaults below, overridden by a profile
@@ -103,6 +104,14 @@ def cohort_bids(wildcards):
     return COHORTS[wildcards.cohort]["bids_dir"] or f"results/cohort/{wildcards.cohort}/bids"
 
 
+def clinical_tables(wildcards):
+    """The digest of a user BIDS tree's clinical tables and image list (sslad.cohort.clinical_digest):
+    a `params` value, so a diagnosis corrected in place reruns ingestion and what depends on labels. A
+    simulated tree has none: its settings decide its content."""
+    bids = COHORTS[wildcards.cohort]["bids_dir"]
+    return clinical_digest(bids) if bids else ""
+
+
 def template_space():
     """Space label of output names: follows the template that is really used."""
     pre = config["preprocess"]
@@ -131,7 +140,8 @@ def subject_t1w(wildcards):
 
 
 def subject_sessions(wildcards):
-    return " ".join(ses for ses, _ in cohort_scans()[wildcards.participant])
+    """The participant's session labels, a list: `{params.sessions:q}` quotes each one."""
+    return [ses for ses, _ in cohort_scans()[wildcards.participant]]
 
 
 def all_preprocessed(wildcards):

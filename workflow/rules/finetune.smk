@@ -36,11 +36,11 @@ rule finetune:
         runtime=60,
     params:
         settings=finetune_settings,
-        encoder=lambda wildcards, input: f"--encoder {input.encoder}" if "encoder" in input.keys() else "",
+        encoder=lambda wildcards, input: f"--encoder {shlex.quote(input.encoder)}" if "encoder" in input.keys() else "",
         cells=lambda wildcards, input, output: cell_args(FRACTIONS, input.fractions, output.metrics, output.predictions),
     shell:
-        "sslad finetune --settings {params.settings:q} --task {wildcards.task} --init {wildcards.init}"
-        " --seed {wildcards.seed} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
+        "sslad finetune --settings {params.settings:q} --task {wildcards.task:q} --init {wildcards.init:q}"
+        " --seed {wildcards.seed:q} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
         " {params.encoder} --threads {threads} --workers {resources.loader_workers} > {log:q} 2>&1"
 
 
@@ -66,13 +66,13 @@ rule finetune_control:
         runtime=60,
     params:
         settings=control_settings,
-        encoder=lambda wildcards, input: f"--encoder {input.encoder}" if "encoder" in input.keys() else "",
+        encoder=lambda wildcards, input: f"--encoder {shlex.quote(input.encoder)}" if "encoder" in input.keys() else "",
         cells=lambda wildcards, input, output: cell_args(
             [wildcards.fraction], [input.fractions], [output.metrics], [output.predictions]
         ),
     shell:
-        "sslad finetune --settings {params.settings:q} --task {wildcards.task} --init {wildcards.init}"
-        " --seed {wildcards.seed} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
+        "sslad finetune --settings {params.settings:q} --task {wildcards.task:q} --init {wildcards.init:q}"
+        " --seed {wildcards.seed:q} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
         " {params.encoder} --threads {threads} > {log:q} 2>&1"
 
 

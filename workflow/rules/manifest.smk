@@ -56,7 +56,7 @@ rule fold:
         inputs=lambda wildcards, input: " ".join(shlex.quote(f"{name}={path}") for name, path in input.items()),
         outputs=named_paths,
     shell:
-        "sslad fold --heldout {wildcards.heldout} --input {params.inputs} --out {params.outputs} > {log:q} 2>&1"
+        "sslad fold --heldout {wildcards.heldout:q} --input {params.inputs} --out {params.outputs} > {log:q} 2>&1"
 
 
 rule pretrain_set:
@@ -101,8 +101,8 @@ rule label_fraction:
         settings=json.dumps({"subsample_validation": config["study"]["subsample_validation"]}),
         cells=lambda wildcards, output: cell_args(FRACTIONS, output),
     shell:
-        "sslad label-fraction --settings {params.settings:q} --task-table {input:q} --task {wildcards.task}"
-        " --seed {wildcards.seed} {params.cells} > {log:q} 2>&1"
+        "sslad label-fraction --settings {params.settings:q} --task-table {input:q} --task {wildcards.task:q}"
+        " --seed {wildcards.seed:q} {params.cells} > {log:q} 2>&1"
 
 
 rule manifest_all:

@@ -32,7 +32,9 @@ rule template:
 rule preprocess:
     """Every scan of one participant, one after the other in one process (as fMRIPrep runs per
     participant): importing ANTs costs ~2.7 s of CPU per process (measured), more than a demo scan's
-    whole chain; one job per scan would add ~7 min of CPU to the demo's 166 scans.
+    whole chain; one job per scan would add ~7 min of CPU to the demo's 166 scans. The scans run in a
+    worker process that the job outlives: a scan that kills it (memory, a crash) or outlasts the job's
+    runtime gets a failure record in qc.tsv, and the study goes on without it.
 
     The one output that is a directory: a participant's sessions are known only once the cohort
     checkpoint has run, and Snakemake cannot declare a varying set of files per job. Inside it,
@@ -50,8 +52,9 @@ rule preprocess:
         "../../envs/imaging.yaml"
     threads: 1
     resources:
-        mem_mb=2000,  # measured peak: 1.1 GB at 1 mm (scans run one at a time)
-        runtime=lambda wildcards, input: 20 * len(input.t1w),
+        # measured peak: 1.1 GB at 1 mm (scans run one at a time); more on each retry
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, input, attempt: 20 * len(input.t1w) * attempt,
     params:
         # the QC thresholds are qc_table's: editing them reruns no registration
         settings=json.dumps({k: v for k, v in config["preprocess"].items() if k != "qc"}, sort_keys=True),
@@ -59,10 +62,10 @@ rule preprocess:
         sessions=subject_sessions,  # a new or removed visit reruns this participant only
         out_dir=lambda wildcards, output: Path(output[0]).parent,
     shell:
-        "sslad preprocess --settings {params.settings:q} --participant {wildcards.participant}"
-        " --sessions {params.sessions} --t1w {input.t1w:q}"
-        " --template {input.template:q} --template-mask {input.mask:q} --space {params.space}"
-        " --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
+        "sslad preprocess --settings {params.settings:q} --participant {wildcards.participant:q}"
+        " --sessions {params.sessions:q} --t1w {input.t1w:q}"
+        " --template {input.template:q} --template-mask {input.mask:q} --space {params.space:q}"
+        " --out-dir {params.out_dir:q} --threads {threads} --runtime-min {resources.runtime} > {log:q} 2>&1"
 
 
 rule qc_table:
@@ -84,7 +87,7 @@ rule qc_table:
         preproc_dir=lambda wildcards, output: Path(output[0]).parent,
     shell:
         "sslad qc-table --settings {params.qc:q} --scans {input.scans:q} --preproc-dir {params.preproc_dir:q}"
-        " --space {params.space} --out {output:q} > {log:q} 2>&1"
+        " --space {params.space:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule qc_mosaic:

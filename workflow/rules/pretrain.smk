@@ -71,7 +71,7 @@ rule pretrain:
         " $launch pretrain --settings {params.settings:q} --pretrain {input.pretrain:q} --visits {input.visits:q}"
         " --splits {input.splits:q} --encoder {output.encoder:q} --metrics {output.metrics:q}"
         " --checkpoint {params.checkpoint:q} --threads {threads} --device-memory-gb {params.device_memory_gb}"
-        " --workers {resources.loader_workers}"
+        " --mem-mb {resources.mem_mb} --workers {resources.loader_workers}"
         " > {log:q} 2>&1"
 
 
