@@ -629,6 +629,7 @@ def test_hostile_dataset_runs_no_command_and_reports_every_bad_case(tmp_path):
                   "primary": {"init": "scratch", "reference": "schedule"}, "controls": {"inputs": []}}}))
     proc, peak_gb = _run_measured(work, "results/manifest/visits.tsv")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(f"largest process: {peak_gb:.2f} GB")  # shown with pytest -s
     assert peak_gb < 3, peak_gb
     assert not list(tmp_path.rglob("PWNED")) and not (work / "PWNED").exists()
     excluded = pd.read_csv(work / "results/cohort/excluded.tsv", sep="\t", dtype=str)
