@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import pandas as pd
 
+from sslad import convergence
 from sslad.io import atomic_path
 from sslad.metrics import (
     METRICS,
@@ -799,14 +800,16 @@ def _schedule_section(baseline: dict[str, pd.DataFrame], primary: dict[str, Any]
 
 def summary_markdown(summary_df: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, Any], table: pd.DataFrame,
                      skipped: pd.DataFrame, n_boot: int, level: float = 0.95,
-                     controls: pd.DataFrame | None = None, baseline: dict[str, pd.DataFrame] | None = None) -> str:
+                     controls: pd.DataFrame | None = None, baseline: dict[str, pd.DataFrame] | None = None,
+                     convergence_lines: list[str] | None = None) -> str:
     """The report: the pre-specified primary comparison first, the schedule-only baseline and the
-    controls beside it, then the tasks not evaluated, then the exploratory table of everything."""
+    controls beside it, then the tasks not evaluated, the exploratory table of everything and the
+    training convergence of every cell (sslad.convergence)."""
     controls = pd.DataFrame(columns=CONTROL_COLUMNS) if controls is None else controls
     lines = ["# Fine-tuning results", "", *_primary_section(prim, primary, table, n_boot, level),
              *_schedule_section(baseline or {}, primary, n_boot, level),
              *_controls_section(controls, prim, primary, level), *_skipped_section(skipped, table),
-             *_exploratory_section(summary_df, primary["reference"], n_boot, level)]
+             *_exploratory_section(summary_df, primary["reference"], n_boot, level), *(convergence_lines or [])]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -953,6 +956,8 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
     write_csv(table.drop(columns="source"), table_csv)
     folds = sorted(set(table["heldout"]) | set(skipped["heldout"])) or [""]
     summaries, sections = [], []
+    training = pd.DataFrame([r for path in metrics_paths for r in convergence.training_rows(read_job(path)[0])],
+                            columns=convergence.TRAINING_COLUMNS).astype({"heldout": str})
     colours = _colours(sorted(table["init"].unique()))
     Path(figures_dir).mkdir(parents=True, exist_ok=True)
     for fold in folds:
@@ -966,8 +971,10 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
                                              level, preds)
                     for name in dict.fromkeys((primary["init"], primary["reference"])) if name != SCHEDULE}
         controls = control_comparisons(whole, primary, n_boot, seed, level, preds)
+        fold_training = training[training["heldout"] == fold]
+        converged = convergence.section(convergence.flags(fold_training, SCHEDULE), fold_training, primary)
         text = summary_markdown(summary, prim, primary, whole, skipped[skipped["heldout"] == fold], n_boot, level,
-                                controls, baseline)
+                                controls, baseline, converged)
         lines = text.rstrip("\n").splitlines() + [""] + _by_cohort_section(table[table["heldout"] == fold],
                                                                           missing[missing["heldout"] == fold], primary)
         sections.append((fold, lines))

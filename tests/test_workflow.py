@@ -172,6 +172,7 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
         assert table[col].between(0, 1).all()
     assert (study / "results/summary.csv").exists() and (study / "results/summary.md").exists()
     assert "## Controls of the primary comparison" in (study / "results/summary.md").read_text()
+    assert "## Training convergence" in (study / "results/summary.md").read_text()
     assert sorted(p.name for p in (study / "results/figures").glob("*.png")) == sorted(f"{t}.png" for t in TASKS)
     assert (study / "results/preproc/qc_mosaic.png").stat().st_size > 10_000
     # every result names its code: the checkout's source digest (the copy has no .git), one version

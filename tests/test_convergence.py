@@ -1,0 +1,63 @@
+"""Flags of undertrained cells from the curves each fine-tuning job records."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sslad import convergence
+
+PRIMARY = {"init": "topc", "reference": "scratch", "mode": "full", "inputs": "history", "fraction": 1.0}
+
+
+def _job(init: str, seed: int, loss: list[float], best: int, val: float, task: str = "dx_cn_ad",
+         mode: str = "full") -> dict:
+    return {"task": task, "init": init, "inputs": "history", "fraction": 1.0, "seed": seed, "heldout": "",
+            "rows": [{"mode": mode, "best_epoch": best, "val_auc": val}],
+            "curves": {mode: {"train_loss": loss, "val_auc": [val] * len(loss)}}}
+
+
+def _training(*jobs: dict) -> pd.DataFrame:
+    return pd.DataFrame([r for j in jobs for r in convergence.training_rows(j)], columns=convergence.TRAINING_COLUMNS)
+
+
+FLAT = [0.9, 0.6, 0.5, 0.45, 0.44, 0.44, 0.44, 0.44]
+FALLING = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+
+
+def test_converged_cells_are_not_flagged_and_the_section_says_so():
+    jobs = [_job("topc", s, FLAT, 4, 0.8) for s in (0, 1)] + [_job("scratch", s, FLAT, 5, 0.75) for s in (0, 1)]
+    jobs += [{"task": "dx_cn_ad", "init": "schedule", "inputs": "history", "fraction": 1.0, "seed": s, "heldout": "",
+              "rows": [{"mode": "full", "best_epoch": None, "val_auc": 0.6}], "curves": {}} for s in (0, 1)]
+    training = _training(*jobs)
+    flagged = convergence.flags(training)
+    assert flagged.empty
+    assert "No cell of the 2 trained cells" in "\n".join(convergence.section(flagged, training, PRIMARY))
+
+
+def test_each_sign_of_undertraining_is_flagged_with_its_reason():
+    schedule = [{"task": "dx_cn_ad", "init": "schedule", "inputs": "history", "fraction": 1.0, "seed": s,
+                 "heldout": "", "rows": [{"mode": m, "best_epoch": None, "val_auc": 0.7}], "curves": {}}
+                for s in (0, 1) for m in ("full", "probe")]
+    training = _training(
+        *[_job("scratch", s, FALLING, 8, 0.9) for s in (0, 1)],                  # still improving at the end
+        *[_job("simclr", s, FLAT, 1, 0.8) for s in (0, 1)],                      # never improved on epoch 1
+        *[_job("top", s, FLAT, 4, 0.65) for s in (0, 1)],                        # below the schedule baseline
+        *[_job("tcl", s, FLAT, 1, 1.0, mode="probe") for s in (0, 1)],           # at the ceiling on epoch 1
+        *[_job("tmp", s, FALLING, 3, 0.9, mode="probe") for s in (0, 1)],        # separable: loss falls, val done
+        *[_job("topc", 0, FALLING, 8, 0.9), _job("topc", 1, FLAT, 4, 0.9)],      # one seed of two: no majority
+        *schedule)
+    flagged = convergence.flags(training).set_index("init")
+    assert set(flagged.index) == {"scratch", "simclr", "top"}
+    assert "validation AUC peaked at the last epoch in 2 of 2 seeds" in flagged.loc["scratch", "reasons"]
+    assert "training loss still falling in 2 of 2 seeds" in flagged.loc["scratch", "reasons"]
+    assert flagged.loc["simclr", "reasons"] == "validation AUC peaked at the first epoch in 2 of 2 seeds"
+    assert flagged.loc["top", "reasons"] == "validation AUC 0.650 no better than the schedule baseline's 0.700"
+    text = "\n".join(convergence.section(flagged.reset_index(), training, PRIMARY))
+    assert "**The primary comparison's scratch may be undertrained** (full, fraction 1) on dx_cn_ad" in text
+    assert "primary comparison's topc" not in text and "3 of 6 trained cells **may be undertrained**" in text
+
+
+def test_loss_drop_reads_the_last_quarter():
+    assert convergence.loss_drop([1.0]) == 0.0
+    assert abs(convergence.loss_drop(FALLING) - (0.45 - 0.25) / 0.9) < 1e-12
+    assert convergence.loss_drop(FLAT) == 0.0
