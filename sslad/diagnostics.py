@@ -91,21 +91,26 @@ def pair_hits(features: np.ndarray, months: np.ndarray, train: list[np.ndarray],
 def summarise(hits: list[np.ndarray] | None, n_boot: int = 1000,
               seed: int = 0) -> tuple[float | None, int, tuple[float, float] | None]:
     """(accuracy, pairs, 95% interval) of per-subject pair hits; (None, 0, None) without any, no interval
-    with fewer than 2 subjects with pairs. The interval is the accuracy +- t(n - 1) bootstrap standard errors,
-    the bootstrap resampling the n subjects (each with all its pairs) and its sd scaled by sqrt(n / (n - 1)),
-    within [0, 1]: the percentile interval of the same bootstrap covered 81% with 6 held-out subjects and 88%
-    with 10 (benchmarks/calibration.py, unequal pair counts); this one 95% at 6, so a demo's handful of
-    held-out subjects gets an interval that is wide, and says so."""
+    with fewer than 2 subjects with pairs.
+
+    The interval: the accuracy +- t standard errors, from a bootstrap that resamples the n subjects (each
+    with all its pairs), its sd scaled by sqrt(n / (n - 1)), with the degrees of freedom of the subjects'
+    effective number when weighted by their pair counts ((sum m)^2 / sum m^2 - 1), clipped to [0, 1]. Why:
+    a demo holds out a handful of subjects with unequal pair counts, and there the percentile interval of
+    the same bootstrap covered 85% (6 subjects) to 93% (40); this one 94-95% (benchmarks/calibration.py).
+    """
     if hits is None:
         return None, 0, None
     correct = np.concatenate(hits)
     subject = np.concatenate([np.full(len(h), i) for i, h in enumerate(hits)])
-    acc, n = float(correct.mean()), len(np.unique(subject))
+    acc, pairs = float(correct.mean()), np.array([len(h) for h in hits if len(h)], np.float64)
+    n = pairs.size
     if n < 2:
         return acc, len(correct), None
     counts = subject_counts(np.zeros(len(correct)), subject, n_boot, np.random.default_rng(seed))
     se = float(np.std(counts @ correct / counts.sum(axis=1), ddof=1)) * np.sqrt(n / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * se
+    df = max(1.0, pairs.sum() ** 2 / (pairs ** 2).sum() - 1)
+    half = float(stats.t.ppf(0.975, df)) * se
     return acc, len(correct), (max(0.0, acc - half), min(1.0, acc + half))
 
 
