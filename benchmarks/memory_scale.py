@@ -110,7 +110,7 @@ def run_pretrain(a: dict) -> dict:
     t = a["tables"]
     start = time.perf_counter()
     metrics = pretrain.run(settings, t["pretrain"], t["visits"], t["splits"], pretrain.Outputs.under(a["out"]),
-                           a["threads"], a["workers"])
+                           threads=a["threads"], workers=a["workers"])
     epoch = metrics["history"][0]
     return {**_peaks(), "seconds": time.perf_counter() - start, "data_wait": epoch["data_wait"],
             "s_step": epoch["seconds"] / a["steps"]}
@@ -126,7 +126,7 @@ def run_finetune(a: dict) -> dict:
     cell = finetune.Cell(1.0, a["tables"]["fraction"], str(out / "metrics.json"), str(out / "predictions.tsv"))
     start = time.perf_counter()
     [metrics] = finetune.run(settings, "bench", "scratch", 0, [cell], a["tables"]["task"], a["tables"]["visits"],
-                             None, a["threads"], a["workers"])
+                             None, threads=a["threads"], workers=a["workers"])
     if "skipped" in metrics:
         raise RuntimeError(f"fine-tuning skipped: {metrics['skipped']}")
     return {**_peaks(), "seconds": time.perf_counter() - start, "data_wait": None, "s_step": None}

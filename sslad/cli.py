@@ -138,8 +138,8 @@ def _cmd_mlflow_store(a: argparse.Namespace) -> None:
 def _cmd_pretrain(a: argparse.Namespace) -> None:
     from sslad.pretrain import Outputs, run
 
-    run(a.settings, a.pretrain, a.visits, a.splits, Outputs(a.encoder, a.metrics, a.checkpoint), a.threads,
-        a.device_memory_gb, a.workers, a.mem_mb)
+    run(a.settings, a.pretrain, a.visits, a.splits, Outputs(a.encoder, a.metrics, a.checkpoint), threads=a.threads,
+        memory_gb=a.device_memory_gb, workers=a.workers, mem_mb=a.mem_mb)
 
 
 def _cmd_import_external(a: argparse.Namespace) -> None:
