@@ -97,7 +97,7 @@ def summarise(hits: list[np.ndarray] | None, n_boot: int = 1000,
     with all its pairs), its sd scaled by sqrt(n / (n - 1)), with the degrees of freedom of the subjects'
     effective number when weighted by their pair counts ((sum m)^2 / sum m^2 - 1), clipped to [0, 1]. Why:
     a demo holds out a handful of subjects with unequal pair counts, and there the percentile interval of
-    the same bootstrap covered 85% (6 subjects) to 93% (40); this one 94-95% (benchmarks/calibration.py).
+    the same bootstrap covered 84% (6 subjects) to 93% (40); this one 93-94% (benchmarks/calibration.py).
     """
     if hits is None:
         return None, 0, None

@@ -436,6 +436,26 @@ def test_duplicating_samples_leaves_paired_interval_unchanged():
     assert np.isnan(one.seed_sd) and one.n_seeds == 1
 
 
+def test_crossed_seeds_widen_the_interval_when_pretraining_runs_differ():
+    """3 pretraining runs x 2 fine-tuning seeds whose runs differ a lot: drawn as 6 independent seeds the
+    interval ignores that pairs of one run share it; drawn as crossed factors it is wider. Same point
+    estimate and per-seed AUCs either way; an incomplete grid is refused."""
+    rng = np.random.default_rng(4)
+    base = _clustered_pairs(rng, 2, seed_sd=0.0)
+    run_gain = (-2.0, 0.0, 2.0)
+    pairs = [p._replace(a=p.a + g * p.labels) for g in run_gain for p in base]
+    levels = [(run, seed) for run in range(3) for seed in range(2)]
+    iid = aggregate.paired_auc_diff(pairs, 500, 2)
+    crossed = aggregate.paired_auc_diff(pairs, 500, 2, crossed=levels)
+    assert crossed.diff == iid.diff and (crossed.auc_a == iid.auc_a).all()
+    width = lambda c: np.subtract(*c.interval(0.95)[::-1])
+    assert width(crossed) > 1.15 * width(iid), (width(crossed), width(iid))
+    with pytest.raises(ValueError, match="complete grid"):
+        aggregate.paired_auc_diff(pairs[:5], 100, crossed=levels[:5])
+    with pytest.raises(ValueError, match="one .* per pair"):
+        aggregate.paired_auc_diff(pairs, 100, crossed=levels[:5])
+
+
 def test_planted_null_rarely_claims_a_task():
     """Exchangeable inits, 7 tasks x 3 seeds: the headline's false-claim rate must stay below 5%.
 

@@ -13,7 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from sslad.augment import masked_zscore
-from sslad.diagnostics import course, diagnose, encode, order_probe, pair_differences, pooled_voxels, voxel_reference
+from sslad.diagnostics import (
+    course,
+    diagnose,
+    encode,
+    order_probe,
+    pair_differences,
+    pooled_voxels,
+    summarise,
+    voxel_reference,
+)
 from sslad.methods import build
 from sslad.networks import build_aggregator, build_encoder, feature_dim
 from sslad.pretrain_data import ScanSet, epoch_batches, holdout, step_batch, units
@@ -220,3 +229,19 @@ def test_diagnostic_reaches_mlflow_with_the_loss(tmp_path):
     logged = run.data.metrics
     assert logged["diagnostic_order_probe_accuracy"] == 0.81 and logged["diagnostic_retrieval_chance"] == 0.3
     assert logged["diagnostic_order_probe_accuracy_at_init"] == 0.52 and logged["final_loss"] == 1.5
+
+
+def test_order_probe_interval_covers_with_a_handful_of_held_out_subjects():
+    """6 held-out subjects with 1-10 pairs each, their accuracies drawn around 0.75: the interval covers
+    0.75 in at least 92% of 600 draws (measured 94.5%; benchmarks/calibration.py: 93-94% at 6-40 subjects).
+    The percentile interval it replaced covered 83.5% here (and below 93% even at 40 subjects)."""
+    rng = np.random.default_rng(3)
+    covered = 0
+    for r in range(600):
+        visits, accuracy = rng.integers(2, 6, 6), rng.beta(6, 2, 6)
+        hits = [(rng.random(v * (v - 1) // 2) < q).astype(np.float64) for v, q in zip(visits, accuracy)]
+        acc, pairs, (low, high) = summarise(hits, 300, r)
+        assert 0 <= low <= acc <= high <= 1 and pairs == sum(len(h) for h in hits)
+        covered += low <= 0.75 <= high
+    assert covered / 600 >= 0.92, covered / 600
+    assert summarise([np.ones(3), np.zeros(0)]) == (1.0, 3, None)  # one subject with pairs: nothing to resample
