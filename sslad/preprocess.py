@@ -473,15 +473,10 @@ def run(path: str, sub: str, ses: str, template_t1: str, template_mask: str, out
         with tempfile.TemporaryDirectory(prefix="sslad-preprocess-") as workdir:
             preprocess_scan(path, template_t1, template_mask, outputs, settings, workdir, record)
     except Exception as exc:  # any failure marks this scan, never the study
-        for f in outputs.images():
-            f.unlink(missing_ok=True)
-        record.pop("outputs", None)
         stage = record.get("stage", "load")
         message = (str(exc) if isinstance(exc, InputError)
                    else f"{path}: preprocessing failed ({type(exc).__name__}: {exc})")
-        record.update({"failed_stage": "input" if isinstance(exc, InputError) else stage,
-                       "reason": f"{stage}: {message}"})
-        failure_png(outputs.qc_png, record["reason"])
+        _mark_failed(outputs, record, "input" if isinstance(exc, InputError) else stage, f"{stage}: {message}")
     record.pop("stage", None)
     record["provenance"] = job_provenance(threads=threads)
     write_json(record, outputs.qc_json)
@@ -492,14 +487,21 @@ def job_failure(path: str, sub: str, ses: str, out_dir: str, space: str, stage: 
     """The QC record of a scan whose process died or whose time ran out: no outputs, the failure
     named, so that the QC table and the manifest list it and the study goes on."""
     outputs = Outputs.for_scan(out_dir, sub, ses, space)
-    for f in outputs.images():
-        f.unlink(missing_ok=True)
     outputs.qc_json.parent.mkdir(parents=True, exist_ok=True)
-    record = {"participant_id": sub, "session_id": ses, "input": str(path), "space": space,
-              "failed_stage": stage, "reason": f"{stage}: {reason}", "provenance": job_provenance()}
-    failure_png(outputs.qc_png, record["reason"])
+    record: dict[str, Any] = {"participant_id": sub, "session_id": ses, "input": str(path), "space": space}
+    _mark_failed(outputs, record, stage, f"{stage}: {reason}")
+    record["provenance"] = job_provenance()
     write_json(record, outputs.qc_json)
     return record
+
+
+def _mark_failed(outputs: Outputs, record: dict[str, Any], stage: str, reason: str) -> None:
+    """A failed scan: no outputs left behind, its stage and reason in the record, a picture saying why."""
+    for f in outputs.images():
+        f.unlink(missing_ok=True)
+    record.pop("outputs", None)
+    record.update(failed_stage=stage, reason=reason)
+    failure_png(outputs.qc_png, reason)
 
 
 def _death(returncode: int) -> str:

@@ -129,8 +129,8 @@ def test_relative_links_resolve(page):
 
 
 def test_no_link_leaves_the_repository():
-    """Markdown links point inside the repository or to public http(s) URLs; no file names a path beside
-    the checkout (../shared/) or the checkout's own absolute location."""
+    """Markdown links point inside the repository or to public http(s) URLs; no file names the shared
+    folder beside the checkout or the checkout's own absolute location."""
     outside = []
     for page in markdown_files():
         for target in links(page.read_text(encoding="utf-8", errors="replace")):
