@@ -120,7 +120,8 @@ rows=$(awk -F, 'NR > 1 && $8 == "all"' results/table.csv | wc -l)
 # the tiny study's control jobs (study.controls on its det_* task: 2 inits x 2 controls, one mode)
 controls=$(find results/controls -name metrics.json | wc -l)
 [ "$controls" -eq 4 ] || { echo "FAIL: $controls control jobs, expected 4"; exit 1; }
-[ "$rows" -eq $((24 + controls)) ] || { echo "FAIL: table.csv has $rows rows, not 2 tasks x 6 inits x 2 modes + $controls controls"; exit 1; }
+# 6 inits and the schedule-only baseline, which every study fine-tunes
+[ "$rows" -eq $((28 + controls)) ] || { echo "FAIL: table.csv has $rows rows, not 2 tasks x 7 inits (6 + schedule) x 2 modes + $controls controls"; exit 1; }
 # every job SLURM ran, with what it was given; a GPU exactly for the pretraining and fine-tuning jobs
 echo; echo "job id | Snakemake job (sbatch comment) | requested per job | trackable resources"
 # (without slurmdbd SLURM does not track gres/gpu in a job's TRES; what a job asked for is what
