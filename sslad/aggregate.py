@@ -22,6 +22,7 @@ formatted stably, so identical inputs give byte-identical files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zlib
@@ -64,23 +65,30 @@ JOB_KEYS = ("task", "init", "fraction", "seed", "inputs", "rows")
 # heldout: the cohort a leave-one-cohort-out job held out ("" when pooled); test_cohort: "all" for the
 # job's whole test split, else the one cohort whose part of it the row scores (same model, same threshold)
 # code: the commit (and source digest) of the job that made the row (sslad.provenance.code_label)
-TABLE_COLUMNS = ["task", "init", "mode", "inputs", "fraction", "seed", "heldout", "test_cohort", *UNIT_KEYS,
-                 "threshold", *COUNT_KEYS, "code"]
+# pretrain_seed: the pretraining run (pretrain.seeds) a pretrained init's row starts from, empty for the others
+TABLE_COLUMNS = ["task", "init", "mode", "inputs", "fraction", "seed", "pretrain_seed", "heldout", "test_cohort",
+                 *UNIT_KEYS, "threshold", *COUNT_KEYS, "code"]
 ALL = "all"
-COHORT_SKIPPED_COLUMNS = ["heldout", "task", "init", "mode", "inputs", "fraction", "seed", "test_cohort", "reason"]
+COHORT_SKIPPED_COLUMNS = ["heldout", "task", "init", "mode", "inputs", "fraction", "pretrain_seed", "seed",
+                          "test_cohort", "reason"]
 GROUP = ["task", "init", "mode", "inputs", "fraction"]
 # the family of one Holm adjustment in summary.csv: every task x init compared with the reference there
 FAMILY = ["mode", "inputs", "fraction"]
 # claim: what the row's comparison with the reference says ("favours <init>", "none", "too few test
 # subjects" (no adjusted p then), "" without a comparison); holm_family: what its auc_diff_p_holm adjusts over
-SUMMARY_COLUMNS = [*GROUP, "n_seeds", "auc_mean", "auc_sd", "balanced_accuracy_mean", "balanced_accuracy_sd",
-                   "n_paired", "n_test_subjects_pos", "n_test_subjects_neg", "auc_diff", "auc_diff_low",
-                   "auc_diff_high", "auc_diff_p", "auc_diff_seed_sd", "auc_diff_p_holm", "claim", "holm_family"]
+# n_seeds: fine-tuning seeds; n_pretrain_seeds: pretraining runs (0: not pretrained by the study); *_sd over
+# every cell (run x seed); auc_pretrain_sd and auc_diff_pretrain_sd: over the pretraining runs of their
+# mean over seeds, the spread that pretraining alone adds; auc_diff_seed_sd: over seeds of the mean over runs
+SUMMARY_COLUMNS = [*GROUP, "n_seeds", "n_pretrain_seeds", "auc_mean", "auc_sd", "auc_pretrain_sd",
+                   "balanced_accuracy_mean", "balanced_accuracy_sd", "n_paired", "n_test_subjects_pos",
+                   "n_test_subjects_neg", "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_p",
+                   "auc_diff_seed_sd", "auc_diff_pretrain_sd", "auc_diff_p_holm", "claim", "holm_family"]
 TOO_FEW = "too few test subjects"
-SKIPPED_COLUMNS = ["heldout", "task", "init", "inputs", "fraction", "seed", "reason", "source"]
+SKIPPED_COLUMNS = ["heldout", "task", "init", "inputs", "fraction", "pretrain_seed", "seed", "reason", "source"]
 PRIMARY_KEYS = ("init", "reference", "mode", "inputs", "fraction")
-PRIMARY_COLUMNS = ["task", "n_seeds", "n_test_subjects_pos", "n_test_subjects_neg", "auc_init", "auc_reference",
-                   "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_seed_sd", "auc_diff_p", "auc_diff_p_holm",
+PRIMARY_COLUMNS = ["task", "n_seeds", "n_pretrain_seeds", "n_test_subjects_pos", "n_test_subjects_neg", "auc_init",
+                   "auc_reference", "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_seed_sd",
+                   "auc_diff_pretrain_sd", "auc_diff_p", "auc_diff_p_holm",
                    "auc_diff_adj_low", "auc_diff_adj_high", "favours", "favours_reference"]
 # the controls of the primary comparison (summary.md), one row per task x control inputs:
 # init - reference with those inputs, and each one's AUC with the primary inputs minus with those
@@ -130,6 +138,9 @@ def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str
         raise ValueError(f"{path}: 'fraction' must be in (0, 1], got {job['fraction']!r}")
     if not isinstance(job["seed"], int) or isinstance(job["seed"], bool):
         raise ValueError(f"{path}: 'seed' must be an integer, got {job['seed']!r}")
+    run = job.get("pretrain_seed")
+    if run is not None and (not isinstance(run, int) or isinstance(run, bool) or run < 0):
+        raise ValueError(f"{path}: 'pretrain_seed' must be a non-negative integer or null, got {run!r}")
     skipped = job.get("skipped")
     if skipped is not None and (not isinstance(skipped, str) or not skipped.strip()):
         raise ValueError(f"{path}: 'skipped' must be a non-empty string (the reason), got {skipped!r}")
@@ -161,7 +172,8 @@ def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str
 
 def _job_rows(job: dict[str, Any], path: str | Path) -> list[dict[str, Any]]:
     return [{"task": job["task"], "init": job["init"], "inputs": job["inputs"], "fraction": float(job["fraction"]),
-             "seed": job["seed"], "heldout": job.get("heldout", ""), "test_cohort": ALL,
+             "pretrain_seed": job.get("pretrain_seed"), "seed": job["seed"], "heldout": job.get("heldout", ""),
+             "test_cohort": ALL,
              **{k: row[k] for k in ("mode", *JOB_METRIC_KEYS, "threshold", *COUNT_KEYS)},
              "code": code_label(job.get("provenance")), "source": str(path)} for row in job["rows"]]
 
@@ -180,6 +192,16 @@ def _sorted(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             .drop(columns="_rank").reset_index(drop=True))
 
 
+def _no_duplicate(df: pd.DataFrame, key: list[str], what: str) -> None:
+    """ValueError naming the first key that more than one metrics.json gives, with those files."""
+    keyed = df.assign(pretrain_seed=df["pretrain_seed"].astype("Int64").fillna(-1))
+    dup = keyed[keyed.duplicated(key, keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        same = dup[(dup[key] == first[key]).all(axis=1)]["source"].tolist()
+        raise ValueError(f"{what}: {dict(first[key])} in {same}")
+
+
 def build_table(metrics_paths: list[str], n_boot: int, level: float = 0.95,
                 preds: PredictionSource | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table, skipped): all evaluated jobs' rows, sorted, a ``source`` column keeping each row's
@@ -191,30 +213,26 @@ def build_table(metrics_paths: list[str], n_boot: int, level: float = 0.95,
         if job.get("skipped") is not None:
             skipped.append({"heldout": job.get("heldout", ""), "task": job["task"], "init": job["init"],
                             "inputs": job["inputs"],
-                            "fraction": float(job["fraction"]), "seed": job["seed"],
+                            "fraction": float(job["fraction"]), "pretrain_seed": job.get("pretrain_seed"),
+                            "seed": job["seed"],
                             "reason": " ".join(job["skipped"].split()), "source": str(path)})
         rows += _job_rows(job, path)
     if not rows and not skipped:
         raise ValueError("no fine-tuning results to aggregate")
     interval_free = [c for c in TABLE_COLUMNS if not c.endswith(("_low", "_high"))]
-    df = pd.DataFrame(rows, columns=[*interval_free, "source"]).astype({"fraction": float, "heldout": str})
-    key = ["heldout", "task", "init", "mode", "inputs", "fraction", "seed"]
-    dup = df[df.duplicated(key, keep=False)]
-    if not dup.empty:
-        first = dup.iloc[0]
-        same = dup[(dup[key] == first[key]).all(axis=1)]["source"].tolist()
-        raise ValueError(f"the same job and mode appear more than once: {dict(first[key])} in {same}")
-    skipped_df = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).astype({"fraction": float, "heldout": str})
-    job_key = ["heldout", "task", "init", "inputs", "fraction", "seed"]
+    df = pd.DataFrame(rows, columns=[*interval_free, "source"]).astype(
+        {"fraction": float, "heldout": str, "pretrain_seed": "Int64"})
+    key = ["heldout", "task", "init", "mode", "inputs", "fraction", "pretrain_seed", "seed"]
+    _no_duplicate(df, key, "the same job and mode appear more than once")
+    skipped_df = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).astype(
+        {"fraction": float, "heldout": str, "pretrain_seed": "Int64"})
+    job_key = ["heldout", "task", "init", "inputs", "fraction", "pretrain_seed", "seed"]
     jobs = pd.concat([df.drop_duplicates("source")[[*job_key, "source"]], skipped_df[[*job_key, "source"]]])
-    dup = jobs[jobs.duplicated(job_key, keep=False)]
-    if not dup.empty:
-        first = dup.iloc[0]
-        same = dup[(dup[job_key] == first[job_key]).all(axis=1)]["source"].tolist()
-        raise ValueError(f"the same job appears more than once: {dict(first[job_key])} in {same}")
+    _no_duplicate(jobs, job_key, "the same job appears more than once")
     df = add_intervals(df, preds or _Predictions(), n_boot, level)
-    return (_sorted(df, ["heldout", "init", "mode", "inputs", "fraction", "seed"])[TABLE_COLUMNS + ["source"]],
-            _sorted(skipped_df, ["heldout", "init", "inputs", "fraction", "seed"]))
+    return (_sorted(df, ["heldout", "init", "mode", "inputs", "fraction", "pretrain_seed", "seed"])
+            [TABLE_COLUMNS + ["source"]],
+            _sorted(skipped_df, ["heldout", "init", "inputs", "fraction", "pretrain_seed", "seed"]))
 
 
 def cohort_rows(table: pd.DataFrame, preds: PredictionSource, cohort_of: dict[str, str], n_boot: int,
@@ -329,18 +347,39 @@ class SeedPair(NamedTuple):
 
 @dataclass(frozen=True)
 class Comparison:
-    """AUC of an init minus the reference's, over seeds: the per-seed AUCs and the bootstrap
-    distribution of the mean difference."""
+    """AUC of an init minus the reference's, over its cells (fine-tuning seeds, crossed with pretraining
+    runs where there are several): the per-cell AUCs and the bootstrap distribution of the mean
+    difference. ``runs``: each cell's pretraining run (-1: none); ``seeds``: its fine-tuning seed."""
 
     auc_a: np.ndarray
     auc_b: np.ndarray
     boot: np.ndarray
     n_pos_subjects: int
     n_neg_subjects: int
+    runs: np.ndarray | None = None
+    seeds: np.ndarray | None = None
+
+    def _factor(self, which: str) -> np.ndarray:
+        own = self.runs if which == "runs" else self.seeds
+        return np.zeros(self.auc_a.size, int) if own is None else np.asarray(own)
+
+    def _spread(self, by: str) -> float:
+        """sd (ddof=1) over the levels of ``by`` of the mean difference at each level."""
+        levels = self._factor(by)
+        d = self.auc_a - self.auc_b
+        means = [d[levels == v].mean() for v in np.unique(levels)]
+        return float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
 
     @property
     def n_seeds(self) -> int:
-        return int(self.auc_a.size)
+        """Fine-tuning seeds (the number of cells when none are given)."""
+        return int(self.auc_a.size) if self.seeds is None else int(np.unique(self.seeds).size)
+
+    @property
+    def n_runs(self) -> int:
+        """Pretraining runs of the comparison (0: neither init was pretrained by the study)."""
+        runs = self._factor("runs")
+        return int(np.unique(runs[runs >= 0]).size) if self.runs is not None else 0
 
     @property
     def diff(self) -> float:
@@ -348,8 +387,15 @@ class Comparison:
 
     @property
     def seed_sd(self) -> float:
-        """sd (ddof=1) over seeds of the per-seed difference: how much the answer moves with the seed."""
-        return float(np.std(self.auc_a - self.auc_b, ddof=1)) if self.n_seeds > 1 else math.nan
+        """sd (ddof=1) over fine-tuning seeds of the difference (averaged over pretraining runs): how much
+        the answer moves with the seed."""
+        return self._spread("seeds") if self.seeds is not None else (
+            float(np.std(self.auc_a - self.auc_b, ddof=1)) if self.auc_a.size > 1 else math.nan)
+
+    @property
+    def pretrain_sd(self) -> float:
+        """sd (ddof=1) over pretraining runs of the difference (averaged over seeds); nan with one run."""
+        return self._spread("runs") if self.n_runs > 1 else math.nan
 
     def has_at_least(self, n: int) -> bool:
         """At least ``n`` test subjects in each class."""
@@ -437,16 +483,53 @@ def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0,
                       boot=boot, n_pos_subjects=min(n_pos), n_neg_subjects=min(n_neg))
 
 
-def _seed_pairs(g: pd.DataFrame, ref: pd.DataFrame, seeds: list[int], mode: str,
-                preds: PredictionSource) -> list[SeedPair]:
-    """The prediction pairs of two jobs' tables (indexed by seed), checked to be on the same test samples."""
+class Cell(NamedTuple):
+    """One cell of a comparison: the sources of its two jobs' rows, its pretraining run (-1: none) and seed."""
+
+    a: str
+    b: str
+    run: int
+    seed: int
+
+
+def _cells(g: pd.DataFrame) -> dict[tuple[int, int], str]:
+    """A job table's rows by (pretraining run, -1 for none; fine-tuning seed): their metrics.json."""
+    runs = g["pretrain_seed"] if "pretrain_seed" in g else pd.Series(pd.NA, index=g.index)
+    return {(-1 if pd.isna(r) else int(r), int(s)): src for r, s, src in zip(runs, g["seed"], g["source"])}
+
+
+def matched_cells(a: pd.DataFrame, b: pd.DataFrame) -> list[Cell]:
+    """The cells of two job tables compared with each other: the same fine-tuning seed (the same
+    label-fraction subset) and, where both inits were pretrained, the same pretraining run index; an
+    init not pretrained meets each of the other's runs at that seed (crossed factors)."""
+    ca, cb = _cells(a), _cells(b)
+    out = [Cell(src_a, src_b, max(ra, rb), sa) for (ra, sa), src_a in ca.items() for (rb, sb), src_b in cb.items()
+           if sa == sb and (ra == rb or min(ra, rb) == -1)]
+    return sorted(out, key=lambda c: (c.run, c.seed))
+
+
+def compare_cells(cells: list[Cell], mode: str, n_boot: int, seed: int, preds: PredictionSource) -> Comparison:
+    """:func:`paired_auc_diff` over the matched cells: with several pretraining runs in a complete runs x
+    seeds grid, the two are drawn as crossed factors; otherwise the cells as independent seeds (a grid
+    with a cell missing, e.g. a diverged run, cannot be drawn crossed)."""
+    pairs = _seed_pairs(cells, mode, preds)
+    levels = [(c.run, c.seed) for c in cells]
+    runs, seeds = {c.run for c in cells}, {c.seed for c in cells}
+    crossed = levels if len(runs) > 1 and len(set(levels)) == len(runs) * len(seeds) == len(levels) else None
+    comparison = paired_auc_diff(pairs, n_boot, seed, crossed=crossed)
+    return dataclasses.replace(comparison, runs=np.array([c.run for c in cells]),
+                               seeds=np.array([c.seed for c in cells]))
+
+
+def _seed_pairs(cells: list[Cell], mode: str, preds: PredictionSource) -> list[SeedPair]:
+    """The prediction pairs of the matched cells, checked to be on the same test samples."""
     out = []
-    for s in seeds:
-        a, b = preds.get(g.at[s, "source"], mode), preds.get(ref.at[s, "source"], mode)
+    for cell in cells:
+        a, b = preds.get(cell.a, mode), preds.get(cell.b, mode)
         cols = ["participant_id", "index_session", "label"]
         if not a[cols].equals(b[cols]):
-            raise ValueError(f"test samples or labels differ between {g.at[s, 'source']} and "
-                             f"{ref.at[s, 'source']} (mode {mode}); they cannot be compared")
+            raise ValueError(f"test samples or labels differ between {cell.a} and {cell.b} (mode {mode}); "
+                             f"they cannot be compared")
         out.append(SeedPair(a["label"].to_numpy().astype(bool), a["participant_id"].to_numpy(str),
                             a["logit"].to_numpy(np.float64), b["logit"].to_numpy(np.float64)))
     return out
@@ -476,25 +559,28 @@ def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, reference:
     the same mode, inputs and fraction, and the claim it supports (exploratory: see summary.md)."""
     preds = preds or _Predictions()
     rows = []
-    by_job = {k: g.set_index("seed") for k, g in table.groupby(GROUP, sort=False)}
+    by_job = dict(list(table.groupby(GROUP, sort=False)))
     for key, g in by_job.items():
         row: dict[str, Any] = dict(zip(GROUP, key))
-        row["n_seeds"] = len(g)
+        runs = g["pretrain_seed"].dropna() if "pretrain_seed" in g else pd.Series(dtype=float)
+        row["n_seeds"], row["n_pretrain_seeds"] = g["seed"].nunique(), runs.nunique()
         for m in ("auc", "balanced_accuracy"):
             row[f"{m}_mean"] = float(g[m].mean())
             row[f"{m}_sd"] = float(g[m].std(ddof=1)) if len(g) > 1 else math.nan
+        per_run = g.loc[runs.index].groupby("pretrain_seed")["auc"].mean()
+        row["auc_pretrain_sd"] = float(per_run.std(ddof=1)) if len(per_run) > 1 else math.nan
         row.update(n_paired=math.nan, n_test_subjects_pos=math.nan, n_test_subjects_neg=math.nan, auc_diff=math.nan,
                    auc_diff_low=math.nan, auc_diff_high=math.nan, auc_diff_p=math.nan, auc_diff_seed_sd=math.nan,
-                   auc_diff_p_holm=math.nan, claim="", holm_family="")
+                   auc_diff_pretrain_sd=math.nan, auc_diff_p_holm=math.nan, claim="", holm_family="")
         task, init, mode, inputs, fraction = key
         ref = by_job.get((task, reference, mode, inputs, fraction))
-        seeds = sorted(set(g.index) & set(ref.index)) if ref is not None and init != reference else []
-        if seeds:
-            c = paired_auc_diff(_seed_pairs(g, ref, seeds, mode, preds), n_boot, seed)
+        cells = matched_cells(g, ref) if ref is not None and init != reference else []
+        if cells:
+            c = compare_cells(cells, mode, n_boot, seed, preds)
             low, high = c.interval(level)
-            row.update(n_paired=len(seeds), n_test_subjects_pos=c.n_pos_subjects,
+            row.update(n_paired=len(cells), n_test_subjects_pos=c.n_pos_subjects,
                        n_test_subjects_neg=c.n_neg_subjects, auc_diff=c.diff, auc_diff_low=low, auc_diff_high=high,
-                       auc_diff_p=c.p, auc_diff_seed_sd=c.seed_sd,
+                       auc_diff_p=c.p, auc_diff_seed_sd=c.seed_sd, auc_diff_pretrain_sd=c.pretrain_sd,
                        claim="" if c.has_at_least(min_subjects) else TOO_FEW)
         rows.append(row)
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
@@ -559,10 +645,12 @@ def primary_rows(comparisons: dict[str, Comparison], n_boot: int, level: float =
         c = comparisons[task]
         low, high = c.interval(level)
         adj_low, adj_high = c.interval(1 - (1 - level) / max(m, 1)) if ok else (math.nan, math.nan)
-        rows.append({"task": task, "n_seeds": c.n_seeds, "n_test_subjects_pos": c.n_pos_subjects,
+        rows.append({"task": task, "n_seeds": c.n_seeds, "n_pretrain_seeds": c.n_runs,
+                     "n_test_subjects_pos": c.n_pos_subjects,
                      "n_test_subjects_neg": c.n_neg_subjects, "auc_init": float(np.mean(c.auc_a)),
                      "auc_reference": float(np.mean(c.auc_b)), "auc_diff": c.diff, "auc_diff_low": low,
-                     "auc_diff_high": high, "auc_diff_seed_sd": c.seed_sd, "auc_diff_p": c.p,
+                     "auc_diff_high": high, "auc_diff_seed_sd": c.seed_sd, "auc_diff_pretrain_sd": c.pretrain_sd,
+                     "auc_diff_p": c.p,
                      "auc_diff_p_holm": float(ph), "auc_diff_adj_low": adj_low, "auc_diff_adj_high": adj_high,
                      "favours": bool(adj_low > 0 and ph < 1 - level),
                      "favours_reference": bool(adj_high < 0 and ph < 1 - level)})
@@ -577,24 +665,23 @@ def primary_comparison(table: pd.DataFrame, primary: dict[str, Any], n_boot: int
     Draws are keyed as in :func:`summarise`, so a task's interval here equals its summary.csv row.
     """
     preds = preds or _Predictions()
-    init = {t: g.set_index("seed") for t, g in _at(table, primary, primary["init"]).groupby("task")}
-    ref = {t: g.set_index("seed") for t, g in _at(table, primary, primary["reference"]).groupby("task")}
+    init = dict(list(_at(table, primary, primary["init"]).groupby("task")))
+    ref = dict(list(_at(table, primary, primary["reference"]).groupby("task")))
     comparisons = {}
     for task in sorted(set(init) & set(ref)):
-        seeds = sorted(set(init[task].index) & set(ref[task].index))
-        if seeds:
-            pairs = _seed_pairs(init[task], ref[task], seeds, primary["mode"], preds)
-            comparisons[task] = paired_auc_diff(pairs, n_boot, seed)
+        cells = matched_cells(init[task], ref[task])
+        if cells:
+            comparisons[task] = compare_cells(cells, primary["mode"], n_boot, seed, preds)
     return primary_rows(comparisons, n_boot, level, primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS))
 
 
 def _compare(a: pd.DataFrame, b: pd.DataFrame, mode: str, n_boot: int, seed: int, level: float,
              preds: PredictionSource) -> tuple[Comparison, float, float] | None:
-    """Paired comparison of two jobs' tables (indexed by seed) on their common seeds, with its interval."""
-    seeds = sorted(set(a.index) & set(b.index))
-    if not seeds:
+    """Paired comparison of two jobs' tables on their matched cells, with its interval."""
+    cells = matched_cells(a, b)
+    if not cells:
         return None
-    c = paired_auc_diff(_seed_pairs(a, b, seeds, mode, preds), n_boot, seed)
+    c = compare_cells(cells, mode, n_boot, seed, preds)
     return (c, *c.interval(level))
 
 
@@ -609,7 +696,7 @@ def control_comparisons(table: pd.DataFrame, primary: dict[str, Any], n_boot: in
 
     def jobs(init: str, inputs: str) -> dict[str, pd.DataFrame]:
         at = _at(table, {**primary, "inputs": inputs}, init)
-        return {t: g.set_index("seed") for t, g in at.groupby("task")}
+        return dict(list(at.groupby("task")))
 
     init, ref, mode = primary["init"], primary["reference"], primary["mode"]
     full = {name: jobs(name, primary["inputs"]) for name in (init, ref)}
@@ -685,15 +772,20 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
         lines += [f"**No primary claim: every task compared has fewer than {need} positive or negative test "
                   f"subjects** (`study.primary.min_test_subjects`); the intervals below are unadjusted and "
                   f"describe this cohort's test split only.", ""]
+    runs = int(prim["n_pretrain_seeds"].max()) > 1  # several pretraining runs: their spread apart
     head = ["task", f"ΔAUC {init} − {reference}", f"{_pct(level)} CI (subjects)", f"simultaneous {_pct(level)} CI",
-            "p", "Holm p", "seed sd", "seeds", "test subjects +/−", f"AUC {init}", f"AUC {reference}", "favours"]
+            "p", "Holm p", "seed sd", *(["pretraining sd"] if runs else []),
+            "pretraining runs × seeds" if runs else "seeds", "test subjects +/−", f"AUC {init}", f"AUC {reference}",
+            "favours"]
     rows = []
     for r in prim.itertuples(index=False):
         rows.append([r.task, f"{r.auc_diff:+.3f}", _ci(r.auc_diff_low, r.auc_diff_high),
                      _ci(r.auc_diff_adj_low, r.auc_diff_adj_high), _p(r.auc_diff_p, n_boot),
                      "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}",
                      "" if pd.isna(r.auc_diff_seed_sd) else f"{r.auc_diff_seed_sd:.3f}",
-                     str(r.n_seeds), f"{r.n_test_subjects_pos}/{r.n_test_subjects_neg}", f"{r.auc_init:.3f}",
+                     *([_sd(r.auc_diff_pretrain_sd)] if runs else []),
+                     f"{max(r.n_pretrain_seeds, 1)} × {r.n_seeds}" if runs else str(r.n_seeds),
+                     f"{r.n_test_subjects_pos}/{r.n_test_subjects_neg}", f"{r.auc_init:.3f}",
                      f"{r.auc_reference:.3f}", init if r.favours else reference if r.favours_reference
                      else "–" if pd.notna(r.auc_diff_p_holm) else "too few subjects"])
     lines += _table(head, rows)
@@ -702,9 +794,13 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
         lines += ["", f"Not in the comparison (no results of both at this setting with a common seed): "
                       f"{', '.join(not_compared)}."]
     adj = 1 - (1 - level) / max(m, 1)
+    crossed = (" Each pretraining run of an init is fine-tuned with every seed; the bootstrap draws runs and "
+               "seeds with replacement as crossed factors. Seed sd: over seeds of the difference averaged over "
+               "runs; pretraining sd: over runs of the difference averaged over seeds.") if runs else ""
     lines += ["", f"ΔAUC: mean over seeds of the per-seed AUC difference on the same test samples. Intervals: "
                   f"paired bootstrap ({n_boot} resamples) that draws test subjects with all their samples "
-                  f"(stratified: only negative, only positive, both) and seeds with replacement. Simultaneous: "
+                  f"(stratified: only negative, only positive, both) and seeds with replacement.{crossed} "
+                  f"Simultaneous: "
                   f"Bonferroni over the {m} tasks that can carry a claim (each at {_pct(adj)}). p two-sided; Holm over "
                   f"the same {m} tasks (p below 1/{n_boot} set to 1/{n_boot} first). A task favours an init when "
                   f"its simultaneous interval excludes 0 and its Holm p is below {1 - level:.2g}. Test subjects "
@@ -715,6 +811,10 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
         lines += ["", f"Note: each tail of the simultaneous intervals holds {tail:.1f} resamples; raise "
                       f"n_bootstrap for stable bounds."]
     return lines + [""]
+
+
+def _sd(value: float) -> str:
+    return "" if pd.isna(value) else f"{value:.3f}"
 
 
 def _diff(value: float, low: float, high: float) -> str:
@@ -772,17 +872,23 @@ def _exploratory_section(summary_df: pd.DataFrame, reference: str, n_boot: int, 
     if summary_df.empty:
         return lines + ["No evaluated jobs.", ""]
     show_inputs = summary_df["inputs"].nunique() > 1
-    head = ["task", "init", "mode", *(["inputs"] if show_inputs else []), "fraction", "seeds", "AUC mean ± sd",
+    runs = int(summary_df["n_pretrain_seeds"].max()) > 1
+    head = ["task", "init", "mode", *(["inputs"] if show_inputs else []), "fraction",
+            "pretraining runs × seeds" if runs else "seeds", "AUC mean ± sd", *(["AUC pretraining sd"] if runs else []),
             "BA mean ± sd", f"ΔAUC vs {reference} [{_pct(level)} CI]", "p", "Holm p", "claim"]
     rows = []
     for r in summary_df.itertuples(index=False):
         diff = "" if pd.isna(r.auc_diff) else f"{r.auc_diff:+.3f} {_ci(r.auc_diff_low, r.auc_diff_high)}"
-        rows.append([r.task, r.init, r.mode, *([r.inputs] if show_inputs else []), f"{r.fraction:g}", str(r.n_seeds),
-                     _pm(r.auc_mean, r.auc_sd), _pm(r.balanced_accuracy_mean, r.balanced_accuracy_sd), diff,
+        cells = f"{max(r.n_pretrain_seeds, 1)} × {r.n_seeds}" if runs else str(r.n_seeds)
+        rows.append([r.task, r.init, r.mode, *([r.inputs] if show_inputs else []), f"{r.fraction:g}", cells,
+                     _pm(r.auc_mean, r.auc_sd), *([_sd(r.auc_pretrain_sd)] if runs else []),
+                     _pm(r.balanced_accuracy_mean, r.balanced_accuracy_sd), diff,
                      _p(r.auc_diff_p, n_boot), "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}",
                      r.claim])
+    over = ("seeds (label-fraction subsets) and pretraining runs; AUC pretraining sd: over the runs of their "
+            "mean over seeds") if runs else "seeds (label-fraction subsets)"
     return lines + _table(head, rows) + [
-        "", f"Mean ± sd over seeds (label-fraction subsets). ΔAUC: paired bootstrap over test subjects and seeds "
+        "", f"Mean ± sd over {over}. ΔAUC: paired bootstrap over test subjects and seeds "
             f"({n_boot} resamples), same seeds for both inits; p two-sided; n/a: fewer than "
             f"{MIN_RESAMPLABLE} positive or negative test subjects.", ""]
 
@@ -977,7 +1083,7 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
                                           n_boot, level)
         if not per_cohort.empty:  # each job's rows together, its whole test split first
             table = pd.concat([table, per_cohort], ignore_index=True).assign(_part=lambda d: d["test_cohort"] != ALL)
-            table = _sorted(table, ["heldout", "init", "mode", "inputs", "fraction", "seed", "_part",
+            table = _sorted(table, ["heldout", "init", "mode", "inputs", "fraction", "pretrain_seed", "seed", "_part",
                                     "test_cohort"]).drop(columns="_part")
     write_csv(table.drop(columns="source"), table_csv)
     folds = sorted(set(table["heldout"]) | set(skipped["heldout"])) or [""]

@@ -153,7 +153,8 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
     from sslad.finetune import Cell, run
 
     cells = [Cell(float(fraction), table, metrics, predictions) for fraction, table, metrics, predictions in a.cell]
-    run(a.settings, a.task, a.init, a.seed, cells, a.task_table, a.visits, a.encoder, a.threads, a.workers)
+    run(a.settings, a.task, a.init, a.seed, cells, a.task_table, a.visits, a.encoder, a.threads, a.workers,
+        a.pretrain_seed)
 
 
 def _cmd_track_finetune(a: argparse.Namespace) -> None:
@@ -172,6 +173,22 @@ def _cmd_aggregate(a: argparse.Namespace) -> None:
     from sslad.aggregate import run
 
     run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, a.settings, a.predictions, a.subjects)
+
+
+def _cmd_order_probe(a: argparse.Namespace) -> None:
+    from sslad.order_probe import run
+
+    r = run(a.encoder, a.pretrain_metrics, a.pretrain, a.visits, a.splits, a.out, a.threads,
+            a.settings.get("n_bootstrap", 1000))
+    print(f"{r['method']} seed {r['pretrain_seed']}: order probe on {r['n_subjects']} unseen subjects "
+          f"({r['n_pairs']} pairs): encoder {r['encoder']}, untrained {r['untrained']}, voxels {r['voxels']}",
+          file=sys.stderr)
+
+
+def _cmd_order_probe_report(a: argparse.Namespace) -> None:
+    from sslad.order_probe import report
+
+    report(a.probes, a.tsv, a.md)
 
 
 def _cmd_provenance(a: argparse.Namespace) -> None:
@@ -316,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-table", required=True, help="results/manifest/tasks/<task>.tsv")
     p.add_argument("--visits", required=True, help="visits.tsv (array paths)")
     p.add_argument("--encoder", default=None, help="encoder.pt of a pretrained init (none for scratch)")
+    p.add_argument("--pretrain-seed", type=int, default=None,
+                   help="the seed of the pretraining run that made --encoder (recorded in metrics.json)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=0,
                    help="data-loader worker processes that read the next batches from disk while a step runs "
@@ -344,6 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", required=True)
     p.add_argument("--summary-md", required=True)
     p.add_argument("--figures-dir", required=True)
+
+    p = add("order-probe", _cmd_order_probe,
+            "Score one pretraining run's order probe on the test subjects, beside its untrained encoder and voxels.")
+    p.add_argument("--encoder", required=True, help="the run's encoder.pt")
+    p.add_argument("--pretrain-metrics", required=True, help="the run's metrics.json (its settings and seed)")
+    p.add_argument("--pretrain", required=True, help="pretrain.tsv: the probe is fitted on these subjects' pairs")
+    p.add_argument("--visits", required=True, help="visits.tsv (array paths)")
+    p.add_argument("--splits", required=True, help="splits.tsv: its test subjects are scored")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, help="order_probe.json to write")
+
+    p = add("order-probe-report", _cmd_order_probe_report,
+            "Collect every run's order probe into one table and its markdown report.")
+    p.add_argument("--probes", nargs="+", required=True, help="order_probe.json of every pretraining run")
+    p.add_argument("--tsv", required=True)
+    p.add_argument("--md", required=True)
 
     p = add("provenance", _cmd_provenance,
             "Write results/provenance.json: the code and library versions every stage's results were made with.")

@@ -88,10 +88,11 @@ def pair_hits(features: np.ndarray, months: np.ndarray, train: list[np.ndarray],
     return [(probe.decision_function(d / scale) > 0).astype(np.float64) if len(d) else np.zeros(0) for d in scored]
 
 
-def summarise(hits: list[np.ndarray] | None, n_boot: int = 1000,
-              seed: int = 0) -> tuple[float | None, int, tuple[float, float] | None]:
+def summarise(hits: list[np.ndarray] | None, n_boot: int = 1000, seed: int = 0,
+              bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float | None, int, tuple[float, float] | None]:
     """(accuracy, pairs, 95% interval) of per-subject pair hits; (None, 0, None) without any, no interval
-    with fewer than 2 subjects with pairs.
+    with fewer than 2 subjects with pairs. ``hits`` may also be per-pair differences of two readers'
+    hits on the same pairs (``bounds`` (-1, 1)): the interval of the difference in accuracy.
 
     The interval: the accuracy +- t standard errors, from a bootstrap that resamples the n subjects (each
     with all its pairs), its sd scaled by sqrt(n / (n - 1)), with the degrees of freedom of the subjects'
@@ -111,7 +112,7 @@ def summarise(hits: list[np.ndarray] | None, n_boot: int = 1000,
     se = float(np.std(counts @ correct / counts.sum(axis=1), ddof=1)) * np.sqrt(n / (n - 1))
     df = max(1.0, pairs.sum() ** 2 / (pairs ** 2).sum() - 1)
     half = float(stats.t.ppf(0.975, df)) * se
-    return acc, len(correct), (max(0.0, acc - half), min(1.0, acc + half))
+    return acc, len(correct), (max(bounds[0], acc - half), min(bounds[1], acc + half))
 
 
 def order_probe(features: np.ndarray, months: np.ndarray, train: list[np.ndarray], test: list[np.ndarray],

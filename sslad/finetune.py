@@ -342,9 +342,14 @@ def write_outputs(metrics: dict[str, Any], predictions: pd.DataFrame, metrics_pa
 
 
 def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[Cell], task_tsv: str,
-        visits_tsv: str, encoder_pt: str | None, threads: int, workers: int = 0) -> list[dict[str, Any]]:
+        visits_tsv: str, encoder_pt: str | None, threads: int, workers: int = 0,
+        pretrain_seed: int | None = None) -> list[dict[str, Any]]:
     """The ``sslad finetune`` job: every label fraction (``cells``) and mode of one task x init x seed,
-    its scans read from disk per batch by ``workers`` loader processes."""
+    its scans read from disk per batch by ``workers`` loader processes. ``pretrain_seed``: the
+    pretraining run the encoder comes from, recorded in each metrics.json (aggregation crosses runs
+    with seeds)."""
+    if pretrain_seed is not None and not encoder_pt:
+        raise ValueError(f"{task} {init}: a pretraining seed ({pretrain_seed}) without an encoder")
     if init == SCHEDULE:  # no image: neither device nor arrays
         table = read_tsv(task_tsv)
         return [run_schedule_cell(settings, task, seed, cell, table, task_tsv) for cell in cells]
@@ -361,8 +366,8 @@ def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[C
     def arrays() -> Volumes:  # checked once, and only if a cell can be evaluated
         return open_arrays(read_visits(visits_tsv), keys, task_tsv)
 
-    return [run_cell(settings, task, init, seed, cell, table, task_tsv, arrays, row_of, encoder_pt, device, workers)
-            for cell in cells]
+    return [run_cell(settings, task, init, seed, cell, table, task_tsv, arrays, row_of, encoder_pt, device, workers,
+                     pretrain_seed) for cell in cells]
 
 
 def _skip(job: dict[str, Any], cell: Cell, reason: str, device: str) -> dict[str, Any]:
@@ -422,12 +427,14 @@ def run_schedule_cell(settings: dict[str, Any], task: str, seed: int, cell: Cell
 
 def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Cell, table: pd.DataFrame,
              task_tsv: str, arrays: Callable[[], Volumes], row_of: dict[tuple[str, str], int],
-             encoder_pt: str | None, device: torch.device, workers: int = 0) -> dict[str, Any]:
+             encoder_pt: str | None, device: torch.device, workers: int = 0,
+             pretrain_seed: int | None = None) -> dict[str, Any]:
     """Every mode of one grid cell; writes its metrics.json and predictions.tsv. A mode that diverges,
     or an encoder.pt with non-finite weights, skips the whole cell (a skipped cell has no rows)."""
     fraction = cell.fraction
-    job = {"task": task, "init": init, "fraction": fraction, "seed": seed, "inputs": settings["inputs"],
-           "heldout": settings.get("heldout", ""), "encoder": encoder_pt or "", "settings": settings}
+    job = {"task": task, "init": init, "fraction": fraction, "seed": seed, "pretrain_seed": pretrain_seed,
+           "inputs": settings["inputs"], "heldout": settings.get("heldout", ""), "encoder": encoder_pt or "",
+           "settings": settings}
     parts, skipped = _parts_or_skip(job, table, task_tsv, cell, device.type)
     if parts is None:
         return skipped

@@ -203,9 +203,14 @@ class TimeEncoding(nn.Module):
         self.register_buffer("omega", 2 * math.pi / periods, persistent=False)
         self.proj = nn.Linear(2 * n_freq, dim)
 
-    def forward(self, months: torch.Tensor) -> torch.Tensor:
+    def forward(self, months: torch.Tensor, undated: torch.Tensor | None = None) -> torch.Tensor:
+        """``undated`` positions get all-zero sinusoids, the projection's bias alone: no real time
+        gives it (each sin/cos pair of a real time has norm 1), so it reads as "time unknown"."""
         phase = months.unsqueeze(-1) * self.omega
-        return self.proj(torch.cat([phase.sin(), phase.cos()], dim=-1))
+        waves = torch.cat([phase.sin(), phase.cos()], dim=-1)
+        if undated is not None:
+            waves = waves.masked_fill(undated.unsqueeze(-1), 0.0)
+        return self.proj(waves)
 
 
 class TemporalAggregator(nn.Module):
@@ -236,12 +241,14 @@ class TemporalAggregator(nn.Module):
         return (months - last).masked_fill(~valid, 0.0)
 
     def tokens(self, emb: torch.Tensor, months: torch.Tensor, valid: torch.Tensor,
-               masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               masked: torch.Tensor | None = None,
+               undated: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(pooled (B, D), per-scan outputs (B, K, D)). ``masked`` (B, K) positions are replaced by a
-        learned token (keeping their time) so that their content cannot reach any output."""
+        learned token (keeping their time) so that their content cannot reach any output;
+        ``undated`` (B, K) positions keep their content and lose their own time (:class:`TimeEncoding`)."""
         if masked is not None:
             emb = torch.where(masked.unsqueeze(-1), self.mask_token.to(emb.dtype), emb)
-        x = emb + self.time(self.relative_months(months, valid)).to(emb.dtype)
+        x = emb + self.time(self.relative_months(months, valid), undated).to(emb.dtype)
         if self.kind == "mean":
             # context = mean over the real, unmasked scans; each position's output adds it
             seen = valid if masked is None else valid & ~masked

@@ -53,14 +53,19 @@ def load_pretrain_scans(pretrain_tsv: str, visits_tsv: str, splits_tsv: str) -> 
     leaked = sorted(set(pretrain["participant_id"]) & set(splits.index[splits == "test"]))
     if leaked:
         raise ValueError(f"{pretrain_tsv}: test participants must never be pretrained on: {', '.join(leaked[:5])}")
-    visits = read_visits(visits_tsv)
-    keys = list(zip(pretrain["participant_id"], pretrain["session_id"]))
+    return load_scans(list(zip(pretrain["participant_id"], pretrain["session_id"])), read_visits(visits_tsv),
+                      pretrain_tsv)
+
+
+def load_scans(keys: list[tuple[str, str]], visits: pd.DataFrame, source: str) -> ScanSet:
+    """The scans ``keys`` (participant, session) of ``visits`` (:func:`sslad.volumes.read_visits`), by
+    subject and time, their arrays checked, not read; ``source`` names the table in errors."""
     days = visits.loc[keys, "days_from_baseline"].to_numpy(dtype=float) if keys else np.zeros(0)
     months = acquisition_months(days)
     order = sorted(range(len(keys)), key=lambda i: (keys[i][0], months[i]))
     keys = [keys[i] for i in order]
     months = months[order]
-    volumes = open_arrays(visits, keys, pretrain_tsv)
+    volumes = open_arrays(visits, keys, source)
     diagnoses = visits.loc[keys, "diagnosis"].astype(str).to_numpy() if "diagnosis" in visits else None
     groups = pd.Series(range(len(keys))).groupby([k[0] for k in keys], sort=True)
     subjects = [g.to_numpy() for _, g in groups]

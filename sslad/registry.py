@@ -141,6 +141,7 @@ def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
     methods["required"] = list(METHODS)
     study = props["study"]["properties"]
     study["inits"]["items"]["enum"] = inits()
+    study["probe_only"]["items"]["enum"] = list(METHODS)
     for key in ("init", "reference"):
         study["primary"]["properties"][key]["enum"] = inits()
     return schema

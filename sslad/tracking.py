@@ -186,9 +186,12 @@ def log_finetune_runs(target: str | Path, metrics_files: list[str], out: str | P
         jobs.append((path, raw, m))
 
     def describe(m: dict[str, Any]) -> tuple:
-        name = f"{m['task']}/{m['init']}/{m['inputs']}/frac-{m['fraction']:g}/seed-{m['seed']}"
+        run = "" if m.get("pretrain_seed") is None else f"pretrain-seed-{m['pretrain_seed']}/"
+        name = f"{m['task']}/{m['init']}/{run}{m['inputs']}/frac-{m['fraction']:g}/seed-{m['seed']}"
         tags = {"stage": "finetune", "task": m["task"], "init": m["init"], "inputs": m["inputs"],
                 "fraction": f"{m['fraction']:g}", "seed": str(m["seed"]), "encoder": m["encoder"]}
+        if m.get("pretrain_seed") is not None:  # one of the init's pretraining runs
+            tags["pretrain_seed"] = str(m["pretrain_seed"])
         if m.get("skipped"):
             tags["skipped"] = m["skipped"]
         if m.get("heldout"):  # a leave-one-cohort-out fold's job
@@ -233,6 +236,10 @@ def log_pretrain_runs(target: str | Path, metrics_files: list[str], out: str | P
         if m.get("volumes_per_second"):
             final["volumes_per_second"] = m["volumes_per_second"]
         tags = {"stage": "pretrain", "method": m["method"], "encoder": m["encoder"]}
-        return m["method"], tags, m["settings"], curves, final
+        seed = m["settings"].get("train", {}).get("seed")  # one run per method and pretrain.seeds entry
+        if seed is None:
+            return m["method"], tags, m["settings"], curves, final
+        tags["seed"] = str(seed)
+        return f"{m['method']}/seed-{seed}", tags, m["settings"], curves, final
 
     _log_jobs(target, "pretrain", jobs, describe, out)

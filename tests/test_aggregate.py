@@ -456,6 +456,62 @@ def test_crossed_seeds_widen_the_interval_when_pretraining_runs_differ():
         aggregate.paired_auc_diff(pairs, 100, crossed=levels[:5])
 
 
+def _pretrained_study(root: Path, run_gain: tuple[float, ...]) -> list[str]:
+    """dx_cn_ad, topc from len(run_gain) pretraining runs x SEEDS vs scratch (SEEDS): each run's logits
+    gain ``run_gain[run]`` on the positives (a planted pretraining-seed effect); jobs as the workflow
+    writes them (topc's metrics.json carry their pretrain_seed)."""
+    paths = [str(_write_job(root, "dx_cn_ad", "scratch", 1.0, s)) for s in SEEDS]
+    for run, gain in enumerate(run_gain):
+        for s in SEEDS:
+            path = _write_job(root / f"pretrain-seed-{run}", "dx_cn_ad", "topc", 1.0, s)
+            job = json.loads(path.read_text())
+            preds = pd.read_csv(path.parent / "predictions.tsv", sep="\t", dtype={"participant_id": str})
+            preds["logit"] += gain * preds["label"]
+            preds.to_csv(path.parent / "predictions.tsv", sep="\t", index=False, float_format="%.17g")
+            for row in job["rows"]:
+                part = preds[preds["mode"] == row["mode"]]
+                row.update(metrics.binary_metrics(part["label"].to_numpy(), part["logit"].to_numpy(), 0.0))
+            path.write_text(json.dumps({**job, "pretrain_seed": run}))
+            paths.append(str(path))
+    return paths
+
+
+def test_pretraining_runs_are_crossed_with_seeds_and_their_spread_reported(tmp_path):
+    """3 pretraining runs of topc x 2 seeds against scratch: table.csv keeps each run's rows, the primary
+    comparison draws runs and seeds as crossed factors (the interval paired_auc_diff gives with
+    ``crossed``), and a planted run effect shows as the pretraining sd and widens the interval against
+    the same study whose runs do not differ."""
+    found = {}
+    for name, gains in (("planted", (-1.5, 0.0, 1.5)), ("none", (0.0, 0.0, 0.0))):
+        root = tmp_path / name
+        paths = _pretrained_study(root, gains)
+        out = _outputs(root)
+        _run(paths, out)
+        table = pd.read_csv(out["table_csv"])
+        topc = table[table["init"] == "topc"]
+        assert sorted(set(topc["pretrain_seed"])) == [0, 1, 2] and table.loc[table["init"] == "scratch",
+                                                                               "pretrain_seed"].isna().all()
+        summary = pd.read_csv(out["summary_csv"])
+        row = summary[(summary["init"] == "topc") & (summary["mode"] == "full")].iloc[0]
+        assert (row.n_seeds, row.n_pretrain_seeds, row.n_paired) == (2, 3, 6)
+        found[name] = row
+        built, _ = aggregate.build_table(paths, N_BOOT)
+        at = lambda init: built[(built["init"] == init) & (built["mode"] == "full")]
+        cells = aggregate.matched_cells(at("topc"), at("scratch"))
+        assert [(c.run, c.seed) for c in cells] == [(r, s) for r in range(3) for s in SEEDS]
+        preds = aggregate._Predictions()
+        direct = aggregate.paired_auc_diff(aggregate._seed_pairs(cells, "full", preds), N_BOOT, 0,
+                                           crossed=[(c.run, c.seed) for c in cells])
+        assert (row.auc_diff_low, row.auc_diff_high) == pytest.approx(direct.interval(0.95))
+        md = out["summary_md"].read_text()
+        assert "pretraining sd" in md and "3 × 2" in md
+    planted, none = found["planted"], found["none"]
+    assert planted.auc_diff_pretrain_sd > 3 * none.auc_diff_pretrain_sd
+    assert planted.auc_pretrain_sd > 3 * none.auc_pretrain_sd
+    width = lambda r: r.auc_diff_high - r.auc_diff_low
+    assert width(planted) > 1.3 * width(none), (width(planted), width(none))
+
+
 def test_planted_null_rarely_claims_a_task():
     """Exchangeable inits, 7 tasks x 3 seeds: the headline's false-claim rate must stay below 5%.
 

@@ -245,3 +245,35 @@ def test_order_probe_interval_covers_with_a_handful_of_held_out_subjects():
         covered += low <= 0.75 <= high
     assert covered / 600 >= 0.92, covered / 600
     assert summarise([np.ones(3), np.zeros(0)]) == (1.0, 3, None)  # one subject with pairs: nothing to resample
+
+
+def test_order_probe_on_unseen_subjects_sets_the_encoder_beside_its_untrained_self_and_the_voxels(cohorts, tmp_path):
+    """sslad.order_probe on 20 subjects outside the probe's fitting set: an encoder that is its own
+    untrained self differs from it by exactly 0; a reader of the voxels themselves equals the voxel
+    reference; a random encoder falls short of the voxels (which carry the order here) by a margin its
+    paired interval excludes 0 from; with fewer than MIN_SUBJECTS scored subjects, points only; the
+    report has a row per run and the over-runs line."""
+    from sslad import order_probe
+
+    train, held = cohorts
+    torch.manual_seed(0)
+    random = build_encoder(ARCH)
+    same = order_probe.probe(random, random, train, held, n_boot=200)
+    assert same["n_subjects"] == 20 and same["encoder"] == same["untrained"]
+    assert same["encoder_minus_untrained"] == 0 and same["encoder_minus_untrained_low"] <= 0 <= same[
+        "encoder_minus_untrained_high"]
+    assert same["voxels"] > 0.85 and same["encoder_minus_voxels_high"] < 0, same
+    voxel_reader = torch.nn.Flatten()  # 16^3 = 4,096 voxels: pooled_voxels reads them unpooled
+    mirror = order_probe.probe(voxel_reader, random, train, held, n_boot=200)
+    assert mirror["encoder"] == pytest.approx(mirror["voxels"]) and mirror["encoder_minus_voxels"] == 0
+    few = ScanSet(held.volumes, held.months, held.subjects[:order_probe.MIN_SUBJECTS - 1], held.keys)
+    small = order_probe.probe(random, random, train, few, n_boot=200)
+    assert small["n_subjects"] == order_probe.MIN_SUBJECTS - 1 and np.isnan(small["encoder_low"])
+    paths = []
+    for seed, result in enumerate((same, mirror)):
+        paths.append(tmp_path / f"{seed}.json")
+        paths[-1].write_text(json.dumps({"method": "top", "pretrain_seed": seed, **result}))
+    table = order_probe.report([str(p) for p in paths], str(tmp_path / "probe.tsv"), str(tmp_path / "probe.md"))
+    assert list(table["pretrain_seed"]) == [0, 1] and list(table.columns) == order_probe.COLUMNS
+    md = (tmp_path / "probe.md").read_text()
+    assert "| top | 0 | 20 (" in md and "- top: accuracy" in md and "below 0 in 1 of 2" in md

@@ -186,6 +186,55 @@ def test_probe_rows_use_the_same_readout_for_every_init(cohort, tmp_path):
     assert torch.equal(finetune.frozen_features(s, seq), torch.tensor([[2.0, 4.0], [5.0, 5.0]]))
 
 
+def test_history_finetuning_starts_from_the_aggregator_top_trained(cohort, tmp_path, monkeypatch):
+    """top trains attention across a subject's scans and the time encoding (sine and cosine halves)
+    on sequences with their times; encoder.pt carries that aggregator, as sslad.pretrain saves it,
+    and full fine-tuning on histories starts from exactly that state and feeds it multi-scan
+    sequences with their times."""
+    from sslad.augment import draw
+    from sslad.methods import Batch, build
+
+    visits = read_visits(cohort["visits"])
+    visits = visits[visits["participant_id"].isin([f"sub-{i:02d}" for i in range(4)])]
+    volumes = torch.stack([torch.from_numpy(np.load(p).astype(np.float32))[None] for p in visits["array"]])
+    months = torch.tensor(visits["days_from_baseline"].to_numpy() / DAYS_PER_MONTH, dtype=torch.float32).reshape(4, 3)
+    torch.manual_seed(0)
+    encoder, aggregator = build_encoder(ARCH), build_aggregator(ARCH)
+    initial = {k: v.clone() for k, v in aggregator.state_dict().items()}
+    method = build("top", encoder, aggregator, 8, {"n_scans": 3, "hidden": 8})
+    opt = torch.optim.Adam(method.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    plain = {"min_crop": 1.0, "p_rotate": 0.0, "max_rotate_deg": 0, "p_flip": 0.0, "p_gamma": 0.0, "gamma": [1.0, 1.0]}
+    for _ in range(3):
+        batch = Batch(volumes, torch.arange(12).reshape(4, 3), months, torch.ones(4, 3, dtype=torch.bool),
+                      [draw(12, plain, gen)], gen, torch.arange(4).repeat_interleave(3))
+        loss, _ = method(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    trained = {k: v.detach().clone() for k, v in aggregator.state_dict().items()}
+    for key, cols in (("time.proj.weight", slice(0, 8)), ("time.proj.weight", slice(8, 16)),
+                      ("transformer.layers.0.self_attn.in_proj_weight", slice(None)),
+                      ("transformer.layers.0.self_attn.out_proj.weight", slice(None))):
+        assert not torch.equal(trained[key][:, cols], initial[key][:, cols]), (key, cols)  # top moved them
+    # the hand-over as sslad.pretrain writes it: a temporal method's aggregator beside its encoder
+    save_encoder(tmp_path / "top.pt", ARCH, encoder, aggregator if method.sampling.seq_len > 1 else None, "top")
+    started, fed = [], []
+
+    class Recording(finetune.Classifier):
+        def __init__(self, encoder, aggregator, dim):
+            super().__init__(encoder, aggregator, dim)
+            started.append({k: v.detach().clone() for k, v in aggregator.state_dict().items()})
+            aggregator.register_forward_pre_hook(lambda _m, args: fed.append((int(args[2].sum(1).max()),
+                                                                              float(args[1].abs().max()))))
+
+    monkeypatch.setattr(finetune, "Classifier", Recording)
+    _run(cohort, tmp_path, "top", str(tmp_path / "top.pt"), modes=["full"], epochs=1)
+    assert len(started) == 1 and started[0].keys() == trained.keys()
+    assert [k for k in trained if not torch.equal(started[0][k], trained[k])] == []
+    assert max(n for n, _ in fed) == 3 and max(m for _, m in fed) > 0  # histories: several scans, their times
+
+
 def test_predictions_cover_exactly_the_test_split(cohort, tmp_path):
     preds = _run(cohort, tmp_path, "scratch", None)
     test = pd.read_csv(cohort["task"], sep="\t").query("split == 'test'")

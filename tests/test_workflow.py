@@ -71,15 +71,25 @@ def rule_envs() -> dict[str, str]:
     return found
 
 
+# a rule's variant for the inits the study pretrains (`use rule ... as ..._pretrained`) counts as the rule
+VARIANTS = {"finetune_pretrained": "finetune", "finetune_control_pretrained": "finetune_control"}
+
+
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
-    """Rule -> number of jobs a dry run plans (from its job-stats table)."""
+    """Rule -> number of jobs a dry run plans (from its job-stats table), variants under their rule."""
     out = snakemake(workdir, *args, "-n", "--quiet", "rules").stdout
-    jobs = {}
+    jobs: dict[str, int] = {}
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "all"):
-            jobs[parts[0]] = int(parts[1])
+            name = VARIANTS.get(parts[0], parts[0])
+            jobs[name] = jobs.get(name, 0) + int(parts[1])
     return jobs
+
+
+def jobs_of(*rules: str) -> list[str]:
+    """The rules and their variants, for --forcerun."""
+    return [*rules, *(variant for variant, rule in VARIANTS.items() if rule in rules)]
 
 
 def planned_rules(workdir: Path, *args: str) -> set[str]:
@@ -250,10 +260,11 @@ def test_tracking_server_gets_every_pretraining_and_finetuning_run(study, mlflow
 def test_stage_targets_and_benchmarks(study):
     for stage in ("cohort_all", "preprocess_all", "manifest_all", "pretrain_all", "finetune_all", "aggregate_all"):
         assert planned_jobs(study, stage) == {}, stage
-    assert planned_jobs(study, "pretrain_all", "--forcerun", "pretrain") == {"pretrain": 5, "track_pretrain": 1,
-                                                                          "pretrain_all": 1}
-    for heavy in ("pretrain/topc.tsv", "finetune/dx_cn_ad/scratch_seed-0.tsv", "simulate_cohort/SiteB.tsv",
-                  "finetune_control/det_mci_ad/topc_time_shuffled_frac-1_seed-0.tsv"):
+    assert planned_jobs(study, "pretrain_all", "--forcerun", "pretrain") == {
+        "pretrain": 5, "track_pretrain": 1, "order_probe": 5, "order_probe_report": 1, "pretrain_all": 1}
+    for heavy in ("pretrain/topc_seed-0.tsv", "finetune/dx_cn_ad/scratch_seed-0.tsv", "simulate_cohort/SiteB.tsv",
+                  "finetune/dx_cn_ad/topc_pretrain-seed-0_seed-0.tsv",
+                  "finetune_control/det_mci_ad/topc_pretrain-seed-0_time_shuffled_frac-1_seed-0.tsv"):
         assert (study / "results/benchmarks" / heavy).read_text().startswith("s\th:m:s\tmax_rss"), heavy
 
 
@@ -268,7 +279,7 @@ def test_scores_are_full_precision_logits_and_counts_are_reported(study):
     for col in ("n_train", "n_val", "n_test", "n_train_subjects", "n_val_subjects", "n_test_subjects"):
         assert (table[col] > 0).all(), col
     assert (table["n_test_subjects"] <= table["n_test"]).all()
-    job = study / "results/finetune" / TASKS[0] / "topc/frac-1/seed-0"
+    job = study / "results/finetune" / TASKS[0] / "topc/pretrain-seed-0/frac-1/seed-0"
     text = (job / "predictions.tsv").read_text()
     preds = pd.read_csv(job / "predictions.tsv", sep="\t", dtype={"logit": "float64"})
     assert "logit" in preds.columns and "score" not in preds.columns
@@ -289,18 +300,18 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "manifest", "pretrain_splits", ["train"])
     assert planned_jobs(study) == {"pretrain_set": 1, "pretrain": 5, "track_pretrain": 1, "finetune": 5 * len(TASKS),
                                    "finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1,
-                                   "provenance": 1}
+                                   "provenance": 1, "order_probe": 5, "order_probe_report": 1}
     set_config(study, "manifest", "pretrain_splits", ["train", "val"])
     # a method's block: that method's pretraining and what fine-tunes from it, nothing else
     set_config(study, "pretrain", "methods.top.hidden", 32)
     assert planned_jobs(study) == {"pretrain": 1, "track_pretrain": 1, "finetune": len(TASKS), "track_finetune": 1,
-                                   "aggregate": 1, "provenance": 1}
+                                   "aggregate": 1, "provenance": 1, "order_probe": 1, "order_probe_report": 1}
     set_config(study, "pretrain", "methods.top.hidden", 64)
     # an augmentation recipe reruns the methods that use it: the temporal one all but simclr
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.5)
     assert planned_jobs(study) == {"pretrain": 4, "track_pretrain": 1, "finetune": 4 * len(TASKS),
                                    "finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1,
-                                   "provenance": 1}
+                                   "provenance": 1, "order_probe": 4, "order_probe_report": 1}
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.8)
     # validation subsampling: the fractions and what follows; the primary comparison: aggregation only
     set_config(study, "study", "subsample_validation", False)
@@ -341,7 +352,7 @@ def test_control_edits_rerun_only_control_jobs(study):
 
 def test_finetuning_is_deterministic_and_the_report_builds(study):
     before = (study / "results/table.csv").read_bytes()
-    snakemake(study, "--forcerun", "finetune", "finetune_control")  # the shuffled times are seeded too
+    snakemake(study, "--forcerun", *jobs_of("finetune", "finetune_control"))  # the shuffled times are seeded too
     assert (study / "results/table.csv").read_bytes() == before
     tracked = (study / "results/mlflow/finetune_runs.tsv").read_text().splitlines()
     assert len(tracked) == 1 + len(TASKS) * len(GRID) + CONTROLS
@@ -446,11 +457,11 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_gpu_count_of_a_profile_or_the_command_line_drives_torchrun(study):
-    out = snakemake(study, "-n", "-p", "results/pretrain/top/encoder.pt", "--forcerun", "pretrain",
+    out = snakemake(study, "-n", "-p", "results/pretrain/top/seed-0/encoder.pt", "--forcerun", "pretrain",
                     "--set-resources", "pretrain:gpu=4").stdout
     assert "gpu=4" in out and "--nproc_per_node=4 -m sslad" in out
     out = snakemake(study, "-n", "-p", "--profile", str(ROOT / "profiles/slurm"), "--jobs", "2",
-                    "results/pretrain/top/encoder.pt", "--forcerun", "pretrain").stdout
+                    "results/pretrain/top/seed-0/encoder.pt", "--forcerun", "pretrain").stdout
     assert re.search(r"mem_mb=64000\b.*runtime=1440\b.*gpu=1\b", out)  # the profile's, attempt 1
 
 

@@ -1,15 +1,24 @@
 """Temporal order prediction: from scans of one subject, tell which of each pair came first.
 
-Each scan gets a scalar "progression" score; the logit that scan i precedes scan j is
-score_j - score_i, so swapping a pair flips the prediction exactly (the head is antisymmetric, as
-LILAC's feature-difference head). Pairs are within a subject, so identity cancels out of every
-logit: only what changes with time can order them.
+Every pair of a sampled subject's scans (at different times) is scored within the subject's
+sequence: the two scans keep their content and lose their own times (both take the time encoding's
+"unknown" value, :class:`sslad.networks.TimeEncoding`), the subject's other scans keep content and
+time, and the aggregator runs over the whole sequence. Each of the two gets a scalar "progression"
+score from the aggregator's pooled readout (what fine-tuning reads) beside its output at its own
+position (as ``tmp`` reads a hidden visit); the logit that scan i precedes scan j is
+score_j - score_i (LILAC's antisymmetric difference head), trained by binary cross-entropy.
 
-The score is read through the temporal aggregator: the aggregator's pooled readout of the scan as a
-one-scan sequence (what fine-tuning reads, for ``inputs: index`` exactly), then a small head. The
-aggregator fine-tuning starts from is thus the one the order loss trained (saved in encoder.pt).
-Times are withheld from the order term (each scan alone, at relative time 0): given the times, the
-order is known."""
+So the loss trains what fine-tuning on histories uses, attention across a subject's scans and the
+time encoding of the scans around the pair (an earlier version scored each scan alone, at time 0:
+attention across scans and the time encoding's sine half got no gradient). No shortcut reaches the
+order without the images: the aggregator has no positional encoding, so it treats the two undated
+scans alike, and whatever the other scans' times reveal (even the pair's two times, as a set) is the
+same for both; only their contents can tell which came first. Two identical scans get logit 0 exactly,
+whatever the weights (tested, with a control that gives the pair its times and does learn). Hiding
+one scan's time alone would not do: the gaps between the other visits can tell where it sits (on a
+6/12-month visit schedule, the missing visit of 0, 6, 12, 24 is placed by the gaps left).
+Pairs within a subject cancel identity. Every pair of every sequence, no random draw: nothing has to
+agree across data-parallel ranks."""
 
 from __future__ import annotations
 
@@ -34,26 +43,36 @@ def order_pairs(months: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor
     return rows, i[pair], j[pair], (months[rows, i[pair]] < months[rows, j[pair]]).float()
 
 
-def alone(aggregator: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """(N, D) the aggregator's pooled readout of each scan as a sequence of one, at time 0."""
-    n = h.shape[0]
-    return aggregator(h.unsqueeze(1), h.new_zeros((n, 1)), torch.ones((n, 1), dtype=torch.bool, device=h.device))
+def undated_pairs(aggregator: nn.Module, seq: torch.Tensor, months: torch.Tensor, valid: torch.Tensor,
+                  i: torch.Tensor, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, 2D) twice: for each (P, K) sequence, the aggregator's pooled readout beside its output at
+    position ``i`` (P,), and beside its output at ``j``, with scans i and j undated (their own times
+    hidden) and every other scan keeping its time."""
+    positions = torch.arange(seq.shape[1], device=seq.device)
+    undated = (positions == i[:, None]) | (positions == j[:, None])
+    pooled, tokens = aggregator.tokens(seq, months, valid, undated=undated)
+    p = torch.arange(len(i), device=seq.device)
+    return torch.cat([pooled, tokens[p, i]], dim=1), torch.cat([pooled, tokens[p, j]], dim=1)
 
 
 class OrderHead(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.score = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def forward(self, seq: torch.Tensor, months: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(loss, accuracy) over all ordered pairs of the sequences ``seq`` (B, K, D): the mean over
-        the pairs of the global batch, however unevenly data-parallel ranks hold them. Without any
-        pair (no two scans with different times) the loss is 0 with no gradient, and accuracy 0.5."""
-        s = self.score(seq).squeeze(-1)
+    def forward(self, aggregator: nn.Module, seq: torch.Tensor, months: torch.Tensor,
+                valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(loss, accuracy) over all ordered pairs of the sequences ``seq`` (B, K, D), each pair
+        undated in its sequence (:func:`undated_pairs`): the mean over the pairs of the global batch,
+        however unevenly data-parallel ranks hold them. Without any pair (no two scans with different
+        times) the loss is 0 with no gradient, and accuracy 0.5."""
         rows, i, j, label = order_pairs(months, valid)
-        logit = s[rows, j] - s[rows, i]
-        total = F.binary_cross_entropy_with_logits(logit.float(), label, reduction="sum") + s.sum() * 0.0
-        acc = ((logit > 0).float() == label).float().mean().detach() if len(rows) else torch.tensor(0.5)
+        if not len(rows):
+            return global_mean(seq.sum() * 0.0, 0), torch.tensor(0.5)
+        first, second = undated_pairs(aggregator, seq[rows], months[rows], valid[rows], i, j)
+        logit = (self.score(second) - self.score(first)).squeeze(-1)
+        total = F.binary_cross_entropy_with_logits(logit.float(), label, reduction="sum")
+        acc = ((logit > 0).float() == label).float().mean().detach()
         return global_mean(total, len(rows)), acc
 
 
@@ -66,6 +85,6 @@ class TOP(nn.Module):
         self.head = OrderHead(dim, hp["hidden"])
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        h = alone(self.aggregator, self.encoder(apply(batch.volumes, batch.views[0])))
-        loss, acc = self.head(sequence_embeddings(h, batch.index), batch.months, batch.valid)
+        h = self.encoder(apply(batch.volumes, batch.views[0]))
+        loss, acc = self.head(self.aggregator, sequence_embeddings(h, batch.index), batch.months, batch.valid)
         return loss, {"order_accuracy": float(acc)}

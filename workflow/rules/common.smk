@@ -57,6 +57,13 @@ def validate_config(cfg, schema_path):
     warning = convert_single_cohort(cfg)
     if warning:
         print(f"sslad: {warning}", file=sys.stderr)
+    train = cfg.get("pretrain", {}).get("train", {})
+    if "seed" in train:  # before pretrain.seeds: one run per method
+        seed = train.pop("seed")
+        if "seeds" not in cfg["pretrain"]:
+            cfg["pretrain"]["seeds"] = [seed]
+        print(f"sslad: pretrain.train.seed moved to pretrain.seeds (a list, one pretraining run each): "
+              f"read as pretrain.seeds: {cfg['pretrain']['seeds']}", file=sys.stderr)
     coerce_scalars(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
@@ -163,6 +170,11 @@ def study_methods():
     return [m for m in config["study"]["inits"] if m in METHODS]
 
 
+def pretrained_methods():
+    """Every method the study pretrains: those it fine-tunes and those it only probes (study.probe_only)."""
+    return list(dict.fromkeys([*study_methods(), *config["study"].get("probe_only", [])]))
+
+
 def schema_tasks():
     """Every task the package defines (the schema's list of valid study.tasks)."""
     with open(workflow.source_path("../schemas/config.schema.yaml")) as fh:
@@ -185,10 +197,10 @@ def named_paths(wildcards, output):
     return " ".join(shlex.quote(f"{name}={path}") for name, path in output.items())
 
 
-def pretrain_settings(method):
-    """Everything one method's pretraining depends on: its own block, the shared training
-    settings, the augmentation recipes its block names and the encoder; never another method's
-    block, a recipe it does not use or any resource."""
+def pretrain_settings(method, seed):
+    """Everything one pretraining run depends on: its method's own block, the shared training
+    settings with the run's seed, the augmentation recipes its block names and the encoder; never
+    another method's block or seed, a recipe it does not use or any resource."""
     pre = config["pretrain"]
     hp = pre["methods"][method]
     recipes = {hp[key] for key in ("augment", "spatial_augment") if key in hp}
@@ -197,7 +209,7 @@ def pretrain_settings(method):
             "method": method,
             "hp": hp,
             "model": config["model"],
-            "train": pre["train"],
+            "train": {**pre["train"], "seed": int(seed)},
             "augment": {name: pre["augment"][name] for name in recipes},
         },
         sort_keys=True,
@@ -241,13 +253,29 @@ def fraction_tables():
     )
 
 
-def finetune_cells(name):
-    """One file of each label fraction of a fine-tuning job (task x init x seed)."""
+# A pretrained init's fine-tuning cells sit under the pretraining run they start from: one per
+# pretrain.seeds entry, crossed with study.seeds.
+PRETRAIN_RUN = "pretrain-seed-{pseed}/"
+PRETRAIN_RUN_ESCAPED = PRETRAIN_RUN.replace("{", "{{").replace("}", "}}")
+
+
+def pretrained(init):
+    """Whether an init starts from one of the study's own pretraining runs (one per pretrain.seeds)."""
+    return init in METHODS
+
+
+def finetune_cells(name, run=""):
+    """One file of each label fraction of a fine-tuning job (task x init [x pretraining run] x seed)."""
     return expand(
-        f"results/finetune/{FOLD_ESCAPED}{{{{task}}}}/{{{{init}}}}/frac-{{fraction}}/seed-{{{{seed}}}}/{{name}}",
+        f"results/finetune/{FOLD_ESCAPED}{{{{task}}}}/{{{{init}}}}/{run}frac-{{fraction}}/seed-{{{{seed}}}}/{{name}}",
         fraction=FRACTIONS,
         name=name,
     )
+
+
+def pretrain_seed_arg(wildcards):
+    """--pretrain-seed for a job of a pretrained init (recorded in its metrics.json), else nothing."""
+    return f"--pretrain-seed {int(wildcards.pseed)}" if "pseed" in wildcards.keys() else ""
 
 
 def cell_args(fractions, *files):
@@ -269,8 +297,8 @@ def finetune_inputs(wildcards):
     }
     if wildcards.init == "external":  # imported once, pretrained on none of the study's cohorts
         files["encoder"] = "results/pretrain/external/encoder.pt"
-    elif wildcards.init not in ("scratch", "schedule"):
-        files["encoder"] = f"results/pretrain/{fold}{wildcards.init}/encoder.pt"
+    elif pretrained(wildcards.init):
+        files["encoder"] = f"results/pretrain/{fold}{wildcards.init}/seed-{wildcards.pseed}/encoder.pt"
     return files
 
 
@@ -282,37 +310,53 @@ def control_inputs(wildcards):
     return files
 
 
+def runs_of(init):
+    """expand() keywords of an init's pretraining runs: every pretrain.seeds entry, or none."""
+    return {"pseed": config["pretrain"]["seeds"]} if pretrained(init) else {}
+
+
 def finetune_outputs(name):
     """One output (metrics.json or predictions.tsv) of every fine-tuning job of the study."""
     study = config["study"]
-    return expand(
-        f"results/finetune/{FOLD}{{task}}/{{init}}/frac-{{fraction}}/seed-{{seed}}/{name}",
-        task=study["tasks"],
-        init=grid_inits(),
-        fraction=FRACTIONS,
-        seed=study["seeds"],
-        **folds(),
-    )
+    return [
+        path
+        for init in grid_inits()
+        for path in expand(
+            f"results/finetune/{FOLD}{{task}}/{init}/{PRETRAIN_RUN if pretrained(init) else ''}"
+            f"frac-{{fraction}}/seed-{{seed}}/{name}",
+            task=study["tasks"],
+            fraction=FRACTIONS,
+            seed=study["seeds"],
+            **runs_of(init),
+            **folds(),
+        )
+    ]
 
 
-CONTROL_CELL = f"results/controls/{FOLD}{{task}}/{{init}}/{{control}}/frac-{{fraction}}/seed-{{seed}}/{{name}}"
+def control_cell(run=""):
+    return f"results/controls/{FOLD}{{task}}/{{init}}/{run}{{control}}/frac-{{fraction}}/seed-{{seed}}/{{name}}"
 
 
 def control_outputs(name):
     """One output of every control job: study.primary's init and reference at its mode and label
-    fraction, every seed, each input of study.controls, for the control tasks the study runs."""
+    fraction, every seed (and pretraining run), each input of study.controls, for the control tasks
+    the study runs."""
     study = config["study"]
     primary, controls = study["primary"], study["controls"]
-    return expand(
-        CONTROL_CELL,
-        task=[t for t in study["tasks"] if t in controls["tasks"]],
-        init=[primary["init"], primary["reference"]],
-        control=controls["inputs"],
-        fraction=fraction_name(primary["fraction"]),
-        seed=study["seeds"],
-        name=name,
-        **folds(),
-    )
+    return [
+        path
+        for init in dict.fromkeys([primary["init"], primary["reference"]])
+        for path in expand(
+            control_cell(PRETRAIN_RUN if pretrained(init) else "").replace("{init}", init),
+            task=[t for t in study["tasks"] if t in controls["tasks"]],
+            control=controls["inputs"],
+            fraction=fraction_name(primary["fraction"]),
+            seed=study["seeds"],
+            name=name,
+            **runs_of(init),
+            **folds(),
+        )
+    ]
 
 
 def finetune_metrics():
@@ -325,8 +369,16 @@ def finetune_predictions():
     return finetune_outputs("predictions.tsv") + control_outputs("predictions.tsv")
 
 
+PRETRAIN_DIR = f"results/pretrain/{FOLD}{{method}}/seed-{{pseed}}"
+
+
+def pretrain_runs(name):
+    """One file of every pretraining run of the study: each pretrained method x pretrain.seeds (x fold)."""
+    return expand(f"{PRETRAIN_DIR}/{name}", method=pretrained_methods(), pseed=config["pretrain"]["seeds"], **folds())
+
+
 def pretrain_metrics():
-    return expand(f"results/pretrain/{FOLD}{{method}}/metrics.json", method=study_methods(), **folds())
+    return pretrain_runs("metrics.json")
 
 
 MLFLOW_DB = "results/mlflow/mlflow.db"

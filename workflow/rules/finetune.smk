@@ -10,6 +10,7 @@ wildcard_constraints:
     fraction="[0-9.e-]+",
     seed="[0-9]+",
     control="index|time_shuffled",
+    pseed="[0-9]+",
 
 
 rule finetune:
@@ -37,11 +38,25 @@ rule finetune:
     params:
         settings=finetune_settings,
         encoder=lambda wildcards, input: f"--encoder {shlex.quote(input.encoder)}" if "encoder" in input.keys() else "",
+        pretrain_seed=pretrain_seed_arg,
         cells=lambda wildcards, input, output: cell_args(FRACTIONS, input.fractions, output.metrics, output.predictions),
     shell:
         "sslad finetune --settings {params.settings:q} --task {wildcards.task:q} --init {wildcards.init:q}"
-        " --seed {wildcards.seed:q} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
-        " {params.encoder} --threads {threads} --workers {resources.loader_workers} > {log:q} 2>&1"
+        " --seed {wildcards.seed:q} {params.pretrain_seed} {params.cells} --task-table {input.task:q}"
+        " --visits {input.visits:q} {params.encoder} --threads {threads} --workers {resources.loader_workers}"
+        " > {log:q} 2>&1"
+
+
+# The same job for an init pretrained by the study: one per pretraining run (pretrain.seeds), its
+# cells under results/finetune/.../<init>/pretrain-seed-<n>/.
+use rule finetune as finetune_pretrained with:
+    output:
+        metrics=finetune_cells("metrics.json", PRETRAIN_RUN_ESCAPED),
+        predictions=finetune_cells("predictions.tsv", PRETRAIN_RUN_ESCAPED),
+    log:
+        f"results/logs/finetune/{FOLD}{{task}}/{{init}}_pretrain-seed-{{pseed}}_seed-{{seed}}.log",
+    benchmark:
+        f"results/benchmarks/finetune/{FOLD}{{task}}/{{init}}_pretrain-seed-{{pseed}}_seed-{{seed}}.tsv"
 
 
 # The controls of the primary comparison (study.controls): one job per task x init x control inputs
@@ -51,8 +66,8 @@ rule finetune_control:
     input:
         unpack(control_inputs),
     output:
-        metrics=CONTROL_CELL.replace("{name}", "metrics.json"),
-        predictions=CONTROL_CELL.replace("{name}", "predictions.tsv"),
+        metrics=control_cell().replace("{name}", "metrics.json"),
+        predictions=control_cell().replace("{name}", "predictions.tsv"),
     log:
         f"results/logs/finetune_control/{FOLD}{{task}}/{{init}}_{{control}}_frac-{{fraction}}_seed-{{seed}}.log",
     benchmark:
@@ -67,13 +82,24 @@ rule finetune_control:
     params:
         settings=control_settings,
         encoder=lambda wildcards, input: f"--encoder {shlex.quote(input.encoder)}" if "encoder" in input.keys() else "",
+        pretrain_seed=pretrain_seed_arg,
         cells=lambda wildcards, input, output: cell_args(
             [wildcards.fraction], [input.fractions], [output.metrics], [output.predictions]
         ),
     shell:
         "sslad finetune --settings {params.settings:q} --task {wildcards.task:q} --init {wildcards.init:q}"
-        " --seed {wildcards.seed:q} {params.cells} --task-table {input.task:q} --visits {input.visits:q}"
-        " {params.encoder} --threads {threads} > {log:q} 2>&1"
+        " --seed {wildcards.seed:q} {params.pretrain_seed} {params.cells} --task-table {input.task:q}"
+        " --visits {input.visits:q} {params.encoder} --threads {threads} > {log:q} 2>&1"
+
+
+use rule finetune_control as finetune_control_pretrained with:
+    output:
+        metrics=control_cell(PRETRAIN_RUN).replace("{name}", "metrics.json"),
+        predictions=control_cell(PRETRAIN_RUN).replace("{name}", "predictions.tsv"),
+    log:
+        f"results/logs/finetune_control/{FOLD}{{task}}/{{init}}_pretrain-seed-{{pseed}}_{{control}}_frac-{{fraction}}_seed-{{seed}}.log",
+    benchmark:
+        f"results/benchmarks/finetune_control/{FOLD}{{task}}/{{init}}_pretrain-seed-{{pseed}}_{{control}}_frac-{{fraction}}_seed-{{seed}}.tsv"
 
 
 # One process logs every job's result to MLflow after the jobs (see sslad/tracking.py for why);

@@ -4,6 +4,7 @@
 
 wildcard_constraints:
     method="|".join(METHODS),
+    pseed="[0-9]+",
 
 
 rule mlflow_store:
@@ -27,12 +28,12 @@ rule pretrain:
         visits="results/manifest/visits.tsv",
         splits=f"results/manifest/{FOLD}splits.tsv",
     output:
-        encoder=f"results/pretrain/{FOLD}{{method}}/encoder.pt",
-        metrics=f"results/pretrain/{FOLD}{{method}}/metrics.json",
+        encoder=f"{PRETRAIN_DIR}/encoder.pt",
+        metrics=f"{PRETRAIN_DIR}/metrics.json",
     log:
-        f"results/logs/pretrain/{FOLD}{{method}}.log",
+        f"results/logs/pretrain/{FOLD}{{method}}_seed-{{pseed}}.log",
     benchmark:
-        f"results/benchmarks/pretrain/{FOLD}{{method}}.tsv"
+        f"results/benchmarks/pretrain/{FOLD}{{method}}_seed-{{pseed}}.tsv"
     conda:
         "../../envs/learning.yaml"
     threads: 1
@@ -49,7 +50,7 @@ rule pretrain:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=120,
     params:
-        settings=lambda wildcards: pretrain_settings(wildcards.method),
+        settings=lambda wildcards: pretrain_settings(wildcards.method, wildcards.pseed),
         device_memory_gb=config["pretrain"]["device_memory_gb"],
         # a scratch file while training (a killed job resumes from it), removed once the run is complete
         checkpoint=lambda wildcards, output: os.path.join(os.path.dirname(output.encoder), "state", "last.pt"),
@@ -118,8 +119,54 @@ rule import_external:
         "sslad import-external --settings {params.settings:q} --checkpoint {input:q} --out {output:q} > {log:q} 2>&1"
 
 
-rule pretrain_all:
-    """Every pretraining job of the study, and its MLflow runs: `snakemake pretrain_all`."""
+# What each pretraining run learned about time, on the test subjects (never pretrained on): the order
+# probe beside the untrained encoder and the raw voxels on the same pairs (sslad/order_probe.py).
+rule order_probe:
     input:
-        expand(f"results/pretrain/{FOLD}{{method}}/encoder.pt", method=study_methods(), **folds()),
+        encoder=f"{PRETRAIN_DIR}/encoder.pt",
+        metrics=f"{PRETRAIN_DIR}/metrics.json",
+        pretrain=f"results/manifest/{FOLD}pretrain.tsv",
+        visits="results/manifest/visits.tsv",
+        splits=f"results/manifest/{FOLD}splits.tsv",
+    output:
+        f"{PRETRAIN_DIR}/order_probe.json",
+    log:
+        f"results/logs/order_probe/{FOLD}{{method}}_seed-{{pseed}}.log",
+    conda:
+        "../../envs/learning.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=30,
+    params:
+        settings=json.dumps({"n_bootstrap": config["finetune"]["n_bootstrap"]}),
+    shell:
+        "sslad order-probe --settings {params.settings:q} --encoder {input.encoder:q}"
+        " --pretrain-metrics {input.metrics:q} --pretrain {input.pretrain:q} --visits {input.visits:q}"
+        " --splits {input.splits:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule order_probe_report:
+    input:
+        pretrain_runs("order_probe.json"),
+    output:
+        tsv="results/order_probe.tsv",
+        md="results/order_probe.md",
+    log:
+        "results/logs/order_probe_report.log",
+    localrule: True
+    conda:
+        "../../envs/learning.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "sslad order-probe-report --probes {input:q} --tsv {output.tsv:q} --md {output.md:q} > {log:q} 2>&1"
+
+
+rule pretrain_all:
+    """Every pretraining job of the study, its MLflow runs and the order probes: `snakemake pretrain_all`."""
+    input:
+        pretrain_runs("encoder.pt"),
         rules.track_pretrain.output,
+        *([rules.order_probe_report.output] if pretrained_methods() else []),
