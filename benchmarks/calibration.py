@@ -40,7 +40,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from sslad import aggregate
+from sslad import comparison
 from sslad.diagnostics import summarise as order_probe_interval
 
 DELTAS = (0.0, 0.05, 0.10)
@@ -131,7 +131,7 @@ def study(rng: np.random.Generator, n_pretrain: int, n_finetune: int, n_per_clas
 def replicate(rng: np.random.Generator, setting: tuple[int, int, int], n_boot: int, seed: int) -> dict[str, float]:
     """One study's outcomes: per task its p < 0.05, coverage, and the claims and simultaneous coverage."""
     table, preds, population = study(rng, *setting)
-    rows = aggregate.primary_comparison(table, PRIMARY, n_boot, seed, LEVEL, preds)
+    rows = comparison.primary_comparison(table, PRIMARY, n_boot, seed, LEVEL, preds)
     truth = np.array(DELTAS)
     covered = (rows["auc_diff_low"] <= truth) & (truth <= rows["auc_diff_high"])
     covered_population = (rows["auc_diff_low"] <= population) & (population <= rows["auc_diff_high"])
@@ -147,9 +147,9 @@ def replicate(rng: np.random.Generator, setting: tuple[int, int, int], n_boot: i
     if setting[0] > 1:  # the same pairs, each (run, seed) drawn as an independent seed
         independent = {}
         for task, g in table.groupby("task"):
-            cells = aggregate.matched_cells(g[g["init"] == "init"], g[g["init"] == "ref"])
-            independent[task] = aggregate.paired_auc_diff(aggregate._seed_pairs(cells, "full", preds), n_boot, seed)
-        rows = aggregate.primary_rows(independent, n_boot, LEVEL)
+            cells = comparison.matched_cells(g[g["init"] == "init"], g[g["init"] == "ref"])
+            independent[task] = comparison.paired_auc_diff(comparison.seed_pairs(cells, "full", preds), n_boot, seed)
+        rows = comparison.primary_rows(independent, n_boot, LEVEL)
         out["independent_reject0"] = float(rows.at[0, "auc_diff_p"] < 1 - LEVEL)
         out["independent_cover"] = float(((rows["auc_diff_low"] <= truth) & (truth <= rows["auc_diff_high"])).mean())
     return out

@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from sslad.registry import pretrain_run_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 VISITS = 4           # scans per simulated subject
 HELD_OUT = 4         # validation and test subjects each, whatever N (fewer in a tiny run)
@@ -101,12 +103,8 @@ def run_pretrain(a: dict) -> dict:
 
     cut = pretrain.epoch_batches
     pretrain.epoch_batches = lambda *args: cut(*args)[:a["steps"]]  # a few steps, not the whole epoch
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["pretrain"]
-    hp = cfg["methods"][a["method"]]
-    recipes = {hp[k] for k in ("augment", "spatial_augment") if k in hp}
-    settings = {"method": a["method"], "hp": hp, "model": SMALL_ENCODER,
-                "augment": {name: cfg["augment"][name] for name in recipes},
-                "train": dict(cfg["train"], epochs=1, batch_size=a["batch"], device="cpu", seed=0)}
+    s = pretrain_run_settings(yaml.safe_load((ROOT / "config.yaml").read_text()), a["method"], 0)
+    settings = {**s, "model": SMALL_ENCODER, "train": dict(s["train"], epochs=1, batch_size=a["batch"], device="cpu")}
     t = a["tables"]
     start = time.perf_counter()
     metrics = pretrain.run(settings, t["pretrain"], t["visits"], t["splits"], pretrain.Outputs.under(a["out"]),

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import yaml
 
+from sslad.registry import pretrain_run_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 MODELS = {"resnet18": {"depth": 18, "widths": [64, 128, 256, 512], "stem_stride": 1},
@@ -53,12 +55,9 @@ def paper_settings(method: str) -> tuple[dict, tuple[int, ...]]:
     its model grid."""
     cfg = merged(yaml.safe_load((ROOT / "config.yaml").read_text()),
                  yaml.safe_load((ROOT / "config/paper.yaml").read_text()))
-    hp = cfg["pretrain"]["methods"][method]
-    recipes = {hp[k] for k in ("augment", "spatial_augment") if k in hp}
     pre = cfg["preprocess"]
     grid = tuple(round((hi - lo) / pre["voxel_mm"]) for lo, hi in (pre["crop_mm"][a] for a in "xyz"))
-    return {"method": method, "hp": hp, "model": cfg["model"], "train": cfg["pretrain"]["train"],
-            "augment": {r: cfg["pretrain"]["augment"][r] for r in recipes}}, grid
+    return pretrain_run_settings(cfg, method, cfg["pretrain"]["seeds"][0]), grid
 
 
 def paper_table(gpu_gb: float) -> None:
@@ -92,11 +91,9 @@ def estimate_parts(s: dict, method, encoder, grid: tuple[int, ...]):
 
 def settings(method: str, preset: str, batch: int) -> dict:
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    hp = cfg["pretrain"]["methods"][method]
-    recipes = {hp[k] for k in ("augment", "spatial_augment") if k in hp}
-    return {"method": method, "hp": hp, "model": dict(cfg["model"], **MODELS[preset]),
-            "augment": {r: cfg["pretrain"]["augment"][r] for r in recipes},
-            "train": dict(cfg["pretrain"]["train"], batch_size=batch, device="cpu")}
+    s = pretrain_run_settings(cfg, method, cfg["pretrain"]["seeds"][0])
+    return {**s, "model": dict(cfg["model"], **MODELS[preset]),
+            "train": dict(s["train"], batch_size=batch, device="cpu")}
 
 
 def build(s: dict):

@@ -191,6 +191,12 @@ def _cmd_order_probe_report(a: argparse.Namespace) -> None:
     report(a.probes, a.tsv, a.md)
 
 
+def _cmd_pretrain_curves(a: argparse.Namespace) -> None:
+    from sslad.pretrain_curves import plot
+
+    plot(a.metrics, a.out)
+
+
 def _cmd_provenance(a: argparse.Namespace) -> None:
     from sslad.io import read_tsv, write_json
     from sslad.provenance import report
@@ -379,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", nargs="+", required=True, help="order_probe.json of every pretraining run")
     p.add_argument("--tsv", required=True)
     p.add_argument("--md", required=True)
+
+    p = add("pretrain-curves", _cmd_pretrain_curves, "Draw every pretraining run's loss curve, a method per panel.")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every pretraining run")
+    p.add_argument("--out", required=True, help="PNG to write")
 
     p = add("provenance", _cmd_provenance,
             "Write results/provenance.json: the code and library versions every stage's results were made with.")

@@ -45,7 +45,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslad.aggregate import PREDICTION_COLUMNS
 from sslad.distributed import pick_device
 from sslad.io import read_tsv, write_json, write_tsv
 from sslad.loader import Stream, Volumes, local_rows
@@ -53,6 +52,7 @@ from sslad.metrics import auc, binary_metrics, youden_threshold
 from sslad.networks import Diverged, build_aggregator, build_encoder, check_loss, feature_dim, load_encoder
 from sslad.optim import Adam
 from sslad.provenance import job_provenance
+from sslad.results import PREDICTION_COLUMNS
 from sslad.schedule import SCHEDULE, fit_baseline
 from sslad.visit_time import acquisition_months
 from sslad.volumes import open_arrays, read_visits

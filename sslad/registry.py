@@ -28,15 +28,19 @@ _N_SCANS = {"type": "integer", "minimum": 2, "maximum": 16, "description": "scan
 _TEMPERATURE = {"type": "number", "exclusiveMinimum": 0, "description": "NT-Xent / softmax temperature"}
 _PROJECTION = {"type": "integer", "minimum": 2, "description": "projection head output size"}
 _HIDDEN = {"type": "integer", "minimum": 1, "description": "hidden units of the order classifier"}
+_CENTER = {"type": "boolean",
+           "description": "NT-Xent on unit projections centred over the global batch (an encoder without batch norm "
+                          "starts with nearly parallel features); left out: on unless model.norm is batch"}
 _EPOCHS = {"type": "integer", "minimum": 1,
            "description": "this method's epochs, when not pretrain.train.epochs (an epoch is one pass over "
                           "the method's units: a temporal method's are subjects, a few steps per epoch)"}
 
 
-def _block(description: str, **properties: dict[str, Any]) -> dict[str, Any]:
-    """A method's settings: ``properties`` required, and an optional ``epochs`` of its own."""
+def _block(description: str, optional: dict[str, Any] | None = None, **properties: dict[str, Any]) -> dict[str, Any]:
+    """A method's settings: ``properties`` required; the ``optional`` ones and ``epochs`` of its own may
+    be left out."""
     return {"type": "object", "additionalProperties": False, "description": description,
-            "required": list(properties), "properties": {**properties, "epochs": _EPOCHS}}
+            "required": list(properties), "properties": {**properties, **(optional or {}), "epochs": _EPOCHS}}
 
 
 def _pair(description: str, low: float, high: float) -> dict[str, Any]:
@@ -62,14 +66,18 @@ _SLICE_ENCODER = _block(
 METHODS: dict[str, Method] = {
     "simclr": Method("sslad.methods.simclr", "SimCLR", "tab:blue",
                      _block("spatial contrastive (SimCLR) on two views of each scan",
-                            temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
+                            temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE,
+                            optional={"center": _CENTER})),
     "top": Method("sslad.methods.top", "TOP", "tab:orange",
                   _block("temporal order prediction over the pairs of n_scans visits",
                          n_scans=_N_SCANS, hidden=_HIDDEN, augment=_RECIPE)),
     "tcl": Method("sslad.methods.tcl", "TCL", "tab:green",
                   _block("temporal contrastive: one visit carried over a time gap picks out the visit at "
                          "that gap, the subject's other visits among the negatives",
-                         n_scans=_N_SCANS, temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
+                         n_scans={**_N_SCANS, "minimum": 3,
+                                  "description": "visits per sampled sequence: at least 3 (a query needs a "
+                                                 "candidate visit of its subject besides the target)"},
+                         temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
     "tmp": Method("sslad.methods.tmp", "TMP", "tab:purple",
                   _block("masked temporal prediction: every split of n_scans visits into context and two or "
                          "more hidden ones, each hidden visit picked out from the context and all times among "
@@ -84,7 +92,8 @@ METHODS: dict[str, Method] = {
                           spatial_weight={"type": "number", "minimum": 0,
                                           "description": "weight of the spatial contrastive term"},
                           augment=_RECIPE,
-                          spatial_augment={**_RECIPE, "description": "recipe of the contrastive views"})),
+                          spatial_augment={**_RECIPE, "description": "recipe of the contrastive views"},
+                          optional={"center": _CENTER})),
     "dino2d": Method("sslad.methods.dino2d", "DINO2D", "tab:olive",
                      _block("DINO self-distillation (BrainDINO's route) of a 2D encoder on multi-crops of axial "
                             "slices; fine-tuning reads its slice features pooled over the brain's slices",
@@ -132,9 +141,25 @@ def colours() -> dict[str, str]:
     return {**OTHER_INITS, **{name: m.colour for name, m in METHODS.items()}}
 
 
+def pretrain_run_settings(cfg: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
+    """Everything one pretraining run depends on, from a validated config: its method's own block, the
+    shared training settings with the run's seed (one of pretrain.seeds), the augmentation recipes its
+    block names and the encoder; never another method's block, a recipe it does not use or a resource.
+    The workflow passes it to the job as the rule's ``params`` (editing any part reruns the run), and the
+    benchmarks build their jobs from it."""
+    pre = cfg["pretrain"]
+    hp = pre["methods"][method]
+    recipes = sorted({hp[key] for key in ("augment", "spatial_augment") if key in hp})
+    return {"method": method, "hp": hp, "model": cfg["model"], "train": {**pre["train"], "seed": int(seed)},
+            "augment": {name: pre["augment"][name] for name in recipes}}
+
+
 def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The config schema with the registry's parts filled in: each method's settings block under
-    pretrain.methods, and the allowed values of every key that names an init."""
+    """The config schema with the code's lists filled in: each method's settings block under
+    pretrain.methods, the allowed values of every key that names an init, and of every key that names a
+    task (sslad.labels.TASKS: a task is added there, and nowhere else in the code)."""
+    from sslad.labels import TASKS  # numpy and pandas: not at import, the workflow reads this module first
+
     props = schema["properties"]
     methods = props["pretrain"]["properties"]["methods"]
     methods["properties"] = {name: m.settings for name, m in METHODS.items()}
@@ -142,6 +167,8 @@ def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
     study = props["study"]["properties"]
     study["inits"]["items"]["enum"] = inits()
     study["probe_only"]["items"]["enum"] = list(METHODS)
+    study["tasks"]["items"]["enum"] = list(TASKS)
+    study["controls"]["properties"]["tasks"]["items"]["enum"] = list(TASKS)
     for key in ("init", "reference"):
         study["primary"]["properties"][key]["enum"] = inits()
     return schema

@@ -178,7 +178,7 @@ def log_finetune_runs(target: str | Path, metrics_files: list[str], out: str | P
     hundreds of cluster jobs writing one SQLite file on a shared filesystem is where SQLite's locking
     is weakest.
     """
-    from sslad.aggregate import read_job
+    from sslad.results import read_job
 
     jobs = []
     for path in metrics_files:

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sslad import aggregate, metrics, qc_mosaic
-from sslad.aggregate import SeedPair
+from sslad import aggregate, comparison, metrics, qc_mosaic, result_table, results
+from sslad.comparison import SeedPair
 
 TASKS = ("dx_cn_ad", "fut_mci_ad")
 INITS = ("scratch", "topc")
@@ -74,7 +74,7 @@ def _write_job(root: Path, task: str, init: str, fraction: float, seed: int, tes
         rows.append(row)
         preds.append(test.assign(mode=mode, logit=logits))
     (job / "metrics.json").write_text(_job_json(task, init, fraction, seed, rows, inputs))
-    pd.concat(preds)[list(aggregate.PREDICTION_COLUMNS)].to_csv(job / "predictions.tsv", sep="\t", index=False,
+    pd.concat(preds)[list(results.PREDICTION_COLUMNS)].to_csv(job / "predictions.tsv", sep="\t", index=False,
                                                                float_format="%.17g")
     return job / "metrics.json"
 
@@ -84,7 +84,7 @@ def _write_skipped(root: Path, task: str, init: str, fraction: float, seed: int,
     job = root / task / init / f"f{fraction:g}" / f"seed{seed}"
     job.mkdir(parents=True)
     (job / "metrics.json").write_text(_job_json(task, init, fraction, seed, [], skipped=reason))
-    (job / "predictions.tsv").write_text("\t".join(aggregate.PREDICTION_COLUMNS) + "\n")
+    (job / "predictions.tsv").write_text("\t".join(results.PREDICTION_COLUMNS) + "\n")
     return job / "metrics.json"
 
 
@@ -109,7 +109,7 @@ def study(tmp_path_factory):
 def test_table(study):
     table = pd.read_csv(study["table_csv"])
     assert len(table) == len(TASKS) * len(INITS) * len(FRACTIONS) * len(SEEDS) * 2
-    assert list(table.columns) == aggregate.TABLE_COLUMNS
+    assert list(table.columns) == result_table.TABLE_COLUMNS
     for col in ("task", "init", "mode", "inputs", "fraction", "seed", "auc", "auc_low", "auc_high", "balanced_accuracy",
                 "balanced_accuracy_low", "balanced_accuracy_high", "sensitivity", "specificity", "val_auc",
                 "n_train", "n_test", "n_test_pos", "n_train_subjects", "n_val_subjects", "n_test_subjects",
@@ -118,7 +118,7 @@ def test_table(study):
     assert (table["n_test_subjects"] == N_SUBJECTS).all() and (table["n_test_neg_subjects"] == 25).all()
     assert table["fraction"].dtype == float and set(table["fraction"]) == set(FRACTIONS)
     assert ",1,0," in study["table_csv"].read_text()  # fraction 1 and seed 0 written as plain numbers
-    for col in aggregate.UNIT_KEYS:
+    for col in result_table.UNIT_KEYS:
         assert table[col].between(0, 1).all(), col
     assert table["init"].iloc[0] == "scratch"
     assert table[["task", "init", "mode", "fraction", "seed"]].apply(tuple, axis=1).is_monotonic_increasing
@@ -133,7 +133,7 @@ def test_rerun_is_byte_identical(study, tmp_path):
 
 def test_summary_statistics(study):
     summary = pd.read_csv(study["summary_csv"])
-    assert list(summary.columns) == ["heldout", *aggregate.SUMMARY_COLUMNS]
+    assert list(summary.columns) == ["heldout", *comparison.SUMMARY_COLUMNS]
     assert len(summary) == len(TASKS) * len(INITS) * len(FRACTIONS) * 2
     table = pd.read_csv(study["table_csv"])
     for r in summary.itertuples():
@@ -163,7 +163,7 @@ def test_paired_comparison(study):
     designed = topc[topc.task == "dx_cn_ad"]
     assert (designed.auc_diff > 0.1).all() and (designed.auc_diff_low > 0).all() and (designed.auc_diff_p < 0.05).all()
     # Holm over every task x init compared with scratch at one mode, inputs and fraction (p floored at 1/n_boot)
-    for _, g in topc.groupby(aggregate.FAMILY):
+    for _, g in topc.groupby(comparison.FAMILY):
         expected = metrics.holm(np.maximum(g.auc_diff_p, 1 / N_BOOT))
         assert g.auc_diff_p_holm.to_numpy() == pytest.approx(expected, rel=1e-5)
 
@@ -183,8 +183,8 @@ def test_primary_comparison_leads_the_summary(study):
     assert exploratory_table.count("| dx_cn_ad |") == len(INITS) * len(FRACTIONS) * 2
     assert "Not adjusted for choosing among inits" in text
     # the primary rows are the summary's rows at that setting: same seeds, same draws
-    table, _ = aggregate.build_table(study["paths"], N_BOOT)
-    prim = aggregate.primary_comparison(table, PRIMARY, N_BOOT)
+    table, _ = result_table.build_table(study["paths"], N_BOOT)
+    prim = comparison.primary_comparison(table, PRIMARY, N_BOOT)
     summary = pd.read_csv(study["summary_csv"])
     at = summary[(summary.init == "topc") & (summary["mode"] == "full") & (summary.fraction == 1.0)].set_index("task")
     assert list(prim.task) == list(TASKS) and prim.n_seeds.eq(2).all()
@@ -212,9 +212,9 @@ def test_controls_sit_beside_the_primary_comparison(study, tmp_path):
     table = pd.read_csv(out["table_csv"])
     assert set(table["inputs"]) == {"history", "index", "time_shuffled"}
     assert len(table) == len(pd.read_csv(study["table_csv"])) + len(controls) * 2  # both modes of each job
-    t, _ = aggregate.build_table(study["paths"] + controls, N_BOOT)
-    ctl = aggregate.control_comparisons(t, PRIMARY, N_BOOT).set_index("inputs")
-    assert list(ctl.columns) == [c for c in aggregate.CONTROL_COLUMNS if c != "inputs"]
+    t, _ = result_table.build_table(study["paths"] + controls, N_BOOT)
+    ctl = comparison.control_comparisons(t, PRIMARY, N_BOOT).set_index("inputs")
+    assert list(ctl.columns) == [c for c in comparison.CONTROL_COLUMNS if c != "inputs"]
     assert list(ctl.index) == ["index", "time_shuffled"] and set(ctl["task"]) == {"dx_cn_ad"}
     index, shuffled = ctl.loc["index"], ctl.loc["time_shuffled"]
     assert index.init_change_low > 0 and index.auc_diff_low < 0.05  # the gain went with the history
@@ -314,20 +314,20 @@ def test_skipped_jobs_are_listed_not_tabled(study, tmp_path):
     assert "det_cn_mci" not in out["table_csv"].read_text() and "det_cn_mci" not in out["summary_csv"].read_text()
     assert "on 1 of 2 tasks" in text and not (out["figures_dir"] / "det_cn_mci.png").exists()
     assert out["table_csv"].read_bytes() == study["table_csv"].read_bytes()
-    assert aggregate.load_metrics(skipped[0]) == []
-    job, _ = aggregate.read_job(skipped[0], required=("settings", "encoder", "curves"))  # as track-finetune reads it
+    assert result_table.load_metrics(skipped[0]) == []
+    job, _ = results.read_job(skipped[0], required=("settings", "encoder", "curves"))  # as track-finetune reads it
     assert job["skipped"] == REASON and job["curves"] == {}
-    table, skipped_df = aggregate.build_table(study["paths"] + skipped, N_BOOT)
+    table, skipped_df = result_table.build_table(study["paths"] + skipped, N_BOOT)
     assert len(table) == len(TASKS) * len(INITS) * len(FRACTIONS) * len(SEEDS) * 2
-    assert list(skipped_df.columns) == aggregate.SKIPPED_COLUMNS and len(skipped_df) == 8
+    assert list(skipped_df.columns) == result_table.SKIPPED_COLUMNS and len(skipped_df) == 8
 
 
 def test_study_with_every_job_skipped_still_reports(tmp_path):
     paths = [str(_write_skipped(tmp_path / "jobs", t, i, 1.0, 0)) for t in TASKS for i in INITS]
     out = _outputs(tmp_path / "results")
     _run(paths, out)
-    assert out["table_csv"].read_text() == ",".join(aggregate.TABLE_COLUMNS) + "\n"
-    assert out["summary_csv"].read_text() == ",".join(["heldout", *aggregate.SUMMARY_COLUMNS]) + "\n"
+    assert out["table_csv"].read_text() == ",".join(result_table.TABLE_COLUMNS) + "\n"
+    assert out["summary_csv"].read_text() == ",".join(["heldout", *comparison.SUMMARY_COLUMNS]) + "\n"
     text = out["summary_md"].read_text()
     assert "**Not made: no results of topc and scratch at this setting**" in text
     assert f"- dx_cn_ad: {REASON} (2 of 2 jobs)" in text and f"- fut_mci_ad: {REASON} (2 of 2 jobs)" in text
@@ -341,7 +341,7 @@ def test_skipped_must_be_consistent(study, tmp_path, change, key):
     bad = tmp_path / "metrics.json"
     bad.write_text(json.dumps(job))
     with pytest.raises(ValueError, match=rf"{re.escape(str(bad))}.*'{key}'"):
-        aggregate.read_job(bad)
+        results.read_job(bad)
 
 
 def test_predictions_need_full_precision_logits(study, tmp_path):
@@ -352,12 +352,12 @@ def test_predictions_need_full_precision_logits(study, tmp_path):
     df = pd.DataFrame({"participant_id": [f"sub-{i}" for i in range(5)], "index_session": "ses-M000", "mode": "full",
                        "label": [0, 1, 0, 1, 1], "logit": logits})
     df.to_csv(job / "predictions.tsv", sep="\t", index=False, float_format="%.17g")
-    got = aggregate._Predictions().get(str(job / "metrics.json"), "full")
+    got = result_table.Predictions().get(str(job / "metrics.json"), "full")
     assert got["logit"].dtype == np.float64 and (got["logit"].to_numpy() == logits).all()  # bit for bit
     df.rename(columns={"logit": "score"}).to_csv(job / "predictions.tsv", sep="\t", index=False)
     missing = rf"{re.escape(str(job / 'predictions.tsv'))}: missing column\(s\) \['logit'\]"
     with pytest.raises(ValueError, match=missing):
-        aggregate._Predictions().get(str(job / "metrics.json"), "full")
+        result_table.Predictions().get(str(job / "metrics.json"), "full")
 
 
 def _clustered_pairs(rng: np.random.Generator, n_seeds: int, tag: str = "", gain: float = 0.0,
@@ -383,11 +383,11 @@ def _clustered_pairs(rng: np.random.Generator, n_seeds: int, tag: str = "", gain
     return [SeedPair(y, groups, logits(gain), logits(0.0)) for _ in range(n_seeds)]
 
 
-def _naive(pairs: list[SeedPair], n_boot: int) -> aggregate.Comparison:
+def _naive(pairs: list[SeedPair], n_boot: int) -> comparison.Comparison:
     """A known-invalid comparison for the negative control: samples as units, seeds not resampled."""
     per_sample = [p._replace(groups=np.char.add(p.groups, np.arange(p.groups.size).astype(str))) for p in pairs]
-    each = [aggregate.paired_auc_diff([p], n_boot) for p in per_sample]
-    return aggregate.Comparison(np.concatenate([c.auc_a for c in each]), np.concatenate([c.auc_b for c in each]),
+    each = [comparison.paired_auc_diff([p], n_boot) for p in per_sample]
+    return comparison.Comparison(np.concatenate([c.auc_a for c in each]), np.concatenate([c.auc_b for c in each]),
                                 np.mean([c.boot for c in each], axis=0), each[0].n_pos_subjects,
                                 each[0].n_neg_subjects)
 
@@ -396,9 +396,9 @@ def test_primary_rows_adjust_for_the_number_of_tasks():
     """Three tasks: one clearly better, one better only without adjustment, one worse."""
     rng = np.random.default_rng(0)
     boot = {"a": rng.normal(0.2, 0.05, 1000), "b": rng.normal(0.1, 0.045, 1000), "c": rng.normal(-0.3, 0.05, 1000)}
-    comps = {t: aggregate.Comparison(np.array([0.8 + b.mean(), 0.8 + b.mean()]), np.array([0.8, 0.8]), b, 10, 12)
+    comps = {t: comparison.Comparison(np.array([0.8 + b.mean(), 0.8 + b.mean()]), np.array([0.8, 0.8]), b, 10, 12)
              for t, b in boot.items()}
-    rows = aggregate.primary_rows(comps, 1000).set_index("task")
+    rows = comparison.primary_rows(comps, 1000).set_index("task")
     for t, b in boot.items():
         assert rows.at[t, "auc_diff_low"] == pytest.approx(np.quantile(b, 0.025))
         assert rows.at[t, "auc_diff_adj_low"] == pytest.approx(np.quantile(b, 0.05 / 3 / 2))
@@ -408,31 +408,31 @@ def test_primary_rows_adjust_for_the_number_of_tasks():
     assert rows.favours_reference.to_dict() == {"a": False, "b": False, "c": True}
     assert rows.auc_diff_p_holm.to_numpy() == pytest.approx(metrics.holm(np.maximum(rows.auc_diff_p, 1e-3)))
     assert (rows.auc_diff_seed_sd == 0).all() and (rows.n_test_subjects_pos == 10).all()
-    assert aggregate.primary_rows({}, 1000).empty
+    assert comparison.primary_rows({}, 1000).empty
     # a task with too few test subjects for a claim: its unadjusted interval, no verdict, not in the family
-    comps["d"] = aggregate.Comparison(np.array([0.9]), np.array([0.6]), np.full(1000, 0.3), 3, 12)
-    rows4 = aggregate.primary_rows(comps, 1000).set_index("task")
+    comps["d"] = comparison.Comparison(np.array([0.9]), np.array([0.6]), np.full(1000, 0.3), 3, 12)
+    rows4 = comparison.primary_rows(comps, 1000).set_index("task")
     assert rows4.at["d", "auc_diff"] == pytest.approx(0.3) and not rows4.at["d", "favours"]
     assert rows4.loc["d", ["auc_diff_low", "auc_diff_p"]].notna().all()
     assert rows4.loc["d", ["auc_diff_adj_low", "auc_diff_p_holm"]].isna().all()
     assert rows4.drop(index="d").equals(rows)  # m stays 3
     # the threshold is the study's (study.primary.min_test_subjects)
-    assert aggregate.primary_rows(comps, 1000, min_subjects=3).at[3, "favours"]
+    assert comparison.primary_rows(comps, 1000, min_subjects=3).at[3, "favours"]
 
 
 def test_duplicating_samples_leaves_paired_interval_unchanged():
     pairs = _clustered_pairs(np.random.default_rng(0), 3)
     doubled = [SeedPair(*(np.r_[x, x] for x in p)) for p in pairs]
-    c, c2 = aggregate.paired_auc_diff(pairs, 500, 1), aggregate.paired_auc_diff(doubled, 500, 1)
+    c, c2 = comparison.paired_auc_diff(pairs, 500, 1), comparison.paired_auc_diff(doubled, 500, 1)
     assert (c2.boot == c.boot).all() and c2.interval(0.95) == c.interval(0.95) and c2.p == c.p  # exactly
     assert c2.diff == pytest.approx(c.diff, abs=1e-15) and c2.seed_sd == pytest.approx(c.seed_sd, abs=1e-15)
     # with every sample its own unit, copies count as evidence and the interval shrinks
     unit = lambda ps: [p._replace(groups=np.char.add(p.groups, np.arange(p.groups.size).astype(str))) for p in ps]
-    low, high = aggregate.paired_auc_diff(unit(pairs), 500, 1).interval(0.95)
-    low2, high2 = aggregate.paired_auc_diff(unit(doubled), 500, 1).interval(0.95)
+    low, high = comparison.paired_auc_diff(unit(pairs), 500, 1).interval(0.95)
+    low2, high2 = comparison.paired_auc_diff(unit(doubled), 500, 1).interval(0.95)
     assert high2 - low2 < 0.85 * (high - low)
     # one seed: no seed draws, the subject draws alone
-    one = aggregate.paired_auc_diff(pairs[:1], 500, 1)
+    one = comparison.paired_auc_diff(pairs[:1], 500, 1)
     assert np.isnan(one.seed_sd) and one.n_seeds == 1
 
 
@@ -445,15 +445,15 @@ def test_crossed_seeds_widen_the_interval_when_pretraining_runs_differ():
     run_gain = (-2.0, 0.0, 2.0)
     pairs = [p._replace(a=p.a + g * p.labels) for g in run_gain for p in base]
     levels = [(run, seed) for run in range(3) for seed in range(2)]
-    iid = aggregate.paired_auc_diff(pairs, 500, 2)
-    crossed = aggregate.paired_auc_diff(pairs, 500, 2, crossed=levels)
+    iid = comparison.paired_auc_diff(pairs, 500, 2)
+    crossed = comparison.paired_auc_diff(pairs, 500, 2, crossed=levels)
     assert crossed.diff == iid.diff and (crossed.auc_a == iid.auc_a).all()
     width = lambda c: np.subtract(*c.interval(0.95)[::-1])
     assert width(crossed) > 1.15 * width(iid), (width(crossed), width(iid))
     with pytest.raises(ValueError, match="complete grid"):
-        aggregate.paired_auc_diff(pairs[:5], 100, crossed=levels[:5])
+        comparison.paired_auc_diff(pairs[:5], 100, crossed=levels[:5])
     with pytest.raises(ValueError, match="one .* per pair"):
-        aggregate.paired_auc_diff(pairs, 100, crossed=levels[:5])
+        comparison.paired_auc_diff(pairs, 100, crossed=levels[:5])
 
 
 def _pretrained_study(root: Path, run_gain: tuple[float, ...]) -> list[str]:
@@ -495,12 +495,12 @@ def test_pretraining_runs_are_crossed_with_seeds_and_their_spread_reported(tmp_p
         row = summary[(summary["init"] == "topc") & (summary["mode"] == "full")].iloc[0]
         assert (row.n_seeds, row.n_pretrain_seeds, row.n_paired) == (2, 3, 6)
         found[name] = row
-        built, _ = aggregate.build_table(paths, N_BOOT)
+        built, _ = result_table.build_table(paths, N_BOOT)
         at = lambda init: built[(built["init"] == init) & (built["mode"] == "full")]
-        cells = aggregate.matched_cells(at("topc"), at("scratch"))
+        cells = comparison.matched_cells(at("topc"), at("scratch"))
         assert [(c.run, c.seed) for c in cells] == [(r, s) for r in range(3) for s in SEEDS]
-        preds = aggregate._Predictions()
-        direct = aggregate.paired_auc_diff(aggregate._seed_pairs(cells, "full", preds), N_BOOT, 0,
+        preds = result_table.Predictions()
+        direct = comparison.paired_auc_diff(comparison.seed_pairs(cells, "full", preds), N_BOOT, 0,
                                            crossed=[(c.run, c.seed) for c in cells])
         assert (row.auc_diff_low, row.auc_diff_high) == pytest.approx(direct.interval(0.95))
         md = out["summary_md"].read_text()
@@ -525,9 +525,9 @@ def test_planted_null_rarely_claims_a_task():
     claims = naive_claims = 0
     for d in range(n_draws):
         tasks = {f"task{t}": _clustered_pairs(rng, 3, f"d{d}t{t}-") for t in range(7)}
-        rows = aggregate.primary_rows({t: aggregate.paired_auc_diff(p, n_boot) for t, p in tasks.items()}, n_boot)
+        rows = comparison.primary_rows({t: comparison.paired_auc_diff(p, n_boot) for t, p in tasks.items()}, n_boot)
         claims += bool(rows["favours"].any())
-        naive = aggregate.primary_rows({t: _naive(p, n_boot) for t, p in tasks.items()}, n_boot)
+        naive = comparison.primary_rows({t: _naive(p, n_boot) for t, p in tasks.items()}, n_boot)
         naive_claims += bool(naive["favours"].any())
     assert claims / n_draws <= 0.05
     assert naive_claims / n_draws > 0.1
@@ -541,7 +541,7 @@ def test_planted_effect_is_claimed():
     claimed = []
     for d in range(10):
         tasks = {f"task{t}": _clustered_pairs(rng, 3, f"d{d}t{t}-", gain=1.5) for t in range(7)}
-        rows = aggregate.primary_rows({t: aggregate.paired_auc_diff(p, n_boot) for t, p in tasks.items()}, n_boot)
+        rows = comparison.primary_rows({t: comparison.paired_auc_diff(p, n_boot) for t, p in tasks.items()}, n_boot)
         assert not rows["favours_reference"].any()
         claimed.append(int(rows["favours"].sum()))
     assert min(claimed) >= 3 and np.mean(claimed) >= 5, claimed
@@ -591,7 +591,7 @@ def test_broken_metrics_json_names_file_and_key(study, tmp_path, key, change):
 
 def test_duplicate_job_is_an_error(study):
     with pytest.raises(ValueError, match="more than once"):
-        aggregate.build_table(study["paths"] + study["paths"][:1], N_BOOT)
+        result_table.build_table(study["paths"] + study["paths"][:1], N_BOOT)
 
 
 def test_qc_mosaic(tmp_path):

@@ -79,3 +79,25 @@ def test_calibration_measures_error_rates_within_monte_carlo_bounds():
     probe = _rows(out.stdout, "## Order probe")
     assert [r["subjects"] for r in probe] == ["6", "10", "20", "40", "100"]
     assert all(float(r["coverage"]) >= 0.88 and float(r["coverage, paired difference"]) >= 0.88 for r in probe), probe
+
+
+def test_dag_scale_times_the_paper_grid_dry_run():
+    """The paper-scale grid's DAG on a stand-in cohort of 8 scans: both dry runs plan every job (the grid,
+    not the cohort, makes most of them)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/dag_scale.py"), "--scans", "8", "--timeout", "300"],
+                         capture_output=True, text=True, timeout=700)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| 8 | local |")]
+    assert len(rows) == 2 and rows[0][4] == rows[1][4] and int(rows[0][4]) > 300, out.stdout
+
+
+def test_preprocess_benchmark_scores_its_chain_on_a_simulated_scan():
+    """One simulated 4-mm scan through `sslad preprocess` in a fresh process (no reference chain, no Colin27:
+    minutes each): its row has the steps' seconds and a brain-mask Dice against the simulation's truth."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/preprocess.py"), "--resolution", "4",
+                          "--subjects", "1", "--max-scans", "1", "--reference-scans", "0", "--real-seeds", ""],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| sslad preprocess (affine, 4 mm) | 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert "registration" in cells[4] and float(cells[6]) > 0.95, row

@@ -44,8 +44,11 @@ def test_paper_config_is_the_paper_scale_grid():
     assert cfg["preprocess"]["voxel_mm"] == 1.0 and cfg["simulate"]["resolution_mm"] == 1
     assert cfg["preprocess"]["crop_mm"] == {"x": [-76, 76], "y": [-112, 80], "z": [-64, 88]}  # whole brain
     assert (cfg["model"]["depth"], cfg["model"]["widths"][-1], cfg["model"]["stem_stride"]) == (18, 512, 1)
-    spatial = cfg["pretrain"]["augment"]["spatial"]  # 3D-Neuro-SimCLR's views
-    assert (spatial["min_crop"], spatial["p_rotate"]) == (0.6, 0.5)
+    spatial = cfg["pretrain"]["augment"]["spatial"]  # 3D-Neuro-SimCLR's views (its main.py; no shift: see the file)
+    assert spatial == {"min_crop": 0.2, "p_flip": 0.5, "p_rotate": 0.5, "max_rotate_deg": 45, "p_gamma": 0.8,
+                       "gamma": [0.5, 1.5], "p_shift": 0.0, "shift": 0.5}
+    methods = cfg["pretrain"]["methods"]  # its NT-Xent: no centring of the projections
+    assert methods["simclr"]["center"] is False and methods["topc"]["center"] is False
 
 
 def test_overlays_set_the_epochs_of_methods_that_have_their_own():
@@ -89,3 +92,46 @@ def test_a_config_written_before_pooled_cohorts_still_validates():
     validate(cfg)
     (cohort,) = resolve_cohorts(cfg)
     assert cohort["simulate"]["contrast"] == 1.0 and cohort["diagnosis_aliases"] == aliases
+
+
+def test_tasks_are_listed_once_in_the_code_and_nowhere_in_the_schema():
+    """sslad/labels.py's TASKS is the one list of tasks: the schema names none and gets its enums from it,
+    so that adding a task there (and to study.tasks) is all the configuration needs."""
+    import pytest
+
+    from sslad.labels import TASKS
+
+    text = (ROOT / "workflow/schemas/config.schema.yaml").read_text()
+    assert not [task for task in TASKS if task in text]
+    schema = complete_schema(yaml.safe_load(text))
+    study = schema["properties"]["study"]["properties"]
+    assert study["tasks"]["items"]["enum"] == list(TASKS)
+    assert study["controls"]["properties"]["tasks"]["items"]["enum"] == list(TASKS)
+    cfg = merged("config.yaml")
+    cfg["study"]["tasks"] = ["dx_cn_ad", "dx_cn_vd"]
+    with pytest.raises(jsonschema.ValidationError, match="dx_cn_vd"):
+        validate(cfg)
+
+
+def test_schema_checks_center_tcl_visits_and_the_shift():
+    """simclr's and topc's optional ``center`` is a boolean; tcl needs 3 visits per sequence (of two,
+    identity alone would find the target); a recipe's p_shift needs its shift."""
+    import pytest
+
+    def check(edit) -> None:
+        cfg = merged("config.yaml")
+        edit(cfg["pretrain"])
+        validate(cfg)
+
+    for method in ("simclr", "topc"):
+        for value in (True, False):
+            check(lambda p: p["methods"][method].update(center=value))
+        with pytest.raises(jsonschema.ValidationError, match="'yes' is not of type 'boolean'"):
+            check(lambda p: p["methods"][method].update(center="yes"))
+    with pytest.raises(jsonschema.ValidationError, match="'center' was unexpected"):
+        check(lambda p: p["methods"]["top"].update(center=True))
+    with pytest.raises(jsonschema.ValidationError, match="2 is less than the minimum of 3"):
+        check(lambda p: p["methods"]["tcl"].update(n_scans=2))
+    check(lambda p: p["augment"]["spatial"].update(p_shift=0.8, shift=0.5))
+    with pytest.raises(jsonschema.ValidationError, match="'shift' is a dependency of 'p_shift'"):
+        check(lambda p: p["augment"]["temporal"].update(p_shift=0.8))

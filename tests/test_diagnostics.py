@@ -4,6 +4,7 @@ reads on held-out subjects, and a randomly initialised encoder does not give one
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Iterator
 
@@ -106,9 +107,16 @@ def test_random_encoders_give_no_order(cohorts):
 
 @pytest.mark.parametrize("name", ["top", "tcl", "tmp", "topc"])
 def test_temporal_method_learns_an_order_a_linear_probe_reads_on_held_out_subjects(cohorts, name):
+    """Against the two references on the same pairs (sslad.order_probe): the encoder's own untrained
+    self, which it must beat by a margin whose paired interval excludes 0, and the raw voxels (0.867),
+    which carry the order here and which it must reach: its paired interval against them reaches 0,
+    as the untrained encoder's does not (the last test)."""
+    from sslad import order_probe
+
     train, held = cohorts
     torch.manual_seed(0)
     encoder, aggregator = build_encoder(ARCH), build_aggregator(ARCH)
+    untrained = copy.deepcopy(encoder)
     method = build(name, encoder, aggregator, feature_dim(ARCH), HP[name])
     at_init = held_out_probe(encoder, train, held)
     opt = torch.optim.Adam(method.parameters(), lr=2e-3)
@@ -126,19 +134,28 @@ def test_temporal_method_learns_an_order_a_linear_probe_reads_on_held_out_subjec
             loss.backward()
             opt.step()
     d = diagnose(method, encoder, *joined(train, held), CPU)
-    # measured: top 0.883, tcl 0.858, tmp 0.858, topc 0.892 (120 pairs of the 20 held-out subjects, the
-    # probe fitted on the 48 trained on); at init 0.625 (the random encoder of seed 0); retrieval tcl
+    r = order_probe.probe(encoder, untrained, train, held, n_boot=200)
+    # measured (120 pairs of the 20 held-out subjects, the probe fitted on the 48 trained on): top 0.867,
+    # tcl 0.858, tmp 0.858, topc 0.908; untrained 0.625 (paired differences 0.23-0.28, lower bounds
+    # 0.10-0.17), voxels 0.867 (differences -0.008 to 0.042, upper bounds 0.04-0.09); retrieval tcl
     # 0.475 (chance 0.333: the subject's visits but the query's own), tmp 0.771 (chance 0.5: the other
     # visit hidden with it)
-    assert d["order_probe_accuracy"] >= 0.75, (at_init, d)
+    assert r["n_subjects"] == 20 and r["untrained"] == pytest.approx(at_init)  # the encoder before training
+    assert r["encoder"] == pytest.approx(d["order_probe_accuracy"])  # the pretraining diagnostic reads the same
+    assert r["encoder_minus_untrained"] >= 0.15 and r["encoder_minus_untrained_low"] > 0, r
+    assert r["encoder_minus_voxels_high"] >= 0 and r["encoder"] >= r["voxels"] - 0.05, r
     if name in ("tcl", "tmp"):  # their own query finds the right visit of the subject more often than chance
         assert d["retrieval_accuracy"] > d["retrieval_chance"], d
 
 
 def test_the_voxel_reference_reads_the_order_the_scans_carry(cohorts):
-    """The probe on the raw voxels of the same pairs: the widening "ventricle" is linear in them."""
+    """The probe on the raw voxels of the same pairs: the widening "ventricle" is linear in them, so
+    they read the order far better than any random encoder (test_random_encoders_give_no_order: at
+    most 0.625), and exactly as the diagnostic does with the voxels as its features."""
     scans, held = joined(*cohorts)
-    assert voxel_reference(scans, held)["order_probe_voxels"] >= 0.75  # measured: 0.867
+    voxels = voxel_reference(scans, held)["order_probe_voxels"]
+    assert voxels == pytest.approx(104 / 120)  # measured: 104 of the 120 held-out pairs
+    assert voxels == diagnose(torch.nn.Identity(), torch.nn.Flatten(), scans, held, CPU)["order_probe_accuracy"]
     assert voxel_reference(scans, []) == {}
 
 
@@ -236,14 +253,19 @@ def test_order_probe_interval_covers_with_a_handful_of_held_out_subjects():
     0.75 in at least 92% of 600 draws (measured 94.5%; benchmarks/calibration.py: 93-94% at 6-40 subjects).
     The percentile interval it replaced covered 83.5% here (and below 93% even at 40 subjects)."""
     rng = np.random.default_rng(3)
-    covered = 0
+    covered, clipped = 0, 0
     for r in range(600):
         visits, accuracy = rng.integers(2, 6, 6), rng.beta(6, 2, 6)
         hits = [(rng.random(v * (v - 1) // 2) < q).astype(np.float64) for v, q in zip(visits, accuracy)]
         acc, pairs, (low, high) = summarise(hits, 300, r)
-        assert 0 <= low <= acc <= high <= 1 and pairs == sum(len(h) for h in hits)
+        assert acc == np.concatenate(hits).mean() and pairs == sum(len(h) for h in hits)
+        # a t interval: acc +- one half-width (0 when every pair is a hit: no spread), cut at 0 and 1
+        half = max(acc - low, high - acc)
+        assert (low, high) == pytest.approx((max(0.0, acc - half), min(1.0, acc + half)), abs=1e-12), (acc, low, high)
+        clipped += (acc + half > 1) + (acc - half < 0)
         covered += low <= 0.75 <= high
     assert covered / 600 >= 0.92, covered / 600
+    assert clipped > 0  # the cuts were exercised
     assert summarise([np.ones(3), np.zeros(0)]) == (1.0, 3, None)  # one subject with pairs: nothing to resample
 
 

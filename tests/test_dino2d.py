@@ -25,8 +25,13 @@ HP = {"slice_encoder": {"depth": 10, "widths": [16, 32, 64, 128], "stem_kernel":
                         "max_pool": True, "norm": "group", "min_brain_fraction": 0.25},
       "slices_per_scan": 4, "local_crops": 4, "global_scale": [0.4, 1.0], "local_scale": [0.1, 0.4],
       "local_size": 0.5, "jitter": 0.4, "out_dim": 1024, "hidden": 256, "bottleneck": 64, "head_batch_norm": True,
-      "student_temperature": 0.1, "teacher_temperature": [0.04, 0.07], "teacher_warmup": 0.1,
-      "momentum": [0.996, 1.0], "center_momentum": 0.9, "augment": "temporal"}
+      "student_temperature": 0.1, "teacher_temperature": [0.04, 0.04], "teacher_warmup": 0.0,
+      "momentum": [0.99, 1.0], "center_momentum": 0.9, "augment": "temporal"}
+# The teacher as DINO's defaults for a short run (main_dino.py: teacher temperature 0.04, no warm-up)
+# with an EMA horizon (1 / (1 - momentum) = 100 steps) shorter than the run (96 steps here, ~200 on
+# the demo). With ViT-S's [0.04, 0.07] and 0.996 (a 250-step horizon: the teacher stays near its
+# random start), the loss stayed at the uniform level: 6.99 -> 6.87 (log 1024 = 6.93), the teacher's
+# targets near uniform (entropy 6.1), seeds 0, 1, 2.
 
 
 def settings(epochs: int, hp: dict | None = None, every: int = 100, batch: int = 8) -> dict:
@@ -119,22 +124,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_loss_falls_and_the_slices_separate_better_than_with_a_random_encoder(tmp_path, one_thread):
-    # measured (training seeds 0, 1, 2): probe accuracy 0.972, 0.964, 0.976 trained against 0.883,
-    # 0.925, 0.917 for the random encoder; the loss from 6.99 to 6.87 (log 1024 = 6.93: uniform)
+def test_loss_falls_below_uniform_and_the_slices_separate_better_than_any_random_encoder(tmp_path, one_thread):
+    """On held-out scans, the trained slice encoder's probe beats random encoders of the same
+    architecture (seeds 0-4, the first the one pretraining starts from) by a margin none of them
+    reaches: random features already read the planted disc well (0.85-0.93 over seeds 0-7). The loss
+    ends clearly below the uniform level log(out_dim), the teacher's targets far from uniform.
+    Measured (training seeds 0, 1, 2): probe 0.982, 0.974, 0.976; random encoders 0.883, 0.925,
+    0.917, 0.883, 0.867 (best 0.925); last epoch's loss 6.49, 5.96, 6.53, teacher entropy 5.3, 4.7,
+    5.3 (log 1024 = 6.93). Under ViT-S's teacher settings ([0.04, 0.07], momentum 0.996) the loss
+    ended at 6.81-6.88 and the test fails."""
     scans, _ = planted_scans(48, seed=0)
     s = settings(epochs=16)
     metrics = pretrain.train(s, scans, pretrain.Outputs.under(tmp_path), log=lambda msg: None)
-    loss = metrics["loss"]
-    assert loss[-1] < loss[0] - 0.05, loss
-    assert metrics["history"][-1]["teacher_entropy"] < 0.95 * math.log(HP["out_dim"])  # not the uniform collapse
+    loss, uniform = metrics["loss"], math.log(HP["out_dim"])
+    assert loss[-1] < uniform - 0.3 and loss[-1] < loss[0] - 0.3, loss
+    assert metrics["history"][-1]["teacher_entropy"] < 0.8 * uniform, metrics["history"][-1]
     trained, aggregator, arch, pretrained = load_encoder(tmp_path / "encoder.pt")
     assert isinstance(trained, SliceEncoder) and not pretrained and arch["kind"] == "slice2d"
-    torch.manual_seed(s["train"]["seed"])  # the encoder as pretraining built it, before training
-    random = build_encoder(architecture(MODEL, HP))
     held_out, labels = planted_scans(48, seed=1)
-    accuracy, chance = probe_accuracy(trained, held_out, labels), probe_accuracy(random, held_out, labels)
-    assert accuracy > chance + 0.03, (accuracy, chance)
+    random = []
+    for seed in range(5):  # seed 0: the encoder as pretraining built it, before training
+        torch.manual_seed(seed)
+        random.append(probe_accuracy(build_encoder(architecture(MODEL, HP)), held_out, labels))
+    accuracy = probe_accuracy(trained, held_out, labels)
+    assert accuracy > max(random) + 0.03, (accuracy, random)
 
 
 def test_the_teacher_is_an_ema_of_the_student_never_trained_by_gradients(one_thread):

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from sslad import aggregate, finetune, provenance
-from sslad.aggregate import PREDICTION_COLUMNS
+from sslad import finetune, provenance, result_table
 from sslad.io import read_tsv, write_tsv
 from sslad.metrics import auc
 from sslad.networks import build_aggregator, build_encoder, save_encoder
+from sslad.results import PREDICTION_COLUMNS
 from sslad.visit_time import DAYS_PER_MONTH
 from sslad.volumes import open_arrays, read_visits
 
@@ -361,7 +361,7 @@ def test_an_encoder_with_non_finite_weights_skips_every_cell_and_the_study_goes_
     for cell in cells:
         assert _skipped(cell) == f"encoder {tmp_path / 'encoder.pt'} has non-finite weights (conv1.weight)"
     [evaluated] = _job(cohort, tmp_path, "scratch", None, modes=["probe"])
-    table, skipped = aggregate.build_table([str(c / "metrics.json") for c in (*cells, evaluated)], n_boot=20)
+    table, skipped = result_table.build_table([str(c / "metrics.json") for c in (*cells, evaluated)], n_boot=20)
     assert set(table["init"]) == {"scratch"} and list(table["mode"]) == ["probe"]
     assert list(skipped["init"]) == ["simclr"] * 2 and list(skipped["fraction"]) == [0.5, 1.0]
     assert set(skipped["reason"]) == {f"encoder {tmp_path / 'encoder.pt'} has non-finite weights (conv1.weight)"}

@@ -59,6 +59,19 @@ def test_youden_is_best_of_all_thresholds():
     assert j(t) == pytest.approx(max(j(v) for v in np.unique(s)))
 
 
+def _explicit_resamples(labels, scores, threshold: float, n: int, seed: int) -> dict[str, list[float]]:
+    """The metrics of ``n`` resampled data sets built sample by sample (``bootstrap``'s draws without a
+    ``groups``: within each label, ``stratified_counts`` with ``default_rng(seed)``)."""
+    y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    pos, neg, c_pos, c_neg = metrics.stratified_counts(y, n, np.random.default_rng(seed))
+    out: dict[str, list[float]] = {}
+    for b in range(n):
+        rows = np.r_[np.repeat(pos, c_pos[b].astype(int)), np.repeat(neg, c_neg[b].astype(int))]
+        for name, value in metrics.binary_metrics(y[rows], s[rows], threshold).items():
+            out.setdefault(name, []).append(value)
+    return out
+
+
 def test_bootstrap_contains_estimate_and_is_deterministic():
     rng = np.random.default_rng(2)
     y = np.r_[np.ones(40, int), np.zeros(60, int)]
@@ -66,8 +79,12 @@ def test_bootstrap_contains_estimate_and_is_deterministic():
     point = metrics.binary_metrics(y, s, 0.5)
     ci = metrics.bootstrap(y, s, 0.5, n=1000, seed=3)
     assert set(ci) == set(point)
+    # the 2.5 and 97.5% quantiles of the metrics of the 1000 explicitly resampled data sets (the same
+    # draws: seed 3, within each class), each computed from the resampled labels and scores
+    explicit = _explicit_resamples(y, s, 0.5, 1000, 3)
     for name, (low, high) in ci.items():
-        assert 0 <= low <= point[name] <= high <= 1, name
+        assert (low, high) == pytest.approx(tuple(np.quantile(explicit[name], [0.025, 0.975])), abs=1e-12), name
+        assert low < point[name] < high, name  # 100 samples, scores of both classes spread: no degenerate interval
     assert metrics.bootstrap(y, s, 0.5, n=1000, seed=3) == ci
     assert metrics.bootstrap(y, s, 0.5, n=1000, seed=4) != ci
 
@@ -88,10 +105,14 @@ def test_bootstrap_counts_agree_with_direct_metrics():
 
 
 def test_one_class_gives_nan_interval():
-    ci = metrics.bootstrap([1, 1, 1], [0.2, 0.5, 0.9], 0.5, n=50)
+    scores = np.linspace(0.05, 0.95, 10)  # 10 positives, 5 of them score >= 0.5
+    ci = metrics.bootstrap(np.ones(10, int), scores, 0.5, n=200)
     for name in ("auc", "specificity", "balanced_accuracy"):
         assert np.isnan(ci[name]).all(), name
-    assert 0 <= ci["sensitivity"][0] <= ci["sensitivity"][1] <= 1
+    # the sensitivity is still defined: each resample's is the share of its 10 draws among those 5
+    sensitivity = _explicit_resamples(np.ones(10, int), scores, 0.5, 200, 0)["sensitivity"]
+    low, high = np.quantile(sensitivity, [0.025, 0.975])
+    assert ci["sensitivity"] == pytest.approx((low, high), abs=1e-12) and 0 < low < 0.5 < high < 1
 
 
 def _clustered(seed: int = 0, n_subjects: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

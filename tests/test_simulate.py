@@ -13,6 +13,7 @@ from sslad.simulate import (
     GROUPS,
     HIPPOCAMPI,
     HIPPOCAMPUS_RADIUS_MM,
+    VENTRICLE_RADIUS_MM,
     atrophy_offsets,
     draw_cohort,
     load_template,
@@ -85,13 +86,55 @@ def test_disease_course_follows_groups(default_config):
         assert stages == sorted(stages)  # disease never recedes
 
 
-def test_atrophy_grows_with_stage(tiny_sim):
-    """Same subject and pose at a later stage: less brain, as the model is meant to learn."""
-    tpl = load_template(tiny_sim["resolution_mm"])
-    s = next(x for x in draw_cohort({**tiny_sim, "n_subjects": 20}) if x.group == "mci_ad")
-    early = render_scan(s, 0, tpl, tiny_sim, np.random.default_rng(0))[1].sum()
-    late = render_scan(s, len(s.months) - 1, tpl, tiny_sim, np.random.default_rng(0))[1].sum()
-    assert late < early * 0.98
+def _region_volumes(subject, visit: int, labels: dict, tpl, cfg: dict) -> tuple[dict[str, float], dict]:
+    """Volumes (voxels) of the template-space regions ``labels`` (name -> boolean template array) as
+    one rendered scan shows them, and that scan's ground truth. render_scan is linear in the template's
+    intensities: a scan rendered from the region's indicator minus one rendered from zeros (same draws,
+    no noise or bias) is the region's partial-volume map, times the scan's intensity scale."""
+    empty = render_scan(subject, visit, dataclasses.replace(tpl, t1=np.zeros_like(tpl.t1)), cfg,
+                        np.random.default_rng(0))
+    base, mask, pose = empty[0].astype(np.float64), empty[1], empty[3]
+    out = {"brain": float(mask.sum())}
+    for name, region in labels.items():
+        image = render_scan(subject, visit, dataclasses.replace(tpl, t1=region.astype(np.float32)), cfg,
+                            np.random.default_rng(0))[0]
+        out[name] = float((image - base).sum() / pose["intensity_scale"])
+    return out, pose
+
+
+def test_hippocampi_shrink_and_ventricles_grow_relative_to_the_brain_as_the_ground_truth_says(tiny_sim):
+    """The disease is in the images after the affine part is taken out: the hippocampal balls and the
+    ventricular ball, traced through render_scan (pose, head size, anatomy, atrophy), change relative to
+    the rendered brain (what an affine registration to the template leaves) by the ground truth's
+    hippocampus_volume and ventricles_volume ratios, and a converter's change beyond a stable CN's.
+    The same subject on both courses, first and last visit, 3-mm scans.
+    Measured: relative to the brain, CN hippocampi x0.916 (truth 0.921), ventricles x1.170 (1.180);
+    the same subject as an MCI->AD converter x0.807 (0.819) and x1.492 (1.490); brain x0.981 and x0.953."""
+    cfg = {**tiny_sim, "resolution_mm": 3, "noise": 0.0, "bias": 0.0}
+    tpl = load_template(cfg["resolution_mm"])
+    ijk = np.argwhere(np.ones(tpl.t1.shape, bool))
+    affine = np.linalg.inv(tpl.inv_affine)
+    mm = ijk @ affine[:3, :3].T + affine[:3, 3]  # template voxels in mm
+    hippocampi = np.min([np.linalg.norm(mm - c, axis=1) for c in HIPPOCAMPI], axis=0)
+    labels = {"hippocampus": hippocampi < HIPPOCAMPUS_RADIUS_MM,
+              "ventricles": np.linalg.norm(mm - tpl.ventricle_center, axis=1) < VENTRICLE_RADIUS_MM}
+    labels = {k: v.reshape(tpl.t1.shape) for k, v in labels.items()}
+    cn = next(x for x in draw_cohort({**cfg, "n_subjects": 20}) if x.group == "cn" and len(x.months) > 2)
+    converter = dataclasses.replace(cn, group="mci_ad", stage0=1.8, rate=0.3)
+    change = {}
+    for subject in (cn, converter):
+        visits = (0, len(cn.months) - 1)
+        (first, truth0), (last, truth1) = (_region_volumes(subject, v, labels, tpl, cfg) for v in visits)
+        brain = truth1["brain_volume"] / truth0["brain_volume"]
+        assert last["brain"] / first["brain"] == pytest.approx(brain, rel=0.005)  # head size and shrinkage
+        for name in labels:
+            relative = (last[name] / last["brain"]) / (first[name] / first["brain"])
+            assert relative == pytest.approx(truth1[f"{name}_volume"] / truth0[f"{name}_volume"], rel=0.02), (
+                subject.group, name)
+            change[subject.group, name] = relative
+    assert change["cn", "hippocampus"] < 0.95 and change["cn", "ventricles"] > 1.1  # ageing alone
+    assert change["mci_ad", "hippocampus"] < change["cn", "hippocampus"] - 0.08
+    assert change["mci_ad", "ventricles"] > change["cn", "ventricles"] + 0.25
 
 
 def _cohen_d(a: np.ndarray, b: np.ndarray) -> float:

@@ -31,6 +31,8 @@ GRID = [*INITS, "schedule"]  # every study fine-tunes the schedule-only baseline
 # time_shuffled inputs x 2 inits x seed 0
 CONTROL_INITS = ["scratch", "topc"]
 CONTROLS = 2 * len(CONTROL_INITS)
+# the jobs that read every pretraining run: the order probes' report and the loss curves
+PRETRAIN_REPORTS = {"order_probe_report": 1, "pretrain_curves": 1}
 CODE = ("Snakefile", "workflow", "envs", "sslad")  # what a clone holds and the jobs need
 RUN = ("config.yaml", ".test")  # what a user edits in the run directory
 
@@ -261,7 +263,7 @@ def test_stage_targets_and_benchmarks(study):
     for stage in ("cohort_all", "preprocess_all", "manifest_all", "pretrain_all", "finetune_all", "aggregate_all"):
         assert planned_jobs(study, stage) == {}, stage
     assert planned_jobs(study, "pretrain_all", "--forcerun", "pretrain") == {
-        "pretrain": 5, "track_pretrain": 1, "order_probe": 5, "order_probe_report": 1, "pretrain_all": 1}
+        "pretrain": 5, "track_pretrain": 1, "order_probe": 5, **PRETRAIN_REPORTS, "pretrain_all": 1}
     for heavy in ("pretrain/topc_seed-0.tsv", "finetune/dx_cn_ad/scratch_seed-0.tsv", "simulate_cohort/SiteB.tsv",
                   "finetune/dx_cn_ad/topc_pretrain-seed-0_seed-0.tsv",
                   "finetune_control/det_mci_ad/topc_pretrain-seed-0_time_shuffled_frac-1_seed-0.tsv"):
@@ -300,18 +302,18 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     set_config(study, "manifest", "pretrain_splits", ["train"])
     assert planned_jobs(study) == {"pretrain_set": 1, "pretrain": 5, "track_pretrain": 1, "finetune": 5 * len(TASKS),
                                    "finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1,
-                                   "provenance": 1, "order_probe": 5, "order_probe_report": 1}
+                                   "provenance": 1, "order_probe": 5, **PRETRAIN_REPORTS}
     set_config(study, "manifest", "pretrain_splits", ["train", "val"])
     # a method's block: that method's pretraining and what fine-tunes from it, nothing else
     set_config(study, "pretrain", "methods.top.hidden", 32)
     assert planned_jobs(study) == {"pretrain": 1, "track_pretrain": 1, "finetune": len(TASKS), "track_finetune": 1,
-                                   "aggregate": 1, "provenance": 1, "order_probe": 1, "order_probe_report": 1}
+                                   "aggregate": 1, "provenance": 1, "order_probe": 1, **PRETRAIN_REPORTS}
     set_config(study, "pretrain", "methods.top.hidden", 64)
     # an augmentation recipe reruns the methods that use it: the temporal one all but simclr
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.5)
     assert planned_jobs(study) == {"pretrain": 4, "track_pretrain": 1, "finetune": 4 * len(TASKS),
                                    "finetune_control": CONTROLS // 2, "track_finetune": 1, "aggregate": 1,
-                                   "provenance": 1, "order_probe": 4, "order_probe_report": 1}
+                                   "provenance": 1, "order_probe": 4, **PRETRAIN_REPORTS}
     set_config(study, "pretrain", "augment.temporal.p_gamma", 0.8)
     # validation subsampling: the fractions and what follows; the primary comparison: aggregation only
     set_config(study, "study", "subsample_validation", False)
@@ -327,6 +329,12 @@ def test_learning_edits_rerun_only_what_they_affect(study):
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1]}")
     assert grown == {"label_fraction": len(TASKS), "finetune": len(TASKS) * len(GRID), "finetune_control": CONTROLS,
                      "track_finetune": 1, "aggregate": 1, "provenance": 1}
+    # a second pretraining run of each method: its pretraining and order probe, and the fine-tuning jobs
+    # that start from it (crossed with the fine-tuning seeds), nothing of scratch's or the first run's
+    grown = planned_jobs(study, "--config", "pretrain={seeds: [0, 1]}")
+    assert grown == {"pretrain": 5, "track_pretrain": 1, "order_probe": 5, **PRETRAIN_REPORTS,
+                     "finetune": 5 * len(TASKS), "finetune_control": CONTROLS // 2, "track_finetune": 1,
+                     "aggregate": 1, "provenance": 1}
     # and a new fraction: each seed's job runs its fractions, the old one again too (and the controls
     # read the primary fraction's subset, which those jobs rewrite)
     grown = planned_jobs(study, "--config", "study={seeds: [0, 1], label_fractions: [0.5, 1.0]}")
@@ -359,8 +367,9 @@ def test_finetuning_is_deterministic_and_the_report_builds(study):
     assert all("\tFalse\t" in r for r in tracked[1:])  # no duplicates
     snakemake(study, "--report", "results/report.html")
     html = (study / "results/report.html").read_text(errors="replace")
-    for name in ("table.csv", "summary.csv", "qc_mosaic.png", "dx_cn_ad.png"):
-        assert name in html
+    for name in ("table.csv", "summary.csv", "summary.md", "order_probe.md", "pretrain_curves.png", "qc_mosaic.png",
+                 "dx_cn_ad.png", "learned about time on subjects it never saw"):  # and the report: directive's page
+        assert name in html, name
 
 
 def test_config_edit_reruns_only_affected_stages(study):

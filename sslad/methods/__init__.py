@@ -6,9 +6,10 @@ sequences, their times and augmentation draws) and returns its loss and a few st
 
 What the temporal methods share, so that subject identity alone cannot meet their objectives: the
 targets are other visits *of the same subject* (an order, or the visit at a given time), and the
-same subject's other visits are candidates the model must rule out. Each temporal method trains the
-temporal aggregator it hands to fine-tuning through the aggregator's pooled readout, the vector
-fine-tuning reads.
+same subject's other visits are candidates the model must rule out (every query has at least one
+besides its target: tcl makes no query of a subject with two visits, tmp hides two or more). Each
+temporal method trains the temporal aggregator it hands to fine-tuning through the aggregator's
+pooled readout, the vector fine-tuning reads.
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ distribution of one global crop and the student's of every other crop. Teacher t
 linearly from ``teacher_temperature[0]`` to ``[1]`` over the first ``teacher_warmup`` of the run, the
 teacher's momentum follows a cosine from ``momentum[0]`` to ``[1]`` and the centre is an EMA
 (``center_momentum``) of the teacher's outputs over the global batch: centring stops one dimension
-from dominating, sharpening stops the uniform collapse.
+from dominating, sharpening stops the uniform collapse. Both need a teacher that moves: its EMA
+horizon, 1 / (1 - momentum) steps, must be well under the run's length. 0.996 suits DINO's 10^5
+steps but not the demo's ~300; there the teacher stays near its random start and its targets stay
+near uniform, with the loss at log ``out_dim`` (docs/methods.md).
 
 The teacher's EMA update comes at the start of each step, from the student as the previous step's
 optimiser left it: DINO's update after the optimiser step, done where the method runs (the generic

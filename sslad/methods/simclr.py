@@ -18,19 +18,23 @@ from sslad.methods import Batch, Sampling
 from sslad.networks import ProjectionHead
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
-            groups: torch.Tensor | None = None) -> torch.Tensor:
-    """Normalised-temperature cross entropy: row i of ``z1`` and of ``z2`` are a positive pair; the
-    other 2(N-1) rows are negatives, except rows of another scan in the same group (``groups`` (N,):
-    the subject), which are left out. Mean over the 2N anchors.
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, groups: torch.Tensor | None = None, *,
+            center: bool = False) -> torch.Tensor:
+    """Normalised-temperature cross entropy (SimCLR's NT-Xent, Chen et al. 2020): row i of ``z1`` and
+    of ``z2`` are a positive pair, compared by cosine / ``temperature``; the other 2(N-1) rows are
+    negatives, except rows of another scan in the same group (``groups`` (N,): the subject), which
+    are left out. Mean over the 2N anchors. With the defaults, the standard loss (tested against
+    pytorch-metric-learning's ``NTXentLoss``).
 
-    The unit projections are centred on their mean over the (global) batch before the cosines, as the
-    batch norm of SimCLR's projection head centres them. Without it, a group-norm encoder's features
-    start nearly parallel (cosine ~0.96 between any two demo scans), every logit is alike and the
-    loss stayed at log(2N - 1) for 100 epochs; centred, it falls (demo tuning cohort: 2.68 -> 1.70).
-    The mean is over the gathered batch, so data-parallel ranks compute what one process would."""
+    ``center``: centre the unit projections on their mean over the (global) batch before the cosines,
+    as a batch-norm layer would centre them. Without it, a group-norm encoder's features start nearly
+    parallel (cosine ~0.96 between any two demo scans), every logit is alike and the loss stayed at
+    log(2N - 1) for 100 epochs; centred, it falls (demo tuning cohort: 2.68 -> 1.70). The mean is over
+    the gathered batch, so data-parallel ranks compute what one process would. A method's ``center``
+    setting, on by default for encoders without batch norm (:func:`centres_by_default`)."""
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    z = F.normalize(z - z.mean(0, keepdim=True), dim=1)
+    if center:
+        z = F.normalize(z - z.mean(0, keepdim=True), dim=1)
     n = z1.shape[0]
     sim = z @ z.T / temperature
     drop = torch.eye(2 * n, dtype=torch.bool, device=z.device)
@@ -43,6 +47,14 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
     return F.cross_entropy(sim, target)
 
 
+def centres_by_default(encoder: nn.Module) -> bool:
+    """NT-Xent's ``center`` when a method's settings leave it out: on for an encoder without batch norm
+    (group or instance norm: config.yaml's demo), off with batch norm (config/paper.yaml, as
+    3D-Neuro-SimCLR), whose features the batch statistics already spread apart."""
+    batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    return not any(isinstance(m, batch_norms) for m in encoder.modules())
+
+
 class SimCLR(nn.Module):
     sampling = Sampling(seq_len=1, min_scans=1, views=("augment", "augment"))
 
@@ -51,13 +63,14 @@ class SimCLR(nn.Module):
         self.encoder = encoder
         self.projector = ProjectionHead(dim, dim, hp["projection_dim"])
         self.temperature = hp["temperature"]
+        self.center = hp.get("center", centres_by_default(encoder))  # NT-Xent on centred projections
 
     def spatial_loss(self, volumes: torch.Tensor, view1: AugmentParams, view2: AugmentParams,
                      subjects: torch.Tensor) -> torch.Tensor:
         """NT-Xent between two augmented views of every scan, other visits of a subject not negatives."""
         z1 = gather(self.projector(self.encoder(apply(volumes, view1))))
         z2 = gather(self.projector(self.encoder(apply(volumes, view2))))
-        return nt_xent(z1, z2, self.temperature, gather(subjects))
+        return nt_xent(z1, z2, self.temperature, gather(subjects), center=self.center)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         return self.spatial_loss(batch.volumes, batch.views[0], batch.views[1], batch.subjects), {}

@@ -14,7 +14,7 @@ rule aggregate:
     output:
         table=report("results/table.csv", caption="../report/table.rst", category="Results"),
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Results"),
-        summary_md="results/summary.md",
+        summary_md=report("results/summary.md", caption="../report/summary_md.rst", category="Results"),
         figures=report(
             directory("results/figures"),
             patterns=["{name}.png"],

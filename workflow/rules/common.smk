@@ -12,7 +12,8 @@ import yaml
 sys.path.insert(0, os.path.abspath(workflow.basedir))  # the workflow's own sslad (stdlib-only parts here)
 from sslad.cohort import clinical_digest, convert_single_cohort, resolve_cohorts
 from sslad.provenance import config_digest
-from sslad.registry import METHODS, complete_schema, inits
+from sslad.labels import TASKS
+from sslad.registry import METHODS, complete_schema, inits, pretrain_run_settings
 
 # Resources of a job are no config value: they are the rules' defaults below, overridden by a profile
 # (profiles/*/config.yaml: set-resources, set-threads) or on the command line (--set-resources).
@@ -175,13 +176,7 @@ def pretrained_methods():
     return list(dict.fromkeys([*study_methods(), *config["study"].get("probe_only", [])]))
 
 
-def schema_tasks():
-    """Every task the package defines (the schema's list of valid study.tasks)."""
-    with open(workflow.source_path("../schemas/config.schema.yaml")) as fh:
-        return yaml.safe_load(fh)["properties"]["study"]["properties"]["tasks"]["items"]["enum"]
-
-
-ALL_TASKS = schema_tasks()
+ALL_TASKS = list(TASKS)  # every task the package defines (sslad/labels.py)
 
 
 def manifest_outputs():
@@ -198,22 +193,8 @@ def named_paths(wildcards, output):
 
 
 def pretrain_settings(method, seed):
-    """Everything one pretraining run depends on: its method's own block, the shared training
-    settings with the run's seed, the augmentation recipes its block names and the encoder; never
-    another method's block or seed, a recipe it does not use or any resource."""
-    pre = config["pretrain"]
-    hp = pre["methods"][method]
-    recipes = {hp[key] for key in ("augment", "spatial_augment") if key in hp}
-    return json.dumps(
-        {
-            "method": method,
-            "hp": hp,
-            "model": config["model"],
-            "train": {**pre["train"], "seed": int(seed)},
-            "augment": {name: pre["augment"][name] for name in recipes},
-        },
-        sort_keys=True,
-    )
+    """One pretraining run's settings (sslad.registry.pretrain_run_settings) as sorted JSON."""
+    return json.dumps(pretrain_run_settings(config, method, seed), sort_keys=True)
 
 
 def finetune_block(init):

@@ -151,7 +151,7 @@ rule order_probe_report:
         pretrain_runs("order_probe.json"),
     output:
         tsv="results/order_probe.tsv",
-        md="results/order_probe.md",
+        md=report("results/order_probe.md", caption="../report/order_probe.rst", category="Pretraining"),
     log:
         "results/logs/order_probe_report.log",
     localrule: True
@@ -164,9 +164,26 @@ rule order_probe_report:
         "sslad order-probe-report --probes {input:q} --tsv {output.tsv:q} --md {output.md:q} > {log:q} 2>&1"
 
 
+rule pretrain_curves:
+    input:
+        pretrain_metrics(),
+    output:
+        report("results/pretrain_curves.png", caption="../report/pretrain_curves.rst", category="Pretraining"),
+    log:
+        "results/logs/pretrain_curves.log",
+    localrule: True
+    conda:
+        "../../envs/learning.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "sslad pretrain-curves --metrics {input:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule pretrain_all:
     """Every pretraining job of the study, its MLflow runs and the order probes: `snakemake pretrain_all`."""
     input:
         pretrain_runs("encoder.pt"),
         rules.track_pretrain.output,
-        *([rules.order_probe_report.output] if pretrained_methods() else []),
+        *([rules.order_probe_report.output, rules.pretrain_curves.output] if pretrained_methods() else []),
