@@ -71,7 +71,7 @@ def _cmd_pretrain_set(a: argparse.Namespace) -> None:
     from sslad.io import read_tsv, write_tsv
     from sslad.manifest import pretrain_set
 
-    chosen = pretrain_set(read_tsv(a.visits), a.settings["pretrain_splits"], a.settings.get("exclude_cohorts", []))
+    chosen = pretrain_set(read_tsv(a.visits), a.settings["pretrain_splits"], a.settings["exclude_cohorts"])
     write_tsv(chosen, a.out)
     print(f"{len(chosen)} scans for pretraining", file=sys.stderr)
 
@@ -80,14 +80,14 @@ def _cmd_label_fraction(a: argparse.Namespace) -> None:
     from sslad.manifest import write_fraction
 
     for fraction, out in a.cell:
-        write_fraction(a.task_table, a.task, float(fraction), a.seed, a.settings.get("subsample_validation", True),
+        write_fraction(a.task_table, a.task, float(fraction), a.seed, a.settings["subsample_validation"],
                        out)
 
 
 def _cmd_template(a: argparse.Namespace) -> None:
     from sslad.template import write_template
 
-    write_template(a.out_t1w, a.out_mask, a.settings.get("template", ""), a.settings.get("template_mask", ""))
+    write_template(a.out_t1w, a.out_mask, a.settings["template"], a.settings["template_mask"])
 
 
 def _cmd_preprocess(a: argparse.Namespace) -> None:
@@ -407,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
+        from sslad.stage_settings import check
+
+        check(args.command, args.settings, getattr(args, "init", "") or "")
         args.func(args)
     except (ValueError, OSError, ArithmeticError) as exc:  # ArithmeticError: a training run diverged
         print(f"sslad {args.command}: error: {exc}", file=sys.stderr)

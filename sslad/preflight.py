@@ -236,7 +236,7 @@ def estimate(settings: dict[str, Any], method: nn.Module, encoder: nn.Module, de
     tr = settings["train"]
     passes, scans = encoder_passes(method.sampling, batch_size, world)
     voxels = int(torch.tensor(grid).prod())
-    plan = Plan(passes, scans, voxels, bool(tr.get("checkpoint_activations", False)), int(tr.get("micro_batch", 0)))
+    plan = Plan(passes, scans, voxels, bool(tr["checkpoint_activations"]), int(tr["micro_batch"]))
     stages = stage_bytes(encoder, grid, device, device.type == "cuda" if bf16 is None else bf16)
     return step_bytes(stages, plan, state_bytes(method)), stages, plan
 

@@ -173,11 +173,11 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
         torch.cuda.set_device(device)
     torch.manual_seed(tr["seed"])
     encoder, aggregator = build_encoder(model_cfg), build_aggregator(model_cfg)
-    bound_memory(encoder, tr.get("checkpoint_activations", False), tr.get("micro_batch", 0))
+    bound_memory(encoder, tr["checkpoint_activations"], tr["micro_batch"])
     method = build(settings["method"], encoder, aggregator, feature_dim(model_cfg), settings["hp"])
     # SyncBatchNorm needs GPUs, and the same number of encoder calls on every rank (not so with
     # micro-batches of ranks that hold different numbers of scans)
-    if world > 1 and device.type == "cuda" and not tr.get("micro_batch"):
+    if world > 1 and device.type == "cuda" and not tr["micro_batch"]:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     elif world > 1 and model_cfg["norm"] == "batch":
         log("note: batch-norm statistics are per process (per micro-batch with micro_batch set)")

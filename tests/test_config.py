@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jsonschema
@@ -135,3 +136,39 @@ def test_schema_checks_center_tcl_visits_and_the_shift():
     check(lambda p: p["augment"]["spatial"].update(p_shift=0.8, shift=0.5))
     with pytest.raises(jsonschema.ValidationError, match="'shift' is a dependency of 'p_shift'"):
         check(lambda p: p["augment"]["temporal"].update(p_shift=0.8))
+
+
+def test_a_stage_run_by_hand_checks_its_settings_naming_the_key():
+    """`sslad <stage> --settings` by hand: the settings the workflow passes are accepted, a misspelt or
+    out-of-range key is refused before any work, the message naming it (sslad.stage_settings)."""
+    import pytest
+
+    from sslad.cli import main
+    from sslad.registry import pretrain_run_settings
+    from sslad.stage_settings import check
+
+    cfg = merged("config.yaml")
+    for method in cfg["pretrain"]["methods"]:
+        check("pretrain", pretrain_run_settings(cfg, method, 0))
+    ft = {k: v for k, v in cfg["finetune"].items() if k != "n_bootstrap"}
+    check("finetune", {**ft, "model": cfg["model"]}, "scratch")
+    check("finetune", ft, "topc")
+    check("finetune", {**ft, "inputs": "time_shuffled", "heldout": "SiteA"}, "topc")  # a control job's, a fold's
+    check("finetune", {"modes": ft["modes"], "inputs": ft["inputs"]}, "schedule")
+    check("preprocess", {k: v for k, v in cfg["preprocess"].items() if k != "qc"})
+    check("simulate", cfg["simulate"])
+    bad = pretrain_run_settings(cfg, "top", 0)
+    bad["hp"] = {**bad["hp"], "hiden": 64}
+    with pytest.raises(ValueError, match=r"key hp: Additional properties .*'hiden'"):
+        check("pretrain", bad)
+    good = pretrain_run_settings(cfg, "top", 0)
+    with pytest.raises(ValueError, match=r"key train.lr: -1 is less than or equal"):
+        check("pretrain", {**good, "train": {**good["train"], "lr": -1}})
+    with pytest.raises(ValueError, match="key model"):  # scratch builds its encoder from the settings
+        check("finetune", ft, "scratch")
+    with pytest.raises(ValueError, match="key epochs"):
+        check("finetune", {**ft, "epochs": "ten"}, "topc")
+    with pytest.raises(ValueError, match="key exclude_cohorts: 'exclude_cohorts' is a required property"):
+        check("pretrain-set", {"pretrain_splits": ["train"]})
+    assert main(["pretrain", "--settings", json.dumps(bad), "--pretrain", "p", "--visits", "v", "--splits", "s",
+                 "--encoder", "e", "--metrics", "m", "--checkpoint", "c"]) == 1

@@ -37,7 +37,8 @@ HP = {"slice_encoder": {"depth": 10, "widths": [16, 32, 64, 128], "stem_kernel":
 def settings(epochs: int, hp: dict | None = None, every: int = 100, batch: int = 8) -> dict:
     return {"method": "dino2d", "hp": hp or HP, "model": MODEL, "augment": {"temporal": AUGMENT},
             "train": {"epochs": epochs, "batch_size": batch, "lr": 1e-3, "weight_decay": 0.0, "seed": 0,
-                      "checkpoint_every": every, "device": "cpu", "holdout_subjects": 0.0}}
+                      "checkpoint_every": every, "device": "cpu", "holdout_subjects": 0.0,
+                      "checkpoint_activations": False, "micro_batch": 0}}
 
 
 def test_the_slice_encoder_is_monais_2d_resnet_pooled_over_the_brains_slices():

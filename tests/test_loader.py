@@ -117,7 +117,7 @@ def test_pretraining_is_the_same_whatever_the_loader(cohort, tmp_path):
          "hp": {"n_scans": 3, "hidden": 8, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0,
                 "augment": "a", "spatial_augment": "a"},
          "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "seed": 3, "checkpoint_every": 1,
-                   "device": "cpu", "holdout_subjects": 0.0}}
+                   "device": "cpu", "holdout_subjects": 0.0, "checkpoint_activations": False, "micro_batch": 0}}
     scans = load_pretrain_scans(str(cohort / "pretrain.tsv"), str(cohort / "visits.tsv"), str(cohort / "splits.tsv"))
     in_memory = dataclasses.replace(scans, volumes=scans.volumes[np.arange(len(scans.keys))])
     runs = {}

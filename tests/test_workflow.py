@@ -80,12 +80,14 @@ VARIANTS = {"finetune_pretrained": "finetune", "finetune_control_pretrained": "f
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """Rule -> number of jobs a dry run plans (from its job-stats table), variants under their rule."""
     out = snakemake(workdir, *args, "-n", "--quiet", "rules").stdout
-    jobs: dict[str, int] = {}
+    rules: dict[str, int] = {}  # the job-stats table may be printed more than once
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "all"):
-            name = VARIANTS.get(parts[0], parts[0])
-            jobs[name] = jobs.get(name, 0) + int(parts[1])
+            rules[parts[0]] = int(parts[1])
+    jobs: dict[str, int] = {}
+    for rule, n in rules.items():
+        jobs[VARIANTS.get(rule, rule)] = jobs.get(VARIANTS.get(rule, rule), 0) + n
     return jobs
 
 
