@@ -265,7 +265,8 @@ def test_gzip_sanity_of_fixture(tmp_path):
 def test_cli_refuses_sessions_and_files_that_do_not_pair(tmp_path, default_config):
     from sslad.cli import main
 
-    args = ["preprocess", "--settings", json.dumps(default_config["preprocess"]), "--participant", "sub-01", "--sessions", "ses-M000", "ses-M012", "--t1w",
+    args = ["preprocess", "--settings", json.dumps(default_config["preprocess"]),
+            "--participant", "sub-01", "--sessions", "ses-M000", "ses-M012", "--t1w",
             str(tmp_path / "a.nii.gz"), "--template", "t.nii.gz", "--template-mask", "m.nii.gz",
             "--space", "MNI152NLin2009aSym", "--out-dir", str(tmp_path / "out")]
     with pytest.raises(SystemExit, match="2 sessions but 1 T1w files"):
