@@ -63,8 +63,11 @@ def validate_config(cfg, schema_path):
         seed = train.pop("seed")
         if "seeds" not in cfg["pretrain"]:
             cfg["pretrain"]["seeds"] = [seed]
-        print(f"sslad: pretrain.train.seed moved to pretrain.seeds (a list, one pretraining run each): "
-              f"read as pretrain.seeds: {cfg['pretrain']['seeds']}", file=sys.stderr)
+        print(
+            f"sslad: pretrain.train.seed moved to pretrain.seeds (a list, one pretraining run each): "
+            f"read as pretrain.seeds: {cfg['pretrain']['seeds']}",
+            file=sys.stderr,
+        )
     coerce_scalars(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
