@@ -178,8 +178,7 @@ def _cmd_aggregate(a: argparse.Namespace) -> None:
 def _cmd_order_probe(a: argparse.Namespace) -> None:
     from sslad.order_probe import run
 
-    r = run(a.encoder, a.pretrain_metrics, a.pretrain, a.visits, a.splits, a.out, a.threads,
-            a.settings.get("n_bootstrap", 1000))
+    r = run(a.encoder, a.pretrain_metrics, a.pretrain, a.visits, a.splits, a.out, a.threads)
     print(f"{r['method']} seed {r['pretrain_seed']}: order probe on {r['n_subjects']} unseen subjects "
           f"({r['n_pairs']} pairs): encoder {r['encoder']}, untrained {r['untrained']}, voxels {r['voxels']}",
           file=sys.stderr)

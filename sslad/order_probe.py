@@ -100,7 +100,9 @@ def probe(encoder: torch.nn.Module, untrained: torch.nn.Module, fit: ScanSet, un
 
 def run(encoder_pt: str, pretrain_metrics: str, pretrain_tsv: str, visits_tsv: str, splits_tsv: str,
         out_json: str, threads: int = 1, n_boot: int = 1000) -> dict[str, Any]:
-    """The ``sslad order-probe`` job of one pretraining run."""
+    """The ``sslad order-probe`` job of one pretraining run. Its bootstrap size is its own (the size
+    its coverage was measured with), not finetune.n_bootstrap: more resamples for the fine-tuning
+    intervals must rerun aggregation only."""
     torch.set_num_threads(max(1, threads))
     settings = json.loads(Path(pretrain_metrics).read_text())["settings"]
     run_seed = int(settings["train"]["seed"])

@@ -138,10 +138,8 @@ rule order_probe:
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=30,
-    params:
-        settings=json.dumps({"n_bootstrap": config["finetune"]["n_bootstrap"]}),
     shell:
-        "sslad order-probe --settings {params.settings:q} --encoder {input.encoder:q}"
+        "sslad order-probe --encoder {input.encoder:q}"
         " --pretrain-metrics {input.metrics:q} --pretrain {input.pretrain:q} --visits {input.visits:q}"
         " --splits {input.splits:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
