@@ -683,7 +683,8 @@ def test_hostile_dataset_runs_no_command_and_reports_every_bad_case(tmp_path):
 # shell placeholders that need no quoting: numbers, and params that quote their own parts (shlex)
 PRE_QUOTED = {"threads", "resources.runtime", "resources.mem_mb", "resources.gpu", "resources.loader_workers",
               "resources.nodes", "resources.tasks_per_node", "params.cells", "params.outputs", "params.inputs",
-              "params.cohorts", "params.encoder", "params.device_memory_gb", "params.stages"}
+              "params.cohorts", "params.encoder", "params.device_memory_gb", "params.stages",
+              "params.pretrain_seed"}  # an int, formatted by pretrain_seed_arg
 
 
 def test_every_value_that_reaches_a_shell_command_is_quoted():
