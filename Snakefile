@@ -22,6 +22,7 @@ include: "workflow/rules/manifest.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/export.smk"
 
 
 # Targets per stage, to run or rerun one by name (`snakemake pretrain_all`): cohort_all, preprocess_all,

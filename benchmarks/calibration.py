@@ -51,7 +51,8 @@ LEVEL = 0.95
 NOISE_VAR = 1.0 + 3 * 0.25
 # sd of the class-signal strength added by each seed effect; 0.15 moves a model's AUC by about 0.025
 PRETRAIN_SD, FINETUNE_SD, SHARED_SD = 0.15, 0.15, 0.15
-PRIMARY = {"init": "init", "reference": "ref", "mode": "full", "inputs": "history", "fraction": 1.0}
+PRIMARY = {"init": "init", "reference": "ref", "mode": "full", "inputs": "history", "fraction": 1.0,
+           "min_test_subjects": 10}
 GRID = [(p, f, n) for p, f in ((1, 2), (1, 3), (1, 5), (2, 2), (3, 2), (3, 5)) for n in (10, 20, 50)]
 QUICK = [(1, 2, 10), (1, 3, 20), (3, 2, 50)]
 PROBE_SUBJECTS = (6, 10, 20, 40, 100)
@@ -149,7 +150,7 @@ def replicate(rng: np.random.Generator, setting: tuple[int, int, int], n_boot: i
         for task, g in table.groupby("task"):
             cells = comparison.matched_cells(g[g["init"] == "init"], g[g["init"] == "ref"])
             independent[task] = comparison.paired_auc_diff(comparison.seed_pairs(cells, "full", preds), n_boot, seed)
-        rows = comparison.primary_rows(independent, n_boot, LEVEL)
+        rows = comparison.primary_rows(independent, n_boot, LEVEL, min_subjects=PRIMARY["min_test_subjects"])
         out["independent_reject0"] = float(rows.at[0, "auc_diff_p"] < 1 - LEVEL)
         out["independent_cover"] = float(((rows["auc_diff_low"] <= truth) & (truth <= rows["auc_diff_high"])).mean())
     return out

@@ -10,9 +10,6 @@ import pandas as pd
 
 from sslad import convergence
 from sslad.comparison import (
-    MIN_CLAIM_SUBJECTS,
-    MIN_RESAMPLABLE,
-    PRIMARY_KEYS,
     SUMMARY_COLUMNS,
     control_comparisons,
     primary_comparison,
@@ -30,44 +27,23 @@ from sslad.result_table import (
     sorted_rows,
     write_csv,
 )
-from sslad.results import MODES, is_number, read_job
+from sslad.results import read_job
 from sslad.schedule import SCHEDULE
+from sslad.stage_settings import check
 from sslad.summary_report import by_cohort_section, demoted, summary_markdown
 
+# the intervals' coverage and the bootstrap's seed: fixed, so that the same results give the same table
+LEVEL, SEED = 0.95, 0
 
-def check_settings(settings: dict[str, Any]) -> tuple[int, int, float, dict[str, Any]]:
-    """(n_bootstrap, seed, level, primary) of the aggregate settings; ValueError naming the bad key."""
-    if not isinstance(settings, dict):
-        raise ValueError(f"aggregate settings must be an object, got {settings!r}")
-    n_boot, seed, level = settings.get("n_bootstrap", 1000), settings.get("seed", 0), settings.get("level", 0.95)
-    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 1:
-        raise ValueError(f"aggregate settings: 'n_bootstrap' must be a positive integer, got {n_boot!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"aggregate settings: 'seed' must be a non-negative integer, got {seed!r}")
-    if not is_number(level) or not 0 < level < 1:
-        raise ValueError(f"aggregate settings: 'level' must be in (0, 1), got {level!r}")
-    primary = settings.get("primary")
-    if not isinstance(primary, dict):
-        raise ValueError("aggregate settings need 'primary': {init, reference, mode, inputs, fraction}, the "
-                         f"pre-specified comparison; got {primary!r}")
-    for key in PRIMARY_KEYS:
-        if key not in primary:
-            raise ValueError(f"aggregate settings: 'primary' is missing '{key}'")
-    for key in ("init", "reference", "inputs"):
-        if not isinstance(primary[key], str) or not primary[key]:
-            raise ValueError(f"aggregate settings: 'primary.{key}' must be a non-empty string, got {primary[key]!r}")
-    if primary["mode"] not in MODES:
-        raise ValueError(f"aggregate settings: 'primary.mode' must be one of {MODES}, got {primary['mode']!r}")
-    if not is_number(primary["fraction"]) or not 0 < primary["fraction"] <= 1:
-        raise ValueError(f"aggregate settings: 'primary.fraction' must be in (0, 1], got {primary['fraction']!r}")
-    need = primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS)
-    if not isinstance(need, int) or isinstance(need, bool) or need < MIN_RESAMPLABLE:
-        raise ValueError(f"aggregate settings: 'primary.min_test_subjects' must be an integer >= {MIN_RESAMPLABLE}, "
-                         f"got {need!r}")
+
+def check_settings(settings: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(n_bootstrap, primary) of the aggregate settings, checked against the config schema (the key
+    named on an error) and for a comparison of an init with itself."""
+    check("aggregate", settings)
+    primary = settings["primary"]
     if primary["init"] == primary["reference"]:
         raise ValueError(f"aggregate settings: 'primary.init' and 'primary.reference' are both {primary['init']!r}")
-    return n_boot, seed, float(level), primary
-
+    return settings["n_bootstrap"], primary
 
 
 def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: str, figures_dir: str,
@@ -77,12 +53,13 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
     in the same order; default: next to it), write the table, summary, markdown and one figure per
     evaluated task (``{figures_dir}/{task}.png``; ``{task}_heldout-{cohort}.png`` per held-out cohort).
 
-    ``settings``: n_bootstrap, seed (default 0), level (default 0.95) and primary (init, reference,
-    mode, inputs, fraction), the pre-specified comparison that summary.md leads with.
+    ``settings``: n_bootstrap and primary (init, reference, mode, inputs, fraction, min_test_subjects),
+    the pre-specified comparison that summary.md leads with.
     ``subjects_tsv``: the manifest's subjects.tsv; with it, rows per test cohort (:func:`cohort_rows`).
     Jobs of a leave-one-cohort-out study are summarised per held-out cohort, each its own section.
     """
-    n_boot, seed, level, primary = check_settings(settings)
+    n_boot, primary = check_settings(settings)
+    seed, level = SEED, LEVEL
     if predictions_paths is not None and len(predictions_paths) != len(metrics_paths):
         raise ValueError(f"{len(predictions_paths)} predictions files for {len(metrics_paths)} metrics files")
     preds = Predictions(dict(zip(metrics_paths, predictions_paths or [])))
@@ -105,8 +82,8 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
     Path(figures_dir).mkdir(parents=True, exist_ok=True)
     for fold in folds:
         whole = table[(table["heldout"] == fold) & (table["test_cohort"] == ALL)]
-        need = primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS)
-        summary = summarise(whole, n_boot, seed, primary["reference"], level, preds, need)
+        summary = summarise(whole, n_boot, seed, primary["reference"], level, preds,
+                            min_subjects=primary["min_test_subjects"])
         prim = primary_comparison(whole, primary, n_boot, seed, level, preds)
         summary = with_primary(summary, prim, primary)
         summaries.append(summary.assign(heldout=fold)[["heldout", *SUMMARY_COLUMNS]])

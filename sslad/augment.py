@@ -48,9 +48,8 @@ def draw(n: int, cfg: dict[str, Any], generator: torch.Generator) -> AugmentPara
     """Draw parameters for ``n`` volumes on the CPU generator (same numbers on any device).
 
     cfg: min_crop (fraction of each axis), p_rotate, max_rotate_deg, p_flip, p_gamma, gamma [lo, hi],
-    and optionally p_shift and shift (largest offset; both 0 when left out). The shift's numbers are
-    drawn only when the recipe shifts (p_shift > 0), so a recipe without one draws exactly the
-    numbers it drew before the shift existed.
+    p_shift and shift (largest offset). The shift's numbers are drawn only when the recipe shifts
+    (p_shift > 0), so a recipe without one draws exactly the numbers it drew before the shift existed.
     """
     u = torch.rand(n, 10, generator=generator, dtype=torch.float64)
     lo = cfg["min_crop"]
@@ -63,7 +62,7 @@ def draw(n: int, cfg: dict[str, Any], generator: torch.Generator) -> AugmentPara
     u9 = torch.rand(n, generator=generator, dtype=torch.float64)
     gamma = torch.where(u[:, 9] < cfg["p_gamma"], g_lo + (g_hi - g_lo) * u9, torch.ones(n, dtype=u.dtype))
     shift = torch.zeros(n, dtype=u.dtype)
-    if cfg.get("p_shift", 0) > 0:
+    if cfg["p_shift"] > 0:
         v = torch.rand(n, 2, generator=generator, dtype=torch.float64)
         shift = torch.where(v[:, 0] < cfg["p_shift"], (2 * v[:, 1] - 1) * cfg["shift"], shift)
     return AugmentParams(scale.float(), centre.float(), angle.float(), flip, gamma.float(), shift.float())

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -143,9 +144,15 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
 
 
 def _cmd_import_external(a: argparse.Namespace) -> None:
+    from sslad.export import import_encoder, is_export
     from sslad.networks import import_external
 
-    arch = import_external(a.checkpoint, a.out, a.settings["model"], a.settings["stem_stride"])
+    if is_export(a.checkpoint):  # an sslad export: checked against this study's inputs
+        if "preprocess" not in a.settings or "space" not in a.settings:
+            raise ValueError("--settings needs preprocess and space to check an exported encoder against this study")
+        arch = import_encoder(a.checkpoint, a.out, a.settings["preprocess"], a.settings["space"])
+    else:
+        arch = import_external(a.checkpoint, a.out, a.settings["model"], a.settings["stem_stride"])
     print(f"{a.checkpoint}: MONAI ResNet-{arch['depth']}, widths {arch['widths']} -> {a.out}", file=sys.stderr)
 
 
@@ -155,6 +162,40 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
     cells = [Cell(float(fraction), table, metrics, predictions) for fraction, table, metrics, predictions in a.cell]
     run(a.settings, a.task, a.init, a.seed, cells, a.task_table, a.visits, a.encoder, a.threads, a.workers,
         a.pretrain_seed)
+
+
+def _cmd_export_digests(a: argparse.Namespace) -> None:
+    from sslad.export import write_digests
+
+    write_digests(a.scans, a.out)
+
+
+def _cmd_export_encoder(a: argparse.Namespace) -> None:
+    from sslad.export import export_encoder
+
+    export_encoder(a.encoder, a.metrics, a.pretrain, a.digests, a.visits, a.template, a.template_mask, a.settings,
+                   a.out_dir)
+
+
+def _cmd_export_finetuned(a: argparse.Namespace) -> None:
+    from sslad.export import export_classifier
+
+    export_classifier(a.settings, a.task, a.init, _named(a.file, "--file"), a.threads, a.out_dir)
+
+
+def _cmd_predict(a: argparse.Namespace) -> None:
+    from sslad.predict import apply, prepare
+
+    out_dir = Path(a.out_dir)
+    allow = a.allow_trained or bool(a.settings.get("allow_trained_participants"))  # by hand: the flag
+    scans = a.prepared or str(out_dir / "scans.tsv")
+    if a.step in ("all", "prepare"):
+        if not a.bids or not a.template or not a.template_mask:
+            raise ValueError("--bids, --template and --template-mask are needed to prepare new scans")
+        aliases = a.settings.get("diagnosis_aliases") or {dx: dx for dx in ("CN", "MCI", "AD")}
+        prepare(a.bids, a.name, a.model, a.template, a.template_mask, str(out_dir), aliases, allow, a.threads)
+    if a.step in ("all", "apply"):
+        apply(scans, a.model, a.out or str(out_dir / "predictions.tsv"), allow, a.threads)
 
 
 def _cmd_track_finetune(a: argparse.Namespace) -> None:
@@ -344,6 +385,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0,
                    help="data-loader worker processes that read the next batches from disk while a step runs "
                         "(0: the main process reads each batch when it is due)")
+
+    p = add("export-digests", _cmd_export_digests,
+            "Write the image digest (sha256 of the uncompressed NIfTI) of every scan of the study.")
+    p.add_argument("--scans", required=True, help="results/cohort/scans.tsv")
+    p.add_argument("--out", required=True, help="TSV to write (participant_id, session_id, sha256)")
+
+    p = add("export-encoder", _cmd_export_encoder,
+            "Export one pretraining run's encoder: safetensors weights, description, training ids, model card.")
+    p.add_argument("--encoder", required=True, help="the run's encoder.pt")
+    p.add_argument("--metrics", required=True, help="the run's metrics.json (its settings and provenance)")
+    p.add_argument("--pretrain", required=True, help="pretrain.tsv: the scans it was pretrained on")
+    p.add_argument("--digests", required=True, help="image digests (export-digests)")
+    p.add_argument("--visits", required=True, help="visits.tsv (the model grid, from an array)")
+    p.add_argument("--template", required=True, help="the template T1w the study registered to")
+    p.add_argument("--template-mask", required=True, help="its brain mask")
+    p.add_argument("--out-dir", required=True, help="export directory to write (replaced atomically)")
+
+    p = add("export-finetuned", _cmd_export_finetuned,
+            "Export the full-mode model of one fine-tuning cell, retrained and checked against the study's logits.")
+    p.add_argument("--task", required=True)
+    p.add_argument("--init", required=True)
+    p.add_argument("--file", nargs="+", required=True, metavar="NAME=PATH",
+                   help="task, fraction, visits, metrics, predictions, digests, table, template, template_mask; "
+                        "for a pretrained init also encoder, pretrain, pretrain_metrics")
+    p.add_argument("--threads", type=int, default=1, help="as the fine-tuning job (its logits are reproduced)")
+    p.add_argument("--out-dir", required=True, help="export directory to write (replaced atomically)")
+
+    p = add("predict", _cmd_predict,
+            "Score new scans with an exported classifier: ingest, leak check, preprocess, QC, predictions.tsv.")
+    p.add_argument("--model", required=True, help="export directory of a fine-tuned classifier")
+    p.add_argument("--bids", default=None, help="BIDS tree of the new scans (participants.tsv, sessions.tsv, T1w)")
+    p.add_argument("--name", default="new", help="cohort name in the participant ids (sub-<name><label>)")
+    p.add_argument("--template", default=None, help="the study's template T1w (checked against the export)")
+    p.add_argument("--template-mask", default=None, help="its brain mask")
+    p.add_argument("--out-dir", default="predict", help="where scans.tsv, preproc/ and predictions.tsv go")
+    p.add_argument("--step", choices=("all", "prepare", "apply"), default="all",
+                   help="prepare: ingest, leak check, preprocessing and QC (ANTs); apply: the model (torch)")
+    p.add_argument("--prepared", default=None, help="scans.tsv of the prepare step (default: OUT_DIR/scans.tsv)")
+    p.add_argument("--out", default=None, help="predictions.tsv to write (default: OUT_DIR/predictions.tsv)")
+    p.add_argument("--allow-trained", action="store_true",
+                   help="score participants the model was trained or pretrained on (refused by default)")
+    p.add_argument("--threads", type=int, default=1)
 
     tracking_help = "MLflow tracking: a server URI (http://host:port) or the SQLite store's path"
     p = add("track-finetune", _cmd_track_finetune,

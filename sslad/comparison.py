@@ -64,7 +64,6 @@ SUMMARY_COLUMNS = [*GROUP, "n_seeds", "n_pretrain_seeds", "auc_mean", "auc_sd", 
 TOO_FEW = "too few test subjects"
 
 
-PRIMARY_KEYS = ("init", "reference", "mode", "inputs", "fraction")
 
 
 PRIMARY_COLUMNS = ["task", "n_seeds", "n_pretrain_seeds", "n_test_subjects_pos", "n_test_subjects_neg", "auc_init",
@@ -82,11 +81,8 @@ CONTROL_COLUMNS = ["task", "inputs", "n_seeds", "auc_init", "auc_reference", "au
 
 # Fewer test subjects than this in either class: no interval or p, only the point difference (a
 # bootstrap over one subject per class has a single distinct resample). A claim needs more:
-# study.primary.min_test_subjects (default 10), below which percentile intervals are far too narrow.
+# study.primary.min_test_subjects, below which percentile intervals are far too narrow.
 MIN_RESAMPLABLE = 2
-
-
-MIN_CLAIM_SUBJECTS = 10
 
 
 
@@ -316,8 +312,8 @@ def _claim(init: str, reference: str, p_holm: float, low: float, high: float, le
 
 
 def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, reference: str = "scratch",
-              level: float = 0.95, preds: PredictionSource | None = None,
-              min_subjects: int = MIN_CLAIM_SUBJECTS) -> pd.DataFrame:
+              level: float = 0.95, preds: PredictionSource | None = None, *,
+              min_subjects: int) -> pd.DataFrame:
     """One row per task x init x mode x inputs x fraction: mean and sd (ddof=1) over seeds, and for
     each init other than the reference the paired comparison with it on the seeds both have. A
     comparison with fewer than ``min_subjects`` test subjects of either class carries no claim and no
@@ -392,8 +388,8 @@ def at_setting(table: pd.DataFrame, primary: dict[str, Any], init: str) -> pd.Da
 
 
 
-def primary_rows(comparisons: dict[str, Comparison], n_boot: int, level: float = 0.95,
-                 min_subjects: int = MIN_CLAIM_SUBJECTS) -> pd.DataFrame:
+def primary_rows(comparisons: dict[str, Comparison], n_boot: int, level: float = 0.95, *,
+                 min_subjects: int) -> pd.DataFrame:
     """The primary comparison's verdict, one row per task, from its per-task comparisons.
 
     m = number of tasks with at least ``min_subjects`` test subjects of each class: only they can
@@ -442,7 +438,7 @@ def primary_comparison(table: pd.DataFrame, primary: dict[str, Any], n_boot: int
         cells = matched_cells(init[task], ref[task])
         if cells:
             comparisons[task] = compare_cells(cells, primary["mode"], n_boot, seed, preds)
-    return primary_rows(comparisons, n_boot, level, primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS))
+    return primary_rows(comparisons, n_boot, level, min_subjects=primary["min_test_subjects"])
 
 
 

@@ -341,6 +341,28 @@ def write_outputs(metrics: dict[str, Any], predictions: pd.DataFrame, metrics_pa
     return metrics
 
 
+def job_device(settings: dict[str, Any], threads: int) -> torch.device:
+    """The job's device and CPU threads, deterministic kernels on a GPU: what every fine-tuning of a
+    cell runs under, so that a rerun of the cell (sslad.export) gives the job's model."""
+    torch.set_num_threads(max(1, threads))
+    device = pick_device(settings["device"], "finetune.device")
+    if device.type == "cuda":  # CPU kernels here are deterministic already; asking imports TorchInductor (~1.4 s)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return device
+
+
+def initial_networks(settings: dict[str, Any], encoder_pt: str | None) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """Encoder, aggregator and architecture a mode starts from: the pretrained ones of ``encoder_pt``,
+    else new ones of ``settings["model"]`` (scratch), drawn from the global seed set just before."""
+    if encoder_pt:
+        encoder, aggregator, arch, _ = load_encoder(encoder_pt)
+    else:
+        arch = settings["model"]
+        encoder, aggregator = build_encoder(arch), build_aggregator(arch)
+    return encoder, aggregator, arch
+
+
 def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[Cell], task_tsv: str,
         visits_tsv: str, encoder_pt: str | None, threads: int, workers: int = 0,
         pretrain_seed: int | None = None) -> list[dict[str, Any]]:
@@ -353,11 +375,7 @@ def run(settings: dict[str, Any], task: str, init: str, seed: int, cells: list[C
     if init == SCHEDULE:  # no image: neither device nor arrays
         table = read_tsv(task_tsv)
         return [run_schedule_cell(settings, task, seed, cell, table, task_tsv) for cell in cells]
-    torch.set_num_threads(max(1, threads))
-    device = pick_device(settings["device"], "finetune.device")
-    if device.type == "cuda":  # CPU kernels here are deterministic already; asking imports TorchInductor (~1.4 s)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = job_device(settings, threads)
     table = read_tsv(task_tsv)
     keys = scan_keys(table, settings["inputs"])
     row_of = {key: i for i, key in enumerate(keys)}
@@ -443,11 +461,7 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
     for mode in settings["modes"]:
         torch.manual_seed(seed)
         try:
-            if encoder_pt:
-                encoder, aggregator, arch, _ = load_encoder(encoder_pt)
-            else:
-                arch = settings["model"]
-                encoder, aggregator = build_encoder(arch), build_aggregator(arch)
+            encoder, aggregator, arch = initial_networks(settings, encoder_pt)
             scans = Scans(arrays(), device, workers, arch.get("axes") == "zyx")
             if mode == "full":
                 model = Classifier(encoder, aggregator, feature_dim(arch)).to(device)

@@ -93,9 +93,10 @@ def build(scans: pd.DataFrame, record: pd.DataFrame, cohort_excluded: pd.DataFra
 
     subjects = subjects_table(record, usable)
     subjects = subjects[subjects["n_usable_visits"] > 0].reset_index(drop=True)
-    uses = cfg.get("cohort_use", {})
-    pretrain_only = set(subjects.loc[subjects["cohort"].map(lambda c: uses.get(c, "both")) == "pretrain",
-                                     "participant_id"])
+    unknown = sorted(set(subjects["cohort"]) - set(cfg["cohort_use"]))
+    if unknown:
+        raise ValueError(f"manifest settings: cohort_use names no use for cohort(s) {', '.join(unknown)}")
+    pretrain_only = set(subjects.loc[subjects["cohort"].map(cfg["cohort_use"]) == "pretrain", "participant_id"])
     sex = scans.drop_duplicates("participant_id").set_index("participant_id")["sex"] if "sex" in scans else {}
     tasks, confound = {}, []
     for task in TASKS:

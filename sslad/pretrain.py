@@ -203,7 +203,7 @@ def train(settings: dict[str, Any], scans: ScanSet, out: Outputs, log=print, mem
     state_path = Path(out.checkpoint)
     key = fingerprint(settings, scans)
     start, history = 0, []
-    epochs = settings["hp"].get("epochs", tr["epochs"])  # a method may set its own
+    epochs = tr["epochs"]
     if state_path.exists():
         resumed = _resume(state_path, key, epochs, method, opt)
         if isinstance(resumed, str):

@@ -29,8 +29,8 @@ _TEMPERATURE = {"type": "number", "exclusiveMinimum": 0, "description": "NT-Xent
 _PROJECTION = {"type": "integer", "minimum": 2, "description": "projection head output size"}
 _HIDDEN = {"type": "integer", "minimum": 1, "description": "hidden units of the order classifier"}
 _CENTER = {"type": "boolean",
-           "description": "NT-Xent on unit projections centred over the global batch (an encoder without batch norm "
-                          "starts with nearly parallel features); left out: on unless model.norm is batch"}
+           "description": "NT-Xent on unit projections centred over the global batch: on for an encoder without "
+                          "batch norm (its features start nearly parallel), off with batch norm (the standard loss)"}
 _EPOCHS = {"type": "integer", "minimum": 1,
            "description": "this method's epochs, when not pretrain.train.epochs (an epoch is one pass over "
                           "the method's units: a temporal method's are subjects, a few steps per epoch)"}
@@ -66,19 +66,18 @@ _SLICE_ENCODER = _block(
 METHODS: dict[str, Method] = {
     "simclr": Method("sslad.methods.simclr", "SimCLR", "tab:blue",
                      _block("spatial contrastive (SimCLR) on two views of each scan",
-                            temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE,
-                            optional={"center": _CENTER})),
-    "top": Method("sslad.methods.top", "TOP", "tab:orange",
+                            temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE, center=_CENTER)),
+    "top": Method("sslad.methods.temporal_order", "TOP", "tab:orange",
                   _block("temporal order prediction over the pairs of n_scans visits",
                          n_scans=_N_SCANS, hidden=_HIDDEN, augment=_RECIPE)),
-    "tcl": Method("sslad.methods.tcl", "TCL", "tab:green",
+    "tcl": Method("sslad.methods.temporal_contrastive", "TCL", "tab:green",
                   _block("temporal contrastive: one visit carried over a time gap picks out the visit at "
                          "that gap, the subject's other visits among the negatives",
                          n_scans={**_N_SCANS, "minimum": 3,
                                   "description": "visits per sampled sequence: at least 3 (a query needs a "
                                                  "candidate visit of its subject besides the target)"},
                          temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
-    "tmp": Method("sslad.methods.tmp", "TMP", "tab:purple",
+    "tmp": Method("sslad.methods.masked_temporal", "TMP", "tab:purple",
                   _block("masked temporal prediction: every split of n_scans visits into context and two or "
                          "more hidden ones, each hidden visit picked out from the context and all times among "
                          "the other hidden visits and other subjects' scans",
@@ -86,14 +85,14 @@ METHODS: dict[str, Method] = {
                                   "description": "visits per sampled sequence: at least 3 (a context and two "
                                                  "hidden), at most 8 (queries grow as n_scans x 2^(n_scans-1))"},
                          temperature=_TEMPERATURE, projection_dim=_PROJECTION, augment=_RECIPE)),
-    "topc": Method("sslad.methods.topc", "TOPC", "tab:red",
+    "topc": Method("sslad.methods.order_and_contrast", "TOPC", "tab:red",
                    _block("top's loss plus spatial_weight x simclr's on two views of scans drawn as simclr's",
                           n_scans=_N_SCANS, hidden=_HIDDEN, temperature=_TEMPERATURE, projection_dim=_PROJECTION,
                           spatial_weight={"type": "number", "minimum": 0,
                                           "description": "weight of the spatial contrastive term"},
                           augment=_RECIPE,
                           spatial_augment={**_RECIPE, "description": "recipe of the contrastive views"},
-                          optional={"center": _CENTER})),
+                          center=_CENTER)),
     "dino2d": Method("sslad.methods.dino2d", "DINO2D", "tab:olive",
                      _block("DINO self-distillation (BrainDINO's route) of a 2D encoder on multi-crops of axial "
                             "slices; fine-tuning reads its slice features pooled over the brain's slices",
@@ -145,12 +144,15 @@ def pretrain_run_settings(cfg: dict[str, Any], method: str, seed: int) -> dict[s
     """Everything one pretraining run depends on, from a validated config: its method's own block, the
     shared training settings with the run's seed (one of pretrain.seeds), the augmentation recipes its
     block names and the encoder; never another method's block, a recipe it does not use or a resource.
-    The workflow passes it to the job as the rule's ``params`` (editing any part reruns the run), and the
-    benchmarks build their jobs from it."""
+    A block's own ``epochs`` becomes the run's train.epochs (so editing train.epochs reruns only the
+    methods that use it). The workflow passes it to the job as the rule's ``params`` (editing any part
+    reruns the run), and the benchmarks build their jobs from it."""
     pre = cfg["pretrain"]
-    hp = pre["methods"][method]
+    hp = {k: v for k, v in pre["methods"][method].items() if k != "epochs"}
+    own = pre["methods"][method]
+    train = {**pre["train"], "seed": int(seed), **({"epochs": own["epochs"]} if "epochs" in own else {})}
     recipes = sorted({hp[key] for key in ("augment", "spatial_augment") if key in hp})
-    return {"method": method, "hp": hp, "model": cfg["model"], "train": {**pre["train"], "seed": int(seed)},
+    return {"method": method, "hp": hp, "model": cfg["model"], "train": train,
             "augment": {name: pre["augment"][name] for name in recipes}}
 
 

@@ -39,13 +39,15 @@ def _pretrain(settings: dict[str, Any]) -> dict[str, Any]:
     """One pretraining run's settings (sslad.registry.pretrain_run_settings): the method's own block."""
     pre = _config_schema()["properties"]["pretrain"]["properties"]
     methods = pre["methods"]["properties"]
-    method = settings.get("method")
+    method = settings.get("method")  # an unknown one: the enum below names it
+    hp = copy.deepcopy(methods.get(method, {}))
+    hp.get("properties", {}).pop("epochs", None)  # a block's own epochs arrive as train.epochs
     train = copy.deepcopy(pre["train"])
     train["properties"]["seed"] = {"type": "integer", "minimum": 0}
     train["required"] = [*train["required"], "seed"]
     recipe = pre["augment"]["properties"]["spatial"]
     return {"type": "object", "additionalProperties": False, "required": ["method", "hp", "model", "train", "augment"],
-            "properties": {"method": {"enum": list(methods)}, "hp": methods.get(method, {}),
+            "properties": {"method": {"enum": list(methods)}, "hp": hp,
                            "model": _config_schema()["properties"]["model"], "train": train,
                            "augment": {"type": "object", "additionalProperties": recipe}}}
 
@@ -65,9 +67,19 @@ def _finetune(settings: dict[str, Any], init: str) -> dict[str, Any]:
     return s
 
 
+def _aggregate() -> dict[str, Any]:
+    """Aggregation's settings: the bootstrap size (finetune.n_bootstrap) and study.primary."""
+    props = _config_schema()["properties"]
+    return {"type": "object", "additionalProperties": False, "required": ["n_bootstrap", "primary"],
+            "properties": {"n_bootstrap": props["finetune"]["properties"]["n_bootstrap"],
+                           "primary": props["study"]["properties"]["primary"]}}
+
+
 # the stages whose settings are a few keys the rule always passes
+_EXPORT = ("preprocess", "space", "max_inputs", "horizon_months", "export")
 KEYS = {"template": ("template", "template_mask"), "pretrain-set": ("pretrain_splits", "exclude_cohorts"),
-        "label-fraction": ("subsample_validation",)}
+        "label-fraction": ("subsample_validation",), "export-encoder": _EXPORT,
+        "export-finetuned": (*_EXPORT, "finetune")}
 
 
 def _keys(keys: tuple[str, ...]) -> dict[str, Any]:
@@ -76,9 +88,10 @@ def _keys(keys: tuple[str, ...]) -> dict[str, Any]:
 
 def check(stage: str, settings: dict[str, Any], init: str = "") -> None:
     """ValueError naming the first bad key of ``settings`` for ``stage``: the config blocks of simulate,
-    preprocess, pretrain and finetune, the keys of the stages in :data:`KEYS`."""
+    preprocess, pretrain, finetune and aggregate, the keys of the stages in :data:`KEYS`."""
     schemas = {"simulate": lambda: _block("simulate"), "preprocess": lambda: _block("preprocess", ("qc",)),
                "pretrain": lambda: _pretrain(settings), "finetune": lambda: _finetune(settings, init),
+               "aggregate": _aggregate,
                **{name: functools.partial(_keys, keys) for name, keys in KEYS.items()}}
     if stage not in schemas or not SCHEMA.exists():  # a wheel without the workflow: the workflow checked it
         return

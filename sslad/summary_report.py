@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from sslad.comparison import CONTROL_COLUMNS, MIN_CLAIM_SUBJECTS, MIN_RESAMPLABLE, TOO_FEW, at_setting
+from sslad.comparison import CONTROL_COLUMNS, MIN_RESAMPLABLE, TOO_FEW, at_setting
 from sslad.result_table import ALL, sorted_rows
 from sslad.schedule import SCHEDULE
 
@@ -56,7 +56,7 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
     if prim.empty:
         return lines + [f"**Not made: no task has results of both {init} and {reference} with a common seed at "
                         f"this setting**, so this study makes no primary claim.", ""]
-    need = primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS)
+    need = primary["min_test_subjects"]
     claimable = prim["auc_diff_p_holm"].notna()
     m, k, j = int(claimable.sum()), int(prim["favours"].sum()), int(prim["favours_reference"].sum())
     few = (f"{len(prim) - m} of {len(prim)} tasks have fewer than {need} positive or negative test subjects: too "
@@ -206,7 +206,7 @@ def _schedule_section(baseline: dict[str, pd.DataFrame], primary: dict[str, Any]
              f"`{SCHEDULE}`: a logistic regression on what a model could read without the image (number of "
              f"input scans, their span, the index visit's month, age at it, sex, cohort), fitted on the same "
              f"training samples. A gain that this baseline also has is not a gain of the images.", ""]
-    need = primary.get("min_test_subjects", MIN_CLAIM_SUBJECTS)
+    need = primary["min_test_subjects"]
     for init, rows in baseline.items():
         if rows.empty:
             lines += [f"- {init}: no results of both {init} and {SCHEDULE} at this setting.", ""]

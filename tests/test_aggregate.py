@@ -34,8 +34,9 @@ TEST = pd.DataFrame([{"participant_id": f"sub-{i:03d}", "index_session": ses,
                       "label": int(i < N_POS_SUBJECTS and not (i == 3 and ses == "ses-M000"))}
                      for i in range(N_SUBJECTS) for ses in (("ses-M000", "ses-M012") if i % 3 == 0 else ("ses-M000",))])
 N_BOOT = 400
-PRIMARY = {"init": "topc", "reference": "scratch", "mode": "full", "inputs": "history", "fraction": 1.0}
-SETTINGS = {"n_bootstrap": N_BOOT, "seed": 0, "primary": PRIMARY}
+PRIMARY = {"init": "topc", "reference": "scratch", "mode": "full", "inputs": "history", "fraction": 1.0,
+           "min_test_subjects": 10}
+SETTINGS = {"n_bootstrap": N_BOOT, "primary": PRIMARY}
 REASON = "the test samples need both classes, got 3 positive and 0 negative"
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -398,7 +399,7 @@ def test_primary_rows_adjust_for_the_number_of_tasks():
     boot = {"a": rng.normal(0.2, 0.05, 1000), "b": rng.normal(0.1, 0.045, 1000), "c": rng.normal(-0.3, 0.05, 1000)}
     comps = {t: comparison.Comparison(np.array([0.8 + b.mean(), 0.8 + b.mean()]), np.array([0.8, 0.8]), b, 10, 12)
              for t, b in boot.items()}
-    rows = comparison.primary_rows(comps, 1000).set_index("task")
+    rows = comparison.primary_rows(comps, 1000, min_subjects=10).set_index("task")
     for t, b in boot.items():
         assert rows.at[t, "auc_diff_low"] == pytest.approx(np.quantile(b, 0.025))
         assert rows.at[t, "auc_diff_adj_low"] == pytest.approx(np.quantile(b, 0.05 / 3 / 2))
@@ -408,10 +409,10 @@ def test_primary_rows_adjust_for_the_number_of_tasks():
     assert rows.favours_reference.to_dict() == {"a": False, "b": False, "c": True}
     assert rows.auc_diff_p_holm.to_numpy() == pytest.approx(metrics.holm(np.maximum(rows.auc_diff_p, 1e-3)))
     assert (rows.auc_diff_seed_sd == 0).all() and (rows.n_test_subjects_pos == 10).all()
-    assert comparison.primary_rows({}, 1000).empty
+    assert comparison.primary_rows({}, 1000, min_subjects=10).empty
     # a task with too few test subjects for a claim: its unadjusted interval, no verdict, not in the family
     comps["d"] = comparison.Comparison(np.array([0.9]), np.array([0.6]), np.full(1000, 0.3), 3, 12)
-    rows4 = comparison.primary_rows(comps, 1000).set_index("task")
+    rows4 = comparison.primary_rows(comps, 1000, min_subjects=10).set_index("task")
     assert rows4.at["d", "auc_diff"] == pytest.approx(0.3) and not rows4.at["d", "favours"]
     assert rows4.loc["d", ["auc_diff_low", "auc_diff_p"]].notna().all()
     assert rows4.loc["d", ["auc_diff_adj_low", "auc_diff_p_holm"]].isna().all()
@@ -525,9 +526,10 @@ def test_planted_null_rarely_claims_a_task():
     claims = naive_claims = 0
     for d in range(n_draws):
         tasks = {f"task{t}": _clustered_pairs(rng, 3, f"d{d}t{t}-") for t in range(7)}
-        rows = comparison.primary_rows({t: comparison.paired_auc_diff(p, n_boot) for t, p in tasks.items()}, n_boot)
+        rows = comparison.primary_rows({t: comparison.paired_auc_diff(p, n_boot) for t, p in tasks.items()}, n_boot,
+                                       min_subjects=10)
         claims += bool(rows["favours"].any())
-        naive = comparison.primary_rows({t: _naive(p, n_boot) for t, p in tasks.items()}, n_boot)
+        naive = comparison.primary_rows({t: _naive(p, n_boot) for t, p in tasks.items()}, n_boot, min_subjects=10)
         naive_claims += bool(naive["favours"].any())
     assert claims / n_draws <= 0.05
     assert naive_claims / n_draws > 0.1
@@ -541,7 +543,8 @@ def test_planted_effect_is_claimed():
     claimed = []
     for d in range(10):
         tasks = {f"task{t}": _clustered_pairs(rng, 3, f"d{d}t{t}-", gain=1.5) for t in range(7)}
-        rows = comparison.primary_rows({t: comparison.paired_auc_diff(p, n_boot) for t, p in tasks.items()}, n_boot)
+        rows = comparison.primary_rows({t: comparison.paired_auc_diff(p, n_boot) for t, p in tasks.items()}, n_boot,
+                                       min_subjects=10)
         assert not rows["favours_reference"].any()
         claimed.append(int(rows["favours"].sum()))
     assert min(claimed) >= 3 and np.mean(claimed) >= 5, claimed

@@ -149,7 +149,8 @@ def test_real_bids_variety_two_cohorts_pooled(tmp_path: Path):
     assert report.loc["OASIS3", "baseline_MCI"] == 0 and report.loc["ADNI", "baseline_MCI"] == 1
 
     cfg = {"horizon_months": 36, "visit_window_months": 3, "max_inputs": 3, "exclude_reverters": True,
-           "split": {"val": 0.2, "test": 0.25}, "seed": 0, "index_visits": "all", "match_bin_months": 12}
+           "split": {"val": 0.2, "test": 0.25}, "seed": 0, "index_visits": "all", "match_bin_months": 12,
+           "cohort_use": {"ADNI": "both", "OASIS3": "both"}}
     tables = build(scans, read_tsv(out["record"]), excluded, None, cfg)
     assert set(tables["subjects.tsv"]["cohort"]) == {"ADNI", "OASIS3"}
     for task, mci_label in (("dx_cn_mci", 1), ("dx_mci_ad", 0)):  # OASIS3 brings no MCI sample, the rest

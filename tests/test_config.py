@@ -115,8 +115,8 @@ def test_tasks_are_listed_once_in_the_code_and_nowhere_in_the_schema():
 
 
 def test_schema_checks_center_tcl_visits_and_the_shift():
-    """simclr's and topc's optional ``center`` is a boolean; tcl needs 3 visits per sequence (of two,
-    identity alone would find the target); a recipe's p_shift needs its shift."""
+    """simclr's and topc's ``center`` is a required boolean; tcl needs 3 visits per sequence (of two,
+    identity alone would find the target); a recipe states its shift."""
     import pytest
 
     def check(edit) -> None:
@@ -134,8 +134,10 @@ def test_schema_checks_center_tcl_visits_and_the_shift():
     with pytest.raises(jsonschema.ValidationError, match="2 is less than the minimum of 3"):
         check(lambda p: p["methods"]["tcl"].update(n_scans=2))
     check(lambda p: p["augment"]["spatial"].update(p_shift=0.8, shift=0.5))
-    with pytest.raises(jsonschema.ValidationError, match="'shift' is a dependency of 'p_shift'"):
-        check(lambda p: p["augment"]["temporal"].update(p_shift=0.8))
+    with pytest.raises(jsonschema.ValidationError, match="'shift' is a required property"):
+        check(lambda p: p["augment"]["temporal"].pop("shift"))
+    with pytest.raises(jsonschema.ValidationError, match="'center' is a required property"):
+        check(lambda p: p["methods"]["simclr"].pop("center"))
 
 
 def test_a_stage_run_by_hand_checks_its_settings_naming_the_key():

@@ -62,11 +62,13 @@ def separable_cohort(n_subjects: int, n_visits: int, seed: int, size: int = 16) 
 
 ARCH = {"depth": 10, "widths": [16, 16, 32, 32], "stem_kernel": 3, "stem_stride": 2, "max_pool": False,
         "norm": "group", "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
-AUGMENT = {"min_crop": 1.0, "p_rotate": 0.3, "max_rotate_deg": 10, "p_flip": 0.5, "p_gamma": 0.5, "gamma": [0.8, 1.25]}
+AUGMENT = {"min_crop": 1.0, "p_rotate": 0.3, "max_rotate_deg": 10, "p_flip": 0.5, "p_gamma": 0.5, "gamma": [0.8, 1.25],
+           "p_shift": 0.0, "shift": 0.0}
 HP = {"top": {"n_scans": 3, "hidden": 16},
       "tcl": {"n_scans": 3, "temperature": 0.1, "projection_dim": 16},
       "tmp": {"n_scans": 3, "temperature": 0.1, "projection_dim": 16},
-      "topc": {"n_scans": 3, "hidden": 16, "temperature": 0.5, "projection_dim": 16, "spatial_weight": 1.0}}
+      "topc": {"n_scans": 3, "hidden": 16, "temperature": 0.5, "projection_dim": 16, "spatial_weight": 1.0,
+               "center": True}}
 CPU = torch.device("cpu")
 
 

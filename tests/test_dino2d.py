@@ -20,7 +20,8 @@ from sslad.pretrain_data import ScanSet, step_batch, units
 
 MODEL = {"depth": 10, "widths": [8, 8, 16, 16], "stem_kernel": 3, "stem_stride": 1, "max_pool": True,
          "norm": "group", "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
-AUGMENT = {"min_crop": 1.0, "p_rotate": 0.3, "max_rotate_deg": 15, "p_flip": 0.5, "p_gamma": 0.8, "gamma": [0.7, 1.5]}
+AUGMENT = {"min_crop": 1.0, "p_rotate": 0.3, "max_rotate_deg": 15, "p_flip": 0.5, "p_gamma": 0.8, "gamma": [0.7, 1.5],
+           "p_shift": 0.0, "shift": 0.0}
 HP = {"slice_encoder": {"depth": 10, "widths": [16, 32, 64, 128], "stem_kernel": 3, "stem_stride": 2,
                         "max_pool": True, "norm": "group", "min_brain_fraction": 0.25},
       "slices_per_scan": 4, "local_crops": 4, "global_scale": [0.4, 1.0], "local_scale": [0.1, 0.4],

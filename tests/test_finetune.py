@@ -204,7 +204,8 @@ def test_history_finetuning_starts_from_the_aggregator_top_trained(cohort, tmp_p
     method = build("top", encoder, aggregator, 8, {"n_scans": 3, "hidden": 8})
     opt = torch.optim.Adam(method.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(0)
-    plain = {"min_crop": 1.0, "p_rotate": 0.0, "max_rotate_deg": 0, "p_flip": 0.0, "p_gamma": 0.0, "gamma": [1.0, 1.0]}
+    plain = {"min_crop": 1.0, "p_rotate": 0.0, "max_rotate_deg": 0, "p_flip": 0.0, "p_gamma": 0.0, "gamma": [1.0, 1.0],
+             "p_shift": 0.0, "shift": 0.0}
     for _ in range(3):
         batch = Batch(volumes, torch.arange(12).reshape(4, 3), months, torch.ones(4, 3, dtype=torch.bool),
                       [draw(12, plain, gen)], gen, torch.arange(4).repeat_interleave(3))

@@ -135,7 +135,8 @@ def test_labels_follow_visit_codes_and_the_whole_record(tmp_path):
     assert len(record) == len(OFF_SCHEDULE) and len(scans) == sum(v[4] for v in OFF_SCHEDULE)
     cfg = {"seed": 0, "horizon_months": 36, "visit_window_months": 3, "max_inputs": 3, "exclude_reverters": True,
            "split": {"val": 0.2, "test": 0.25}, "pretrain_splits": ["train", "val"],
-           "index_visits": "all", "match_bin_months": 12}  # every labelled visit, unmatched
+           "index_visits": "all", "match_bin_months": 12,  # every labelled visit, unmatched
+           "cohort_use": {"test": "both"}}
     tables = build(scans, record, excluded, None, cfg)
     for task, expected in EXPECTED.items():
         t = tables[f"tasks/{task}.tsv"]

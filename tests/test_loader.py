@@ -113,9 +113,10 @@ def test_pretraining_is_the_same_whatever_the_loader(cohort, tmp_path):
     """Streamed with 0 or 2 workers, or held in memory as before streaming: the same weights and
     losses, bit for bit (batches are the caller's, workers only read)."""
     s = {"method": "topc", "model": MODEL, "augment": {"a": {"min_crop": 0.7, "p_rotate": 0.5, "max_rotate_deg": 10,
-                                                             "p_flip": 0.5, "p_gamma": 0.8, "gamma": [0.7, 1.5]}},
+                                                             "p_flip": 0.5, "p_gamma": 0.8, "gamma": [0.7, 1.5],
+                                                             "p_shift": 0.0, "shift": 0.0}},
          "hp": {"n_scans": 3, "hidden": 8, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0,
-                "augment": "a", "spatial_augment": "a"},
+                "augment": "a", "spatial_augment": "a", "center": False},
          "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "seed": 3, "checkpoint_every": 1,
                    "device": "cpu", "holdout_subjects": 0.0, "checkpoint_activations": False, "micro_batch": 0}}
     scans = load_pretrain_scans(str(cohort / "pretrain.tsv"), str(cohort / "visits.tsv"), str(cohort / "splits.tsv"))

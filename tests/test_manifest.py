@@ -41,7 +41,7 @@ def all_tables(scans: pd.DataFrame, record: pd.DataFrame, qc: pd.DataFrame | Non
 
 @pytest.fixture(scope="module")
 def default_tables(default_config):
-    cfg = {**default_config["manifest"], **default_config["study"]}
+    cfg = {**default_config["manifest"], **default_config["study"], "cohort_use": {"sim": "both"}}
     return all_tables(*cohort_tables(default_config["simulate"]), None, cfg), cfg
 
 
@@ -59,7 +59,7 @@ def test_every_task_has_both_classes_in_every_split(default_tables):
 def test_splits_serve_every_task_on_other_seeds(default_config, sim_seed, split_seed):
     """Other cohorts and splits of the default size: every task keeps both classes in every split
     (the split seed 7 with cohort 20261130 once left fut_mci_ad's test split without a negative)."""
-    cfg = {**default_config["manifest"], **default_config["study"], "seed": split_seed}
+    cfg = {**default_config["manifest"], **default_config["study"], "seed": split_seed, "cohort_use": {"sim": "both"}}
     tables = build(*cohort_tables({**default_config["simulate"], "seed": sim_seed}),
                    pd.DataFrame(columns=EXCLUDED_COLUMNS), None, cfg)
     for task in cfg["tasks"]:
@@ -110,7 +110,7 @@ def test_fractions_nested_stratified_and_train_only(default_tables):
 
 
 def test_same_seed_byte_identical(tmp_path, default_config):
-    cfg = {**default_config["manifest"], **default_config["study"]}
+    cfg = {**default_config["manifest"], **default_config["study"], "cohort_use": {"sim": "both"}}
     scans, record = cohort_tables({**default_config["simulate"], "n_subjects": 30})
     write_tsv(scans, tmp_path / "scans.tsv")
     write_tsv(record, tmp_path / "record.tsv")

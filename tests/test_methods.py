@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from sslad.augment import AugmentParams, _theta, apply, draw, masked_zscore
 from sslad.methods import Batch, build, sequence_embeddings
+from sslad.methods.masked_temporal import hidden_sets
 from sslad.methods.simclr import nt_xent
-from sslad.methods.tcl import ordered_pairs, seen_visits
-from sslad.methods.tmp import hidden_sets
-from sslad.methods.top import OrderHead, order_pairs, undated_pairs
+from sslad.methods.temporal_contrastive import ordered_pairs, seen_visits
+from sslad.methods.temporal_order import OrderHead, order_pairs, undated_pairs
 from sslad.networks import TemporalAggregator, build_aggregator, build_encoder, feature_dim
 from sslad.pretrain_data import ScanSet, epoch_batches, step_batch, units
 
@@ -29,14 +29,18 @@ def tiny_arch(norm: str = "batch", temporal: str = "attention", stem_stride: int
             "max_pool": False, "norm": norm, "temporal": temporal, "temporal_layers": 1, "temporal_heads": 2}
 
 
-MILD = {"min_crop": 0.9, "p_rotate": 0.5, "max_rotate_deg": 5, "p_flip": 0.5, "p_gamma": 0.5, "gamma": [0.9, 1.1]}
-NONE = {"min_crop": 1.0, "p_rotate": 0.0, "max_rotate_deg": 0, "p_flip": 0.0, "p_gamma": 0.0, "gamma": [1.0, 1.0]}
-STRONG = {"min_crop": 0.6, "p_rotate": 1.0, "max_rotate_deg": 15, "p_flip": 0.5, "p_gamma": 1.0, "gamma": [0.7, 1.5]}
-HP = {"simclr": {"temperature": 0.5, "projection_dim": 8},
+MILD = {"min_crop": 0.9, "p_rotate": 0.5, "max_rotate_deg": 5, "p_flip": 0.5, "p_gamma": 0.5, "gamma": [0.9, 1.1],
+        "p_shift": 0.0, "shift": 0.0}
+NONE = {"min_crop": 1.0, "p_rotate": 0.0, "max_rotate_deg": 0, "p_flip": 0.0, "p_gamma": 0.0, "gamma": [1.0, 1.0],
+        "p_shift": 0.0, "shift": 0.0}
+STRONG = {"min_crop": 0.6, "p_rotate": 1.0, "max_rotate_deg": 15, "p_flip": 0.5, "p_gamma": 1.0, "gamma": [0.7, 1.5],
+          "p_shift": 0.0, "shift": 0.0}
+HP = {"simclr": {"temperature": 0.5, "projection_dim": 8, "center": True},
       "top": {"n_scans": 3, "hidden": 16},
       "tcl": {"n_scans": 3, "temperature": 0.5, "projection_dim": 8},
       "tmp": {"n_scans": 4, "temperature": 0.2, "projection_dim": 8},
-      "topc": {"n_scans": 3, "hidden": 16, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0}}
+      "topc": {"n_scans": 3, "hidden": 16, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0,
+               "center": False}}
 
 
 def atrophy_scans(n_subjects: int, n_visits: int, size: int, seed: int, growth: float = 0.08) -> ScanSet:
@@ -173,28 +177,26 @@ def test_nt_xent_centres_a_common_component_away():
 
 @pytest.mark.parametrize("name", ["simclr", "topc"])
 def test_simclr_center_setting_reaches_nt_xent(name, small_scans):
-    """``center`` (simclr's and topc's settings) decides nt_xent's centring; left out, it is on for a
-    group-norm encoder (config.yaml's demo) and off for a batch-norm one (config/paper.yaml)."""
+    """``center`` (simclr's and topc's settings, required) decides nt_xent's centring, whatever the norm."""
     vols = small_scans.volumes[:6]
     subjects = torch.arange(6)
     views = [draw(6, MILD, torch.Generator().manual_seed(k)) for k in (1, 2)]
     losses = {}
     for norm in ("group", "batch"):
-        for center in (None, True, False):
+        for center in (True, False):
             torch.manual_seed(0)
             arch = tiny_arch(norm)
-            hp = HP[name] if center is None else {**HP[name], "center": center}
+            hp = {**HP[name], "center": center}
             method = build(name, build_encoder(arch), build_aggregator(arch), feature_dim(arch), hp)
             spatial = method if name == "simclr" else method.spatial
-            assert spatial.center == (center if center is not None else norm == "group"), (norm, center)
+            assert spatial.center == center, (norm, center)
             spatial.eval()  # batch norm with running statistics: the same encodings on every call
             with torch.no_grad():
                 z1 = spatial.projector(spatial.encoder(apply(vols, views[0])))
                 z2 = spatial.projector(spatial.encoder(apply(vols, views[1])))
                 loss = spatial.spatial_loss(vols, views[0], views[1], subjects)
-                want = center if center is not None else norm == "group"
                 assert float(loss) == pytest.approx(float(nt_xent(z1, z2, HP[name]["temperature"], subjects,
-                                                                  center=want)), rel=1e-6)
+                                                                  center=center)), rel=1e-6)
                 losses[norm, center] = float(loss)
     assert losses["group", True] != pytest.approx(losses["group", False], rel=1e-3)
 
@@ -634,7 +636,8 @@ def test_top_learns_order_of_progressive_atrophy():
     encoder, aggregator = build_encoder(arch), build_aggregator(arch)
     method = build("top", encoder, aggregator, feature_dim(arch), {"n_scans": 3, "hidden": 16})
     opt = torch.optim.Adam(method.parameters(), lr=3e-3)
-    aug = {"min_crop": 0.9, "p_rotate": 0.5, "max_rotate_deg": 5, "p_flip": 0.5, "p_gamma": 0.0, "gamma": [1, 1]}
+    aug = {"min_crop": 0.9, "p_rotate": 0.5, "max_rotate_deg": 5, "p_flip": 0.5, "p_gamma": 0.0, "gamma": [1, 1],
+           "p_shift": 0.0, "shift": 0.0}
     before = order_accuracy(method, held_out)
     pool = units(train_scans, method.sampling)
     losses = []

@@ -25,13 +25,14 @@ from sslad.pretrain_data import load_pretrain_scans
 
 MODEL = {"depth": 10, "widths": [8, 8, 16, 16], "stem_kernel": 3, "stem_stride": 1, "max_pool": True,
          "norm": "group", "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
-AUGMENT = {"min_crop": 0.7, "p_rotate": 0.5, "max_rotate_deg": 10, "p_flip": 0.5, "p_gamma": 0.8, "gamma": [0.7, 1.5]}
-HP = {"simclr": {"temperature": 0.5, "projection_dim": 8, "augment": "spatial"},
+AUGMENT = {"min_crop": 0.7, "p_rotate": 0.5, "max_rotate_deg": 10, "p_flip": 0.5, "p_gamma": 0.8, "gamma": [0.7, 1.5],
+           "p_shift": 0.0, "shift": 0.0}
+HP = {"simclr": {"temperature": 0.5, "projection_dim": 8, "augment": "spatial", "center": True},
       "top": {"n_scans": 3, "hidden": 8, "augment": "spatial"},
       "tcl": {"n_scans": 3, "temperature": 0.5, "projection_dim": 8, "augment": "spatial"},
       "tmp": {"n_scans": 3, "temperature": 0.2, "projection_dim": 16, "augment": "spatial"},
       "topc": {"n_scans": 3, "hidden": 8, "temperature": 0.5, "projection_dim": 8, "spatial_weight": 1.0,
-               "augment": "spatial", "spatial_augment": "spatial"}}
+               "augment": "spatial", "spatial_augment": "spatial", "center": True}}
 
 
 def settings(method: str, epochs: int = 2, batch: int = 4, every: int = 1) -> dict:
@@ -476,9 +477,17 @@ def test_pretraining_times_are_fractional_months_of_the_acquisition_days(manifes
 
 
 def test_a_method_block_may_set_its_own_epochs(manifest, tmp_path):
-    """A temporal method's epoch is a pass over subjects (a few steps), so its block may ask for more."""
-    s = settings("top", epochs=1)
-    s["hp"] = {**s["hp"], "epochs": 3}
+    """A temporal method's epoch is a pass over subjects (a few steps), so its block may ask for more:
+    the run's settings carry them as train.epochs, and the run trains that many."""
+    from sslad.registry import pretrain_run_settings
+
+    base = settings("top", epochs=1)
+    cfg = {"pretrain": {"methods": {"top": {**base["hp"], "epochs": 3}}, "train": base["train"],
+                        "augment": base["augment"]}, "model": base["model"]}
+    s = pretrain_run_settings(cfg, "top", 3)
+    assert s["train"]["epochs"] == 3 and "epochs" not in s["hp"]
+    assert pretrain_run_settings({**cfg, "pretrain": {**cfg["pretrain"], "methods": {"top": base["hp"]}}},
+                                 "top", 3)["train"]["epochs"] == 1
     metrics = pretrain.run(s, str(manifest / "pretrain.tsv"), str(manifest / "visits.tsv"),
                            str(manifest / "splits.tsv"), pretrain.Outputs.under(tmp_path), 1)
     assert metrics["epochs"] == 3 and len(metrics["history"]) == 3

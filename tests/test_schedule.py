@@ -34,7 +34,9 @@ def _study_tables(cfg: dict) -> dict[str, pd.DataFrame]:
         prefix = {"participant_id": lambda d: f"c{i}" + d["participant_id"], "cohort": cohort["name"]}
         scans.append(s.assign(**prefix))
         records.append(r.assign(**prefix))
-    return build(pd.concat(scans), pd.concat(records), pd.DataFrame(columns=EXCLUDED_COLUMNS), None, cfg["manifest"])
+    uses = {"cohort_use": {c["name"]: c["use"] for c in resolve_cohorts(cfg)}}
+    return build(pd.concat(scans), pd.concat(records), pd.DataFrame(columns=EXCLUDED_COLUMNS), None,
+                 {**cfg["manifest"], **uses})
 
 
 @pytest.mark.parametrize("study", ["config.yaml", "config/validation.yaml"])

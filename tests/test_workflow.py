@@ -207,6 +207,27 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
 
 
 # The next two need the study up to date, as the fixture leaves it (later tests edit and rerun parts).
+def test_results_page_section_is_written_from_the_study_outputs(study, tmp_path):
+    """docs/results_page.py writes a study's section of docs/results.md from its outputs alone: the
+    primary comparison's numbers are summary.csv's, and a rerun replaces the section in place."""
+    import pandas as pd
+
+    page = tmp_path / "results.md"
+    page.write_text("# Measured results\n\nIntroduction.\n\n## An older section\n\ntext\n")
+    cmd = [sys.executable, str(ROOT / "docs" / "results_page.py"), "--results", str(study / "results"),
+           "--name", "tiny", "--title", "The tiny study", "--command", "snakemake", "--page", str(page)]
+    for _ in range(2):
+        subprocess.run(cmd, check=True, capture_output=True)
+    text = page.read_text()
+    assert text.count("<!-- results:tiny -->") == 1 and text.index("The tiny study") < text.index("An older section")
+    summary = pd.read_csv(study / "results/summary.csv")
+    prim = summary[summary["claim"].fillna("").str.startswith("primary:") & summary["auc_diff"].notna()]
+    assert len(prim)
+    for r in prim.itertuples():
+        assert f"| {r.task} | {r.init} | {r.auc_diff:+.3f} [" in text
+    assert "Pretraining loss" in text and "**Order probe" in text
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -291,6 +312,90 @@ def test_scores_are_full_precision_logits_and_counts_are_reported(study):
     rows = {r["mode"]: r for r in json.loads((job / "metrics.json").read_text())["rows"]}
     for mode, part in preds.groupby("mode"):
         assert auc(part["label"], part["logit"]) == pytest.approx(rows[mode]["auc"], abs=1e-12)
+
+
+def test_exports_predict_new_scans_and_serve_as_the_init_of_another_study(study, tmp_path, monkeypatch):
+    """Exports rebuild the study's models; `snakemake predict` scores never-seen scans as the fine-tuning
+    code does and refuses a training participant; an exported encoder is an init where the inputs match."""
+    import pandas as pd
+    import torch
+
+    from sslad import export
+    from sslad.finetune import Scans, build_samples, predict, scan_keys
+    from sslad.labels import task_samples
+    from sslad.networks import load_encoder
+    from sslad.volumes import open_arrays, read_visits
+
+    torch.set_num_threads(1)  # as the fine-tuning jobs
+    monkeypatch.chdir(study)  # the study's tables name its files relative to it
+    topc = "export={inits: [topc]}"  # every encoder, one fine-tuned model per task
+    assert planned_jobs(study, "export_all", "--config", topc) == {
+        "export_digests": 1, "export_encoder": len(INITS) - 1, "export_finetuned": len(TASKS), "export_all": 1}
+    snakemake(study, "export_all", "--config", topc)
+    x = torch.randn(2, 1, *export.load(study / "results/export/encoders/topc/seed-0").description["input"]["grid"])
+    for method in INITS[1:]:
+        out = study / f"results/export/encoders/{method}/seed-0"
+        files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # but Snakemake's time stamp
+        assert files == sorted([export.WEIGHTS, export.DESCRIPTION, export.TRAINING, export.CARD])
+        encoder = load_encoder(study / f"results/pretrain/{method}/seed-0/encoder.pt")[0].eval()
+        with torch.no_grad():
+            assert torch.equal(export.load(out).encoder(x), encoder(x)), method
+    # the fine-tuned export gives the study's test logits, through the fine-tuning code
+    task, model_dir = TASKS[0], study / f"results/export/finetuned/{TASKS[0]}/topc"
+    model = export.load(model_dir).classifier()
+    table = pd.read_csv(study / f"results/manifest/tasks/{task}.tsv", sep="\t", dtype={"participant_id": str})
+    keys = scan_keys(table, "history")
+    scans = Scans(open_arrays(read_visits(study / "results/manifest/visits.tsv"), keys, "task"), torch.device("cpu"))
+    test = build_samples({"test": table[table["split"] == "test"]}, "history", {k: i for i, k in enumerate(keys)})
+    study_logits = pd.read_csv(study / f"results/finetune/{task}/topc/pretrain-seed-0/frac-1/seed-0/predictions.tsv",
+                               sep="\t").query("mode == 'full'")["logit"].to_numpy()
+    assert predict(model, scans, test["test"]) == pytest.approx(study_logits, abs=1e-6)
+    assert "| schedule-only baseline (no image) |" in (model_dir / export.CARD).read_text()
+
+    # two participants never in the study: the study's preprocessing, then the fine-tuning code's logits
+    settings = yaml.safe_load((study / "config.yaml").read_text())["simulate"] | {"resolution_mm": 6, "n_subjects": 2,
+                                                                                  "seed": 99}
+    new = tmp_path / "new_bids"
+    subprocess.run([sys.executable, "-m", "sslad", "simulate", "--settings", json.dumps(settings), "--out", str(new)],
+                   check=True, capture_output=True)
+    snakemake(study, "predict", "--config", topc, f"predict={{bids_dir: {new}, name: New}}")
+    prepared = pd.read_csv(study / "results/predict/scans.tsv", sep="\t", keep_default_na=False)
+    got = pd.read_csv(study / "results/predict/predictions.tsv", sep="\t", keep_default_na=False)
+    assert len(got) == len(prepared) >= 4 and got["participant_id"].str.startswith("sub-New").all()
+    assert {"logit", "probability", "class", "qc_pass", "qc_reason"} <= set(got.columns)
+    usable = prepared[prepared["qc_pass"].astype(str) == "True"]
+    record = prepared[["participant_id", "session_id", "days_from_baseline"]].assign(diagnosis="AD")
+    samples = task_samples(record, set(zip(usable["participant_id"], usable["session_id"])), task, 36, 3, False)
+    keys = scan_keys(samples, "history")
+    arrays = open_arrays(usable.set_index(["participant_id", "session_id"], drop=False), keys, "prepared")
+    want = predict(model, Scans(arrays, torch.device("cpu")),
+                   build_samples({"new": samples}, "history", {k: i for i, k in enumerate(keys)})["new"])
+    scored = got.set_index(["participant_id", "session_id"]).loc[list(zip(samples["participant_id"],
+                                                                          samples["index_session"]))]
+    assert len(want) >= 3 and scored["logit"].astype(float).to_numpy() == pytest.approx(want, abs=1e-6)
+    threshold = json.loads((model_dir / export.DESCRIPTION).read_text())["decision"]["threshold"]
+    assert (scored["class"].astype(int) == (scored["logit"].astype(float) >= threshold)).all()
+
+    # a training participant is refused, by name
+    leak = subprocess.run([sys.executable, "-m", "sslad", "predict", "--step", "prepare", "--model", str(model_dir),
+                           "--bids", str(study / "results/cohort/SiteA/bids"), "--name", "SiteA",
+                           "--template", str(next((study / "results/template").glob("*_T1w.nii.gz"))),
+                           "--template-mask", str(next((study / "results/template").glob("*_mask.nii.gz"))),
+                           "--out-dir", str(tmp_path / "leak")], capture_output=True, text=True)
+    trained = pd.read_csv(model_dir / export.TRAINING, sep="\t").query("role == 'train'")["participant_id"].iloc[0]
+    assert leak.returncode == 1 and "(leak check)" in leak.stderr and f"{trained}: id in the " in leak.stderr
+    assert not (tmp_path / "leak/scans.tsv").exists()
+
+    # an exported encoder as the init `external` of another study: refused on another grid, run on this one
+    ext = f"pretrain={{external: {{checkpoint: {study / 'results/export/encoders/topc/seed-0'}}}}}"
+    target = "results/pretrain/external/encoder.pt"
+    proc = snakemake(study, target, "--config", ext, "preprocess={voxel_mm: 4.0}", check=False)
+    log = (study / "results/logs/pretrain/external.log").read_text()
+    assert proc.returncode != 0 and "voxel_mm 6.0 in the export, 4.0 here" in log and "grid" in log
+    cell = f"results/finetune/{task}/external/frac-1/seed-0/metrics.json"
+    snakemake(study, cell, "--config", ext, f"study={{inits: [{', '.join([*INITS, 'external'])}]}}")
+    metrics = json.loads((study / cell).read_text())
+    assert metrics["encoder"].endswith(target) and {r["mode"] for r in metrics["rows"]} == {"full", "probe"}
 
 
 def test_learning_edits_rerun_only_what_they_affect(study):
@@ -684,7 +789,8 @@ def test_hostile_dataset_runs_no_command_and_reports_every_bad_case(tmp_path):
 PRE_QUOTED = {"threads", "resources.runtime", "resources.mem_mb", "resources.gpu", "resources.loader_workers",
               "resources.nodes", "resources.tasks_per_node", "params.cells", "params.outputs", "params.inputs",
               "params.cohorts", "params.encoder", "params.device_memory_gb", "params.stages",
-              "params.pretrain_seed"}  # an int, formatted by pretrain_seed_arg
+              "params.pretrain_seed",  # an int, formatted by pretrain_seed_arg
+              "params.files"}  # NAME=PATH pairs, each shlex-quoted (export_finetuned)
 
 
 def test_every_value_that_reaches_a_shell_command_is_quoted():

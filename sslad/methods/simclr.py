@@ -31,7 +31,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, groups: torc
     parallel (cosine ~0.96 between any two demo scans), every logit is alike and the loss stayed at
     log(2N - 1) for 100 epochs; centred, it falls (demo tuning cohort: 2.68 -> 1.70). The mean is over
     the gathered batch, so data-parallel ranks compute what one process would. A method's ``center``
-    setting, on by default for encoders without batch norm (:func:`centres_by_default`)."""
+    setting (on in config.yaml, group norm; off in config/paper.yaml, batch norm)."""
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     if center:
         z = F.normalize(z - z.mean(0, keepdim=True), dim=1)
@@ -47,14 +47,6 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, groups: torc
     return F.cross_entropy(sim, target)
 
 
-def centres_by_default(encoder: nn.Module) -> bool:
-    """NT-Xent's ``center`` when a method's settings leave it out: on for an encoder without batch norm
-    (group or instance norm: config.yaml's demo), off with batch norm (config/paper.yaml, as
-    3D-Neuro-SimCLR), whose features the batch statistics already spread apart."""
-    batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-    return not any(isinstance(m, batch_norms) for m in encoder.modules())
-
-
 class SimCLR(nn.Module):
     sampling = Sampling(seq_len=1, min_scans=1, views=("augment", "augment"))
 
@@ -63,7 +55,7 @@ class SimCLR(nn.Module):
         self.encoder = encoder
         self.projector = ProjectionHead(dim, dim, hp["projection_dim"])
         self.temperature = hp["temperature"]
-        self.center = hp.get("center", centres_by_default(encoder))  # NT-Xent on centred projections
+        self.center = hp["center"]  # NT-Xent on centred projections
 
     def spatial_loss(self, volumes: torch.Tensor, view1: AugmentParams, view2: AugmentParams,
                      subjects: torch.Tensor) -> torch.Tensor:

@@ -439,3 +439,103 @@ def sslad_shell_prefix(root):
 
 
 shell.prefix(sslad_shell_prefix(workflow.basedir))
+
+
+def external_settings():
+    """The import's settings; for an sslad export (a directory with description.json, sslad/export.py)
+    also this study's preprocessing and space, which the export's inputs must match."""
+    external = config["pretrain"]["external"]
+    out = {"model": config["model"], "stem_stride": external["stem_stride"]}
+    if os.path.isfile(os.path.join(external["checkpoint"], "description.json")):
+        out.update(preprocess=config["preprocess"], space=template_space())
+    return json.dumps(out, sort_keys=True)
+
+
+# Exports and predictions (workflow/rules/export.smk, sslad/export.py)
+def export_pick(key, pool, name):
+    """export.<key> (a study value, checked to be one) or, when null, the first of ``pool``."""
+    value = config["export"][key]
+    if value is None:
+        return pool[0]
+    if value not in pool:
+        raise ValueError(f"invalid configuration: export.{key} {value} is not one of {name} {pool}")
+    return value
+
+
+def export_list(key, pool, name):
+    """export.<key> (a subset of ``pool``), or all of ``pool`` when empty."""
+    chosen = config["export"][key] or pool
+    extra = [v for v in chosen if v not in pool]
+    if extra:
+        raise ValueError(f"invalid configuration: export.{key} lists {extra}, not in {name} {pool}")
+    return chosen
+
+
+EXPORT_SEED = export_pick("seed", config["study"]["seeds"], "study.seeds")
+EXPORT_PRETRAIN_SEED = export_pick("pretrain_seed", config["pretrain"]["seeds"], "pretrain.seeds")
+EXPORT_FRACTION = export_pick("fraction", config["study"]["label_fractions"], "study.label_fractions")
+EXPORT_TASKS = export_list("tasks", config["study"]["tasks"], "study.tasks")
+EXPORT_INITS = export_list("inits", [i for i in config["study"]["inits"] if i != "schedule"], "study.inits")
+EXPORT = f"results/export/{FOLD}"
+
+
+def export_settings(wildcards):
+    """What an export records and checks (preprocessing, grid, sequence), and for a fine-tuned model
+    the fine-tuning job's own settings, so that its rerun is the job's."""
+    out = {
+        "preprocess": config["preprocess"],
+        "space": template_space(),
+        "max_inputs": config["manifest"]["max_inputs"],
+        "horizon_months": config["manifest"]["horizon_months"],
+        "export": config["export"],
+    }
+    if "init" in wildcards.keys():
+        out["finetune"] = json.loads(finetune_settings(wildcards))
+    return json.dumps(out, sort_keys=True)
+
+
+def export_cell_files(wildcards):
+    """The study's files behind one fine-tuned export: its cell's tables, results and encoder."""
+    fold, task, init = fold_of(wildcards), wildcards.task, wildcards.init
+    frac, seed = fraction_name(EXPORT_FRACTION), EXPORT_SEED
+    run = f"pretrain-seed-{EXPORT_PRETRAIN_SEED}/" if pretrained(init) else ""
+    cell = f"results/finetune/{fold}{task}/{init}/{run}frac-{frac}/seed-{seed}"
+    files = {
+        "task": f"results/manifest/{fold}tasks/{task}.tsv",
+        "fraction": f"results/manifest/{fold}fractions/{task}/seed-{seed}/frac-{frac}.tsv",
+        "visits": "results/manifest/visits.tsv",
+        "metrics": f"{cell}/metrics.json",
+        "predictions": f"{cell}/predictions.tsv",
+        "digests": "results/export/image_digests.tsv",
+        "table": "results/table.csv",
+        "template": rules.template.output.t1w,
+        "template_mask": rules.template.output.mask,
+    }
+    if init == "external":
+        files["encoder"] = "results/pretrain/external/encoder.pt"
+    elif pretrained(init):
+        run_dir = f"results/pretrain/{fold}{init}/seed-{EXPORT_PRETRAIN_SEED}"
+        files.update(
+            encoder=f"{run_dir}/encoder.pt",
+            pretrain_metrics=f"{run_dir}/metrics.json",
+            pretrain=f"results/manifest/{fold}pretrain.tsv",
+        )
+    return files
+
+
+def predict_model(wildcards):
+    """The export predict uses: config predict.model, else study.primary.init's of the first task."""
+    if config["predict"]["model"]:
+        return config["predict"]["model"]
+    if LOCO:
+        raise ValueError(
+            "invalid configuration: predict.model is empty in a leave-one-cohort-out study: name the "
+            "fold's export (results/export/heldout-<cohort>/finetuned/<task>/<init>)"
+        )
+    return f"results/export/finetuned/{config['study']['tasks'][0]}/{config['study']['primary']['init']}"
+
+
+def predict_bids(wildcards):
+    if not config["predict"]["bids_dir"]:
+        raise ValueError("invalid configuration: predict.bids_dir is empty: set it to the BIDS tree of the new scans")
+    return config["predict"]["bids_dir"]

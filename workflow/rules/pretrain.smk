@@ -112,9 +112,7 @@ rule import_external:
         mem_mb=2000,
         runtime=10,
     params:
-        settings=json.dumps(
-            {"model": config["model"], "stem_stride": config["pretrain"]["external"]["stem_stride"]}, sort_keys=True
-        ),
+        settings=external_settings(),
     shell:
         "sslad import-external --settings {params.settings:q} --checkpoint {input:q} --out {output:q} > {log:q} 2>&1"
 

@@ -1,6 +1,6 @@
 """TOP + spatial contrastive ("SSL-TOPC"): ``top``'s order loss through the aggregator on one view of
 each sampled subject's scans (recipe ``augment``; each pair scored undated within the subject's
-sequence, see :mod:`sslad.methods.top`), plus ``spatial_weight`` x ``simclr``'s NT-Xent
+sequence, see :mod:`sslad.methods.temporal_order`), plus ``spatial_weight`` x ``simclr``'s NT-Xent
 between two further views (``spatial_augment``) of a separate batch of single scans drawn from
 every pretraining scan, as simclr draws them (single-visit subjects included, other visits of a
 subject never negatives). So topc against simclr and top isolates the combination. Each term sees
@@ -15,7 +15,7 @@ from torch import nn
 
 from sslad.methods import Batch, Sampling
 from sslad.methods.simclr import SimCLR
-from sslad.methods.top import TOP
+from sslad.methods.temporal_order import TOP
 
 
 class TOPC(nn.Module):
