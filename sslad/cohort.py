@@ -144,10 +144,13 @@ def _t1w_images(bids: Path, sub: str, ses: str) -> list[Path]:
 
 
 def ingest(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: str = "bids",
-           strict: bool = False, notes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+           strict: bool = False, notes: list[str] | None = None,
+           diagnosis_required: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Return (scans, record, excluded) for a BIDS tree; in strict mode the first problem raises.
     ``notes`` (when given) receives one line per visit read in a way worth reporting that excludes
     nothing: a time taken from the visit code, an uncompressed .nii image, an acq- entity.
+    ``diagnosis_required=False`` (new participants to score, whose diagnosis is what is predicted)
+    keeps a visit without a known diagnosis, its diagnosis "".
 
     A visit without an image is not a problem of the data (ADNI has many): it joins the record and
     is listed in ``excluded`` as a scan that cannot be an input, even in strict mode. A missing age
@@ -211,10 +214,11 @@ def ingest(bids_dir: str | Path, aliases: dict[str, str | None], cohort_name: st
                 reject(sub, ses, sessions_tsv, "duplicate session_id in sessions.tsv")
                 continue
             raw_dx = row.get("diagnosis")
-            if pd.isna(raw_dx) or str(raw_dx).upper() not in alias:
+            known = not pd.isna(raw_dx) and str(raw_dx).upper() in alias
+            if not known and diagnosis_required:
                 reject(sub, ses, sessions_tsv, f"unknown diagnosis {raw_dx!r}")
                 continue
-            dx = alias[str(raw_dx).upper()]
+            dx = alias[str(raw_dx).upper()] if known else ""
             if dx is None:
                 reject(sub, ses, sessions_tsv, f"diagnosis {raw_dx!r} excluded by the diagnosis_aliases")
                 continue

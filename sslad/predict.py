@@ -81,7 +81,7 @@ def prepare(bids_dir: str, name: str, export_dir: str, template: str, template_m
         if file_digest(path) != inp[key]:
             raise ValueError(f"{path}: not the template the model's study registered to ({key} in "
                              f"{Path(export_dir) / DESCRIPTION}); use that study's results/template files")
-    scans, _, excluded = ingest(bids_dir, aliases, name)
+    scans, _, excluded = ingest(bids_dir, aliases, name, diagnosis_required=False)  # what is predicted
     for row in excluded.itertuples():
         print(f"excluded {row.participant_id} {row.session_id}: {row.reason} ({row.file})", file=sys.stderr)
     if scans.empty:

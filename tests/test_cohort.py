@@ -249,3 +249,19 @@ def test_an_empty_cohort_writes_its_exclusions_before_the_error(tmp_path: Path):
                                           r"most often: 1 x unknown diagnosis 'Weird'\)"):
         run(bids, ALIASES, "test", False, out / "scans.tsv", out / "record.tsv", out / "excluded.tsv")
     assert "unknown diagnosis" in (out / "excluded.no-usable-scan.tsv").read_text()
+
+
+def test_new_participants_to_score_need_no_diagnosis(tmp_path: Path):
+    """A study's cohorts need a known diagnosis at every visit; new participants to score (sslad predict)
+    do not: their diagnosis is what is predicted, and a sessions.tsv without the column is read."""
+    bids = tmp_path / "new"
+    bids.mkdir()
+    (bids / "participants.tsv").write_text("participant_id\tsex\nsub-01\tF\n")
+    _sessions(bids, "sub-01", "session_id\tdays_from_baseline\nses-M000\t0\nses-M012\t365\n")
+    for ses in ("ses-M000", "ses-M012"):
+        _scan(bids, "sub-01", ses)
+    scans, _, excluded = ingest(bids, ALIASES, "new")
+    assert scans.empty and set(excluded["reason"]) == {"unknown diagnosis None"}
+    scans, record, excluded = ingest(bids, ALIASES, "new", diagnosis_required=False)
+    assert list(scans["session_id"]) == ["ses-M000", "ses-M012"] and excluded.empty
+    assert set(record["diagnosis"]) == {""} and list(scans["days_from_baseline"]) == [0, 365]

@@ -37,6 +37,10 @@ CODE = ("Snakefile", "workflow", "envs", "sslad")  # what a clone holds and the 
 RUN = ("config.yaml", ".test")  # what a user edits in the run directory
 
 
+# the other tiny studies preprocess as .test/config.yaml's (6 mm, registration and N4 coarse)
+FAST_PREPROCESS = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())["preprocess"]
+
+
 def make_study(root: Path) -> Path:
     """A clone's code in root/checkout and a run directory root/run (returned)."""
     for names, where in ((CODE, root / "checkout"), (RUN, root / "run")):
@@ -671,7 +675,7 @@ def test_real_bids_variety_study_completes(tmp_path):
     adni, oasis = _variety_trees(tmp_path, work.parent / "checkout")
     (work / ".test/config.yaml").write_text(yaml.safe_dump({
         "cohorts": [{"name": "ADNI", "bids_dir": str(adni)}, {"name": "OASIS3", "bids_dir": str(oasis)}],
-        "preprocess": {"voxel_mm": 6.0},
+        "preprocess": FAST_PREPROCESS,
         "study": {"tasks": ["dx_cn_ad"], "label_fractions": [1.0], "seeds": [0], "inits": ["scratch", "simclr"],
                   "primary": {"init": "simclr"}, "controls": {"inputs": []}},
         "model": {"widths": [8, 8, 16, 16]},
@@ -751,7 +755,7 @@ def test_hostile_dataset_runs_no_command_and_reports_every_bad_case(tmp_path):
     bids, case = _hostile_tree(tmp_path, work.parent / "checkout")
     (work / ".test/config.yaml").write_text(yaml.safe_dump({
         "cohorts": [{"name": "HOSTILE", "bids_dir": str(bids)}],
-        "preprocess": {"voxel_mm": 6.0},
+        "preprocess": FAST_PREPROCESS,
         "manifest": {"index_visits": "all"},
         "study": {"tasks": ["dx_cn_ad"], "label_fractions": [1.0], "seeds": [0], "inits": ["scratch"],
                   "primary": {"init": "scratch", "reference": "schedule"}, "controls": {"inputs": []}}}))
