@@ -119,7 +119,8 @@ def run_finetune(a: dict) -> dict:
 
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["finetune"]
     settings = {**{k: v for k, v in cfg.items() if k != "n_bootstrap"}, "epochs": 1, "batch_size": 4,
-                "probe_epochs": 20, "device": "cpu", "modes": ["full", "probe"], "model": SMALL_ENCODER}
+                "probe_epochs": 20, "device": "cpu", "modes": ["full", "probe"], "model": SMALL_ENCODER,
+                "heldout": ""}
     out = Path(a["out"])
     cell = finetune.Cell(1.0, a["tables"]["fraction"], str(out / "metrics.json"), str(out / "predictions.tsv"))
     start = time.perf_counter()

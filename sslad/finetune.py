@@ -427,7 +427,7 @@ def run_schedule_cell(settings: dict[str, Any], task: str, seed: int, cell: Cell
     mode of its own: its one fit is the row of every configured mode, so each image model's row has
     its schedule reference at the same task, fraction, seed and mode."""
     job = {"task": task, "init": SCHEDULE, "fraction": cell.fraction, "seed": seed, "inputs": settings["inputs"],
-           "heldout": settings.get("heldout", ""), "encoder": "", "settings": settings}
+           "heldout": settings["heldout"], "encoder": "", "settings": settings}
     parts, skipped = _parts_or_skip(job, table, task_tsv, cell, "cpu")
     if parts is None:
         return skipped
@@ -451,7 +451,7 @@ def run_cell(settings: dict[str, Any], task: str, init: str, seed: int, cell: Ce
     or an encoder.pt with non-finite weights, skips the whole cell (a skipped cell has no rows)."""
     fraction = cell.fraction
     job = {"task": task, "init": init, "fraction": fraction, "seed": seed, "pretrain_seed": pretrain_seed,
-           "inputs": settings["inputs"], "heldout": settings.get("heldout", ""), "encoder": encoder_pt or "",
+           "inputs": settings["inputs"], "heldout": settings["heldout"], "encoder": encoder_pt or "",
            "settings": settings}
     parts, skipped = _parts_or_skip(job, table, task_tsv, cell, device.type)
     if parts is None:

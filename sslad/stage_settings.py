@@ -54,8 +54,8 @@ def _pretrain(settings: dict[str, Any]) -> dict[str, Any]:
 
 def _finetune(settings: dict[str, Any], init: str) -> dict[str, Any]:
     """The fine-tuning block as the rules pass it (finetune_block in workflow/rules/common.smk): no
-    n_bootstrap; the encoder for scratch; the fold in a leave-one-cohort-out study; modes and inputs only
-    for schedule; a control job's inputs (study.controls)."""
+    n_bootstrap; the encoder for scratch; the fold ("" unless leave-one-cohort-out); modes and inputs
+    only for schedule; a control job's inputs (study.controls)."""
     extra = {"model": _config_schema()["properties"]["model"], "heldout": {"type": "string"}}
     s = _block("finetune", ("n_bootstrap",), extra)
     controls = _config_schema()["properties"]["study"]["properties"]["controls"]["properties"]["inputs"]["items"]
@@ -64,6 +64,7 @@ def _finetune(settings: dict[str, Any], init: str) -> dict[str, Any]:
         s["required"] = ["modes", "inputs"]
     elif init == "scratch":
         s["required"] = [*s["required"], "model"]
+    s["required"] = [*s["required"], "heldout"]  # the fold's held-out cohort, "" in a pooled study
     return s
 
 

@@ -152,11 +152,11 @@ def test_a_stage_run_by_hand_checks_its_settings_naming_the_key():
     cfg = merged("config.yaml")
     for method in cfg["pretrain"]["methods"]:
         check("pretrain", pretrain_run_settings(cfg, method, 0))
-    ft = {k: v for k, v in cfg["finetune"].items() if k != "n_bootstrap"}
+    ft = {k: v for k, v in cfg["finetune"].items() if k != "n_bootstrap"} | {"heldout": ""}
     check("finetune", {**ft, "model": cfg["model"]}, "scratch")
     check("finetune", ft, "topc")
     check("finetune", {**ft, "inputs": "time_shuffled", "heldout": "SiteA"}, "topc")  # a control job's, a fold's
-    check("finetune", {"modes": ft["modes"], "inputs": ft["inputs"]}, "schedule")
+    check("finetune", {"modes": ft["modes"], "inputs": ft["inputs"], "heldout": ""}, "schedule")
     check("preprocess", {k: v for k, v in cfg["preprocess"].items() if k != "qc"})
     check("simulate", cfg["simulate"])
     bad = pretrain_run_settings(cfg, "top", 0)

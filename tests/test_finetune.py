@@ -25,7 +25,7 @@ from sslad.volumes import open_arrays, read_visits
 ARCH = {"depth": 10, "widths": [4, 4, 8, 8], "stem_kernel": 3, "stem_stride": 2, "max_pool": True, "norm": "batch",
         "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
 SETTINGS = {"device": "cpu", "inputs": "history", "modes": ["full", "probe"], "epochs": 4, "batch_size": 4,
-            "lr": 0.01, "probe_lr": 0.05, "probe_epochs": 30, "weight_decay": 0.0, "model": ARCH}
+            "lr": 0.01, "probe_lr": 0.05, "probe_epochs": 30, "weight_decay": 0.0, "model": ARCH, "heldout": ""}
 DAYS = [0, 182, 371]  # about 0, 6 and 12 months: fractional months, never rounded
 
 
@@ -91,7 +91,7 @@ def _run(cohort, tmp_path, init: str, encoder: str | None, **settings) -> pd.Dat
 
 def test_task_without_both_classes_is_skipped_with_its_reason(tmp_path):
     task_tsv, frac_tsv = _tables(tmp_path, [1, 1, 1])  # test: 3 positives, 0 negatives
-    settings = {"device": "cpu", "inputs": "history", "modes": ["full"]}
+    settings = {"device": "cpu", "inputs": "history", "modes": ["full"], "heldout": ""}
     cell = finetune.Cell(1.0, frac_tsv, str(tmp_path / "metrics.json"), str(tmp_path / "predictions.tsv"))
     [metrics] = finetune.run(settings, "fut_mci_ad", "scratch", 0, [cell], task_tsv, "unused.tsv", None, 1)
     assert metrics["rows"] == []
@@ -308,7 +308,7 @@ def test_an_empty_task_table_is_skipped(tmp_path, init):
     task_tsv, frac_tsv = _tables(tmp_path, [0, 1])
     write_tsv(read_tsv(task_tsv).iloc[:0], task_tsv)
     write_tsv(read_tsv(frac_tsv).iloc[:0], frac_tsv)
-    settings = {"device": "cpu", "inputs": "history", "modes": ["full"]}
+    settings = {"device": "cpu", "inputs": "history", "modes": ["full"], "heldout": ""}
     cell = finetune.Cell(1.0, frac_tsv, str(tmp_path / "metrics.json"), str(tmp_path / "predictions.tsv"))
     [metrics] = finetune.run(settings, "dx_cn_ad", init, 0, [cell], task_tsv, "unused.tsv", None, 1)
     assert metrics["rows"] == [] and "need both classes, got 0 positive and 0 negative" in metrics["skipped"]
@@ -320,7 +320,7 @@ def test_schedule_init_scores_the_schedule_alone(tmp_path):
     task = read_tsv(task_tsv).assign(span_months=0.0, index_age=[70.0, 75.0, 71.0, 76.0, 70.0, 75.0, 72.0, 77.0],
                                      sex="F", cohort="A")
     write_tsv(task, task_tsv)
-    settings = {"inputs": "history", "modes": ["full", "probe"]}
+    settings = {"inputs": "history", "modes": ["full", "probe"], "heldout": ""}
     cell = finetune.Cell(1.0, frac_tsv, str(tmp_path / "metrics.json"), str(tmp_path / "predictions.tsv"))
     [metrics] = finetune.run(settings, "dx_cn_ad", "schedule", 0, [cell], task_tsv, "unused.tsv", None, 1)
     assert [r["mode"] for r in metrics["rows"]] == ["full", "probe"]

@@ -213,9 +213,9 @@ def finetune_block(init):
 
 
 def finetune_settings(wildcards):
+    """A fine-tuning job's settings: its init's block and its fold (the held-out cohort, or "")."""
     ft = finetune_block(wildcards.init)
-    if LOCO:
-        ft["heldout"] = wildcards.heldout
+    ft["heldout"] = wildcards.heldout if LOCO else ""
     return json.dumps(ft, sort_keys=True)
 
 
@@ -224,8 +224,7 @@ def control_settings(wildcards):
     comparison's mode only; no other study key, so editing study.controls reruns no other job."""
     ft = finetune_block(wildcards.init)
     ft.update(inputs=wildcards.control, modes=[config["study"]["primary"]["mode"]])
-    if LOCO:
-        ft["heldout"] = wildcards.heldout
+    ft["heldout"] = wildcards.heldout if LOCO else ""
     return json.dumps(ft, sort_keys=True)
 
 
