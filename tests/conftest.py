@@ -21,3 +21,9 @@ def tiny_sim(default_config) -> dict:
     cfg = copy.deepcopy(default_config["simulate"])
     cfg.update(n_subjects=6, resolution_mm=6)
     return cfg
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The end-to-end workflow tests first: with two test processes (pyproject's addopts) the longest
+    file then runs beside all the others instead of after them."""
+    items.sort(key=lambda item: item.path.name != "test_workflow.py")
