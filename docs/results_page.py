@@ -40,10 +40,14 @@ def commit_of(results: Path) -> str:
     return ", ".join(sorted({c.split(":")[0] for c in codes})) or "unknown"
 
 
-def run_facts(results: Path) -> tuple[int, float]:
-    """(jobs, job seconds) from every job's benchmark file."""
+def run_facts(results: Path) -> tuple[str, float]:
+    """(jobs, job seconds): the jobs of the run's last Snakemake log ("N of N steps"), else the number of
+    benchmark files; the seconds of every job's benchmark file (rules without one add none)."""
     files = list((results / "benchmarks").rglob("*.tsv"))
-    return len(files), float(sum(pd.read_csv(f, sep="\t")["s"].sum() for f in files))
+    seconds = float(sum(pd.read_csv(f, sep="\t")["s"].sum() for f in files))
+    logs = sorted((results.parent / ".snakemake" / "log").glob("*.snakemake.log"))
+    done = re.findall(r"(\d+) of \d+ steps \(100%\) done", logs[-1].read_text()) if logs else []
+    return (f"{done[-1]} jobs" if done else f"{len(files)} jobs with a benchmark file"), seconds
 
 
 def primary_table(results: Path) -> list[str]:
@@ -56,7 +60,7 @@ def primary_table(results: Path) -> list[str]:
     for r in prim.itertuples(index=False):
         lines.append(f"| {r.task} | {r.init} | {_f(r.auc_diff, True)} [{_f(r.auc_diff_low, True)}, "
                      f"{_f(r.auc_diff_high, True)}] | {_f(r.auc_diff_p_holm)} | {_f(r.auc_diff_seed_sd)} | "
-                     f"{_f(r.auc_diff_pretrain_sd)} | {r.n_test_subjects_pos}/{r.n_test_subjects_neg} | "
+                     f"{_f(r.auc_diff_pretrain_sd)} | {r.n_test_subjects_pos:.0f}/{r.n_test_subjects_neg:.0f} | "
                      f"{_f(r.auc_mean)} | {r.claim.removeprefix('primary: ')} |")
     return lines
 
@@ -103,7 +107,7 @@ def section(results: Path, name: str, title: str, command: str, wall_min: float 
     jobs, seconds = run_facts(results)
     wall = f", {wall_min:.1f} min wall clock" if wall_min is not None else ""
     lines = [f"<!-- results:{name} -->", f"## {title} ({date}, commit {commit_of(results)})", "",
-             f"`{command}`: {jobs} jobs{wall}, {seconds / 60:.1f} min of job time.", "",
+             f"`{command}`: {jobs}{wall}, {seconds / 60:.1f} min of job time (rules with a benchmark file).", "",
              "**Primary comparison** (results/summary.csv):", "", *primary_table(results), "",
              *undertrained(results), "", *pretraining(results)]
     probe = order_probe(results)
