@@ -5,6 +5,7 @@ a tiny synthetic task (8^3 volumes, a 4-channel ResNet-10)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 from pathlib import Path
@@ -297,7 +298,8 @@ def test_a_job_is_bit_identical_when_rerun(cohort, tmp_path):
     git = subprocess.run(["git", "-C", str(Path(finetune.__file__).parent), "rev-parse", "HEAD"], capture_output=True,
                          text=True)
     assert metrics["provenance"]["commit"] == (git.stdout.strip() if git.returncode == 0 else "unknown")
-    assert metrics["provenance"]["packages"]["torch"] == torch.__version__
+    # the installed distribution's version (PyPI's CUDA wheel says 2.13.0 where torch.__version__ adds +cu130)
+    assert metrics["provenance"]["packages"]["torch"] == importlib.metadata.version("torch")
     assert metrics["provenance"]["device"] == "cpu" and set(metrics["provenance"]) == set(provenance.PROVENANCE_KEYS)
 
 
