@@ -25,7 +25,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from sslad.io import _UMASK, atomic_dir, read_tsv, write_json, write_tsv
+from sslad.io import atomic_dir, read_tsv, write_json, write_tsv
 from sslad.provenance import code_label, job_provenance
 
 FORMAT = "sslad-export/1"
@@ -215,9 +214,6 @@ def _finish(out_dir: str, desc: dict[str, Any], state: dict[str, torch.Tensor], 
         write_tsv(training, tmp / TRAINING)
         write_json(desc, tmp / DESCRIPTION)
         (tmp / CARD).write_text(card)
-        for file in (tmp / WEIGHTS, tmp / CARD):  # as write_tsv's: shared results, not mkstemp's 0600
-            os.chmod(file, 0o666 & ~_UMASK)
-        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
 
 
 def _counts(training: pd.DataFrame) -> str:

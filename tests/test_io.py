@@ -29,6 +29,9 @@ def test_files_arrive_whole_with_shared_permissions_and_replace_the_old(tmp_path
             assert tmp.name.endswith(".tsv") and tmp.parent == out.parent
             tmp.write_bytes(b"new\n")
         assert out.read_bytes() == b"new\n" and _mode(out) == 0o644
+        with atomic_dir(tmp_path / "dataset") as folder:
+            (folder / "participants.tsv").write_text("participant_id\n")
+        assert _mode(tmp_path / "dataset") == 0o755  # not mkdtemp's 0700
     finally:
         os.umask(umask)
     assert sorted(p.name for p in out.parent.iterdir()) == ["table.json", "table.tsv"]
