@@ -148,8 +148,8 @@ def pretrain_run_settings(cfg: dict[str, Any], method: str, seed: int) -> dict[s
     methods that use it). The workflow passes it to the job as the rule's ``params`` (editing any part
     reruns the run), and the benchmarks build their jobs from it."""
     pre = cfg["pretrain"]
-    hp = {k: v for k, v in pre["methods"][method].items() if k != "epochs"}
     own = pre["methods"][method]
+    hp = {k: v for k, v in own.items() if k != "epochs"}
     train = {**pre["train"], "seed": int(seed), **({"epochs": own["epochs"]} if "epochs" in own else {})}
     recipes = sorted({hp[key] for key in ("augment", "spatial_augment") if key in hp})
     return {"method": method, "hp": hp, "model": cfg["model"], "train": train,
