@@ -1,13 +1,15 @@
 """Paired comparisons of inits on the same test subjects: summary.csv, the primary comparison, its controls.
 
-Why a paired bootstrap over subjects and seeds: every init is tested on the same test samples with
-the same label-fraction subset (seed), so the AUC difference to the reference is judged on the same
-resampled test subjects for both models; the test-sample noise they share cancels, which an
-unpaired comparison of two intervals would not see. Subjects, not samples, are resampled because a
-subject's index visits are not independent evidence. Seeds are resampled too, because a
-difference that comes and goes with the training seed is not a property of the init; and a
+Why paired, over subjects and seeds: every init is tested on the same test samples with the same
+label-fraction subset (seed), so the AUC difference to the reference is judged on the same test
+subjects for both models; the test-sample noise they share cancels, which an unpaired comparison of
+two intervals would not see. Subjects, not samples, are the units of the bootstrap, because a
+subject's index visits are not independent evidence. The seeds' spread is in the variance too,
+because a difference that comes and goes with the training seed is not a property of the init; and a
 pretrained init's pretraining runs (pretrain.seeds), crossed with the seeds, because one that comes
-and goes with the pretraining run is not either.
+and goes with the pretraining run is not either. With 2-3 seeds that spread is known to 1-2 degrees
+of freedom, and the t intervals say so (:func:`paired_auc_diff`; error rates measured by
+benchmarks/calibration.py).
 
 Why controls beside it: a gain of a temporal init may come from the history (several scans) or from
 their times, or from neither. The primary init and reference fine-tuned again on reduced inputs
@@ -31,13 +33,12 @@ from typing import Any, Hashable, NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from sslad.metrics import (
     auc,
     auc_from_counts,
-    bootstrap_p,
     holm,
-    percentile_interval,
     subject_counts,
     subject_strata,
 )
@@ -69,7 +70,7 @@ TOO_FEW = "too few test subjects"
 PRIMARY_COLUMNS = ["task", "n_seeds", "n_pretrain_seeds", "n_test_subjects_pos", "n_test_subjects_neg", "auc_init",
                    "auc_reference", "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_seed_sd",
                    "auc_diff_pretrain_sd", "auc_diff_p", "auc_diff_p_holm",
-                   "auc_diff_adj_low", "auc_diff_adj_high", "favours", "favours_reference"]
+                   "auc_diff_adj_low", "auc_diff_adj_high", "auc_diff_df", "favours", "favours_reference"]
 
 
 # the controls of the primary comparison (summary.md), one row per task x control inputs:
@@ -81,7 +82,7 @@ CONTROL_COLUMNS = ["task", "inputs", "n_seeds", "auc_init", "auc_reference", "au
 
 # Fewer test subjects than this in either class: no interval or p, only the point difference (a
 # bootstrap over one subject per class has a single distinct resample). A claim needs more:
-# study.primary.min_test_subjects, below which percentile intervals are far too narrow.
+# study.primary.min_test_subjects, below which the bootstrap's test-subject variance is far too small.
 MIN_RESAMPLABLE = 2
 
 
@@ -99,12 +100,14 @@ class SeedPair(NamedTuple):
 @dataclass(frozen=True)
 class Comparison:
     """AUC of an init minus the reference's, over its cells (fine-tuning seeds, crossed with pretraining
-    runs where there are several): the per-cell AUCs and the bootstrap distribution of the mean
-    difference. ``runs``: each cell's pretraining run (-1: none); ``seeds``: its fine-tuning seed."""
+    runs where there are several): the per-cell AUCs, and the standard error and degrees of freedom of
+    the mean difference (:func:`paired_auc_diff`), from which its t interval and p-value follow.
+    ``runs``: each cell's pretraining run (-1: none); ``seeds``: its fine-tuning seed."""
 
     auc_a: np.ndarray
     auc_b: np.ndarray
-    boot: np.ndarray
+    se: float
+    df: float
     n_pos_subjects: int
     n_neg_subjects: int
     runs: np.ndarray | None = None
@@ -152,12 +155,24 @@ class Comparison:
         """At least ``n`` test subjects in each class."""
         return min(self.n_pos_subjects, self.n_neg_subjects) >= n
 
+    def _usable(self) -> bool:
+        return self.has_at_least(MIN_RESAMPLABLE) and math.isfinite(self.se) and math.isfinite(self.diff)
+
     @property
     def p(self) -> float:
-        return bootstrap_p(self.boot) if self.has_at_least(MIN_RESAMPLABLE) else math.nan
+        """Two-sided p-value of "no difference" from the t distribution on :attr:`df` degrees of freedom."""
+        if not self._usable():
+            return math.nan
+        if self.se == 0:
+            return 1.0 if self.diff == 0 else 0.0
+        return float(2 * stats.t.sf(abs(self.diff) / self.se, self.df))
 
     def interval(self, level: float) -> tuple[float, float]:
-        return percentile_interval(self.boot, level) if self.has_at_least(MIN_RESAMPLABLE) else (math.nan, math.nan)
+        """t interval of the mean difference at ``level``, within [-1, 1]."""
+        if not self._usable():
+            return math.nan, math.nan
+        half = float(stats.t.ppf(0.5 + level / 2, self.df)) * self.se
+        return max(-1.0, self.diff - half), min(1.0, self.diff + half)
 
 
 
@@ -166,45 +181,60 @@ def _key(text: str) -> int:
 
 
 
-def _crossed_weights(levels: list[tuple[Hashable, Hashable]], n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, k) weights of the k pairs when two crossed seed factors are drawn with replacement, each
-    independently: a pair weighs (draws of its first level) x (draws of its second)."""
-    first, second = (np.unique(np.array([str(v[i]) for v in levels]), return_inverse=True) for i in (0, 1))
-    if len(set(map(tuple, levels))) != len(levels) or len(levels) != first[0].size * second[0].size:
-        raise ValueError("crossed seeds must form a complete grid, each combination once")
-    draws = [(rng.integers(0, u.size, (n_boot, u.size))[:, :, None] == np.arange(u.size)).sum(axis=1)
-             for u, _ in (first, second)]
-    return (draws[0][:, first[1]] * draws[1][:, second[1]]).astype(np.float64)
+def _seed_variance(d: np.ndarray) -> tuple[float, float]:
+    """Variance of the mean of a runs x seeds table ``d`` of differences from its mean squares, both
+    factors random, and its degrees of freedom: (MS_runs + MS_seeds - MS_residual) / (runs x seeds),
+    the terms of a factor with one level left out; at least the larger factor's term alone (the
+    residual can pull the sum below what one factor shows). Satterthwaite degrees of freedom of the
+    factors' terms (the residual's would give a fraction of one on a 2 x 2 table)."""
+    r, f = d.shape
+    factors = [(f * float(np.var(d.mean(axis=1), ddof=1)) / (r * f), r - 1)] if r > 1 else []
+    factors += [(r * float(np.var(d.mean(axis=0), ddof=1)) / (r * f), f - 1)] if f > 1 else []
+    resid = d - d.mean(axis=1, keepdims=True) - d.mean(axis=0, keepdims=True) + d.mean()
+    residual = float((resid ** 2).sum()) / ((r - 1) * (f - 1) * r * f) if r > 1 and f > 1 else 0.0
+    var = max(sum(v for v, _ in factors) - residual, max(v for v, _ in factors))
+    total = sum(v for v, _ in factors)
+    df = total ** 2 / sum(v ** 2 / dof for v, dof in factors) if total > 0 else math.inf
+    return var, df
 
 
 
 def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0,
                     crossed: list[tuple[Hashable, Hashable]] | None = None) -> Comparison:
-    """Hierarchical paired bootstrap of the mean (over seeds) AUC difference a - b.
+    """Paired comparison of the mean (over cells) AUC difference a - b: its standard error from the test
+    subjects (a paired bootstrap) and from the seeds and pretraining runs (their spread), with a t interval.
 
-    Each resample draws test subjects within their strata (:func:`sslad.metrics.subject_counts`) and
-    applies the same draw to a and b and to every seed; it also draws the seeds with replacement
-    (not with one seed), so that seed-to-seed variation widens the interval. The subject draws are
-    keyed by the sorted test subject ids, so seeds (and inits) that share a test set share them, and
-    the draws do not depend on how many samples a subject has; the seed draws by the number of seeds.
+    The variance of the mean has two parts. (1) What every cell shares: the test subjects. A paired
+    bootstrap draws subjects within their strata (:func:`sslad.metrics.subject_counts`), the same draw
+    for a and b and for every cell (keyed by the sorted test subject ids), and the covariance of the
+    resampled differences of two cells that share no seed and no run is that shared part. (2) What
+    differs between cells: the seeds, the pretraining runs (``crossed``) and each cell's own reading of
+    the test subjects, estimated from the spread of the cells' differences by the mean squares of a
+    random runs x seeds table (:func:`_mean_squares`). The interval is the t interval on the
+    Satterthwaite degrees of freedom of the sum: with 2 seeds and little else, close to 1 degree of
+    freedom, as wide as two seeds warrant.
 
-    Calibration (benchmarks/calibration.py: 1,000 simulated studies per setting, 300 resamples): with
-    2-5 seeds, type-I error at nominal 5% is 1-3% with 10-20 test subjects per class and 3-6% with 50,
-    coverage 94-98%. Conservative where test-subject noise dominates, as resampling both crossed factors
-    counts their interaction twice; subtracting it from the seeds' spread instead gave 7-16% type-I error
-    (a variance from 2 seeds is too uncertain to net out). With one seed the interval covers test-subject
-    noise only (somewhat narrow).
+    Why not resample seeds and subjects together: a cell's own reading of the test subjects (the
+    subject x seed interaction) is then counted twice, once by each draw, and the test is conservative
+    where test-subject noise dominates (type-I error 1-3% at nominal 5% with 10-20 test subjects per
+    class, benchmarks/calibration.py); a percentile interval over 2-3 resampled seeds also has too
+    few distinct draws to reach its tails. With one cell the interval covers test-subject noise only.
 
     ``crossed``: per pair, its (pretraining run, fine-tuning seed) when the init was pretrained more than
-    once; the two are drawn as crossed factors instead of the pairs as independent seeds. Pairs that
-    share a pretraining run are not independent: drawn as if they were, 3 runs x 2 seeds with 50 test
-    subjects per class gave 11% type-I error and 90% coverage; crossed, 5% and 96% (and 0.2-3% type-I
-    error where test-subject noise dominates, conservative as above).
+    once, a complete grid; without it every pair is a seed of its own.
     """
     if not pairs:
         raise ValueError("paired_auc_diff needs at least one seed")
+    k = len(pairs)
+    levels = [(0, j) for j in range(k)] if crossed is None else list(crossed)
+    if len(levels) != k:
+        raise ValueError(f"crossed needs one (pretraining run, seed) per pair, got {len(levels)} for {k}")
+    runs, run_of = np.unique(np.array([str(v[0]) for v in levels]), return_inverse=True)
+    seeds, seed_of = np.unique(np.array([str(v[1]) for v in levels]), return_inverse=True)
+    if len(set(map(tuple, levels))) != k or k != runs.size * seeds.size:
+        raise ValueError("crossed seeds must form a complete grid, each combination once")
     counts: dict[tuple[str, bytes], np.ndarray] = {}
-    diffs = np.empty((len(pairs), n_boot))
+    diffs = np.empty((k, n_boot))
     n_pos, n_neg = [], []
     for j, pair in enumerate(pairs):
         y = np.asarray(pair.labels).astype(bool)
@@ -221,20 +251,23 @@ def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0,
         a, b = np.asarray(pair.a, np.float64), np.asarray(pair.b, np.float64)
         diffs[j] = (auc_from_counts(a[pos], a[neg], c[:, pos], c[:, neg])
                     - auc_from_counts(b[pos], b[neg], c[:, pos], c[:, neg]))
-    k = len(pairs)
+    auc_a = np.array([auc(p.labels, p.a) for p in pairs])
+    auc_b = np.array([auc(p.labels, p.b) for p in pairs])
     if k == 1:
-        boot = diffs[0]
-    elif crossed is None:
-        w = np.random.default_rng([seed, 0x5EED, k]).integers(0, k, size=(n_boot, k))
-        boot = diffs[w, np.arange(n_boot)[:, None]].mean(axis=1)
+        var, df = float(np.var(diffs[0], ddof=1)), float(max(min(n_pos) + min(n_neg) - 2, 1))
     else:
-        if len(crossed) != k:
-            raise ValueError(f"crossed needs one (pretraining run, seed) per pair, got {len(crossed)} for {k}")
-        w = _crossed_weights(crossed, n_boot, np.random.default_rng([seed, 0x5EED, k, 2]))
-        boot = (w * diffs.T).sum(axis=1) / w.sum(axis=1)
-    return Comparison(auc_a=np.array([auc(p.labels, p.a) for p in pairs]),
-                      auc_b=np.array([auc(p.labels, p.b) for p in pairs]),
-                      boot=boot, n_pos_subjects=min(n_pos), n_neg_subjects=min(n_neg))
+        cov = np.cov(diffs)
+        # cells apart in every factor that varies share only the test subjects: their covariance is that
+        # part (unbiased, so it may come out below 0 where it is small; it may then take off at most
+        # half of the seeds' part)
+        apart = ((run_of[:, None] != run_of[None, :]) | (runs.size == 1)) & \
+                ((seed_of[:, None] != seed_of[None, :]) | (seeds.size == 1)) & ~np.eye(k, dtype=bool)
+        table = np.empty((runs.size, seeds.size))
+        table[run_of, seed_of] = auc_a - auc_b
+        spread, df = _seed_variance(table)
+        var = max(float(cov[apart].mean()) + spread, spread / 2)
+    return Comparison(auc_a=auc_a, auc_b=auc_b, se=math.sqrt(var), df=df,
+                      n_pos_subjects=min(n_pos), n_neg_subjects=min(n_neg))
 
 
 
@@ -268,8 +301,8 @@ def matched_cells(a: pd.DataFrame, b: pd.DataFrame) -> list[Cell]:
 
 def compare_cells(cells: list[Cell], mode: str, n_boot: int, seed: int, preds: PredictionSource) -> Comparison:
     """:func:`paired_auc_diff` over the matched cells: with several pretraining runs in a complete runs x
-    seeds grid, the two are drawn as crossed factors; otherwise the cells as independent seeds (a grid
-    with a cell missing, e.g. a diverged run, cannot be drawn crossed)."""
+    seeds grid, the two are crossed factors; otherwise the cells count as independent seeds (a grid
+    with a cell missing, e.g. a diverged run, cannot be analysed as crossed)."""
     pairs = seed_pairs(cells, mode, preds)
     levels = [(c.run, c.seed) for c in cells]
     runs, seeds = {c.run for c in cells}, {c.seed for c in cells}
@@ -292,12 +325,6 @@ def seed_pairs(cells: list[Cell], mode: str, preds: PredictionSource) -> list[Se
         out.append(SeedPair(a["label"].to_numpy().astype(bool), a["participant_id"].to_numpy(str),
                             a["logit"].to_numpy(np.float64), b["logit"].to_numpy(np.float64)))
     return out
-
-
-
-def _floored_holm(p: np.ndarray | list, n_boot: int) -> np.ndarray:
-    """Holm on bootstrap p-values floored at 1/n_boot: a p of 0 only says "below the resolution"."""
-    return holm(np.maximum(np.asarray(p, np.float64), 1.0 / n_boot))
 
 
 
@@ -350,7 +377,7 @@ def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, reference:
         family = [i for i in idx if df.at[i, "n_paired"] > 0 and df.at[i, "claim"] != TOO_FEW]
         if not family:
             continue
-        df.loc[family, "auc_diff_p_holm"] = _floored_holm(df.loc[family, "auc_diff_p"], n_boot)
+        df.loc[family, "auc_diff_p_holm"] = holm(df.loc[family, "auc_diff_p"])
         df.loc[family, "holm_family"] = (f"exploratory: {len(family)} comparisons with {reference} at {mode}, "
                                          f"{inputs}, fraction {float(fraction):g}")
         for i in family:
@@ -388,7 +415,7 @@ def at_setting(table: pd.DataFrame, primary: dict[str, Any], init: str) -> pd.Da
 
 
 
-def primary_rows(comparisons: dict[str, Comparison], n_boot: int, level: float = 0.95, *,
+def primary_rows(comparisons: dict[str, Comparison], level: float = 0.95, *,
                  min_subjects: int) -> pd.DataFrame:
     """The primary comparison's verdict, one row per task, from its per-task comparisons.
 
@@ -404,7 +431,7 @@ def primary_rows(comparisons: dict[str, Comparison], n_boot: int, level: float =
         return pd.DataFrame(columns=PRIMARY_COLUMNS)
     claims = [comparisons[t].has_at_least(min_subjects) for t in tasks]
     m = sum(claims)
-    p_holm = _floored_holm([comparisons[t].p if ok else math.nan for t, ok in zip(tasks, claims)], n_boot)
+    p_holm = holm([comparisons[t].p if ok else math.nan for t, ok in zip(tasks, claims)])
     rows = []
     for task, ph, ok in zip(tasks, p_holm, claims):
         c = comparisons[task]
@@ -417,6 +444,7 @@ def primary_rows(comparisons: dict[str, Comparison], n_boot: int, level: float =
                      "auc_diff_high": high, "auc_diff_seed_sd": c.seed_sd, "auc_diff_pretrain_sd": c.pretrain_sd,
                      "auc_diff_p": c.p,
                      "auc_diff_p_holm": float(ph), "auc_diff_adj_low": adj_low, "auc_diff_adj_high": adj_high,
+                     "auc_diff_df": c.df,
                      "favours": bool(adj_low > 0 and ph < 1 - level),
                      "favours_reference": bool(adj_high < 0 and ph < 1 - level)})
     return pd.DataFrame(rows, columns=PRIMARY_COLUMNS)
@@ -438,7 +466,7 @@ def primary_comparison(table: pd.DataFrame, primary: dict[str, Any], n_boot: int
         cells = matched_cells(init[task], ref[task])
         if cells:
             comparisons[task] = compare_cells(cells, primary["mode"], n_boot, seed, preds)
-    return primary_rows(comparisons, n_boot, level, min_subjects=primary["min_test_subjects"])
+    return primary_rows(comparisons, level, min_subjects=primary["min_test_subjects"])
 
 
 

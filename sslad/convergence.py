@@ -10,7 +10,8 @@ judged per init, task, mode, inputs and fraction over its seeds:
 - the training loss was still falling over the last quarter of the epochs by more than
   ``LOSS_STILL_FALLING`` of its first value while the best validation epoch lay in that quarter, in
   most seeds (a loss that keeps falling after validation stopped improving is separable training
-  data, not undertraining);
+  data, not undertraining); a run that early stopping ended (``finetune.patience`` epochs without a
+  better validation AUC, before its last epoch) stopped because validation had, and does not count;
 - the mean validation AUC is below the schedule-only baseline's on the same cells, or equal to it
   short of 1 (what the images added is nothing the visit schedule does not already give).
 """
@@ -24,7 +25,7 @@ import pandas as pd
 
 LOSS_STILL_FALLING = 0.05
 CELL = ["heldout", "task", "init", "mode", "inputs", "fraction"]
-TRAINING_COLUMNS = [*CELL, "seed", "epochs", "best_epoch", "loss_drop_last_quarter", "val_auc"]
+TRAINING_COLUMNS = [*CELL, "seed", "epochs", "stopped_early", "best_epoch", "loss_drop_last_quarter", "val_auc"]
 FLAG_COLUMNS = [*CELL, "seeds", "best_last", "best_first", "loss_falling", "val_auc", "schedule_val_auc", "reasons"]
 
 
@@ -39,16 +40,19 @@ def loss_drop(loss: list[float]) -> float:
 
 
 def training_rows(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per mode of an evaluated fine-tuning job's metrics.json: epochs run, best epoch,
-    the loss drop over the last quarter and the best validation AUC (the schedule baseline, which
-    trains no epochs, gives its validation AUC only)."""
+    """One row per mode of an evaluated fine-tuning job's metrics.json: epochs run, whether early
+    stopping ended the run (fewer epochs than its settings' budget: full mode only, the probe runs
+    them all), best epoch, the loss drop over the last quarter and the best validation AUC (the
+    schedule baseline, which trains no epochs, gives its validation AUC only)."""
     rows = []
     for row in job.get("rows", []):
         curve = job.get("curves", {}).get(row["mode"], {})
         loss = list(curve.get("train_loss", []))
         rows.append({"heldout": job.get("heldout", ""), "task": job["task"], "init": job["init"],
                      "mode": row["mode"], "inputs": job["inputs"], "fraction": float(job["fraction"]),
-                     "seed": job["seed"], "epochs": len(loss), "best_epoch": row.get("best_epoch"),
+                     "seed": job["seed"], "epochs": len(loss),
+                     "stopped_early": row["mode"] == "full" and 0 < len(loss) < job["settings"]["epochs"],
+                     "best_epoch": row.get("best_epoch"),
                      "loss_drop_last_quarter": loss_drop(loss), "val_auc": row.get("val_auc")})
     return rows
 
@@ -65,7 +69,7 @@ def flags(training: pd.DataFrame, schedule: str = "schedule") -> pd.DataFrame:
         best = pd.to_numeric(g["best_epoch"], errors="coerce")
         ceiling = pd.to_numeric(g["val_auc"], errors="coerce") >= 1  # nothing left to improve on validation
         best_last, best_first = int((best == g["epochs"]).sum()), int(((best == 1) & ~ceiling).sum())
-        late = best > g["epochs"] - np.maximum(1, g["epochs"] // 4)
+        late = (best > g["epochs"] - np.maximum(1, g["epochs"] // 4)) & ~g["stopped_early"].astype(bool)
         falling = int(((g["loss_drop_last_quarter"] > LOSS_STILL_FALLING) & late).sum())
         val = float(pd.to_numeric(g["val_auc"], errors="coerce").mean())
         ref = base.get(tuple(cell[c] for c in CELL if c != "init"), np.nan)

@@ -206,7 +206,9 @@ def _val_auc(labels: torch.Tensor, scores: np.ndarray, where: str) -> float:
 def train_full(model: Classifier, scans: Scans, data: dict[str, Samples], cfg: dict[str, Any],
                seed: int) -> tuple[Classifier, dict[str, Any]]:
     """End-to-end fine-tuning; returns the model of the best validation epoch and the curves. Each
-    batch reads only the scans its samples use. :class:`Diverged` at the first non-finite loss."""
+    batch reads only the scans its samples use. :class:`Diverged` at the first non-finite loss.
+    With ``cfg["patience"]`` > 0 it stops once that many epochs passed without a better validation
+    AUC (the curves then end there: :mod:`sslad.convergence` reads a shorter run as one that stopped)."""
     opt = Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     gen = torch.Generator().manual_seed(seed)
     tr = data["train"]
@@ -234,6 +236,8 @@ def train_full(model: Classifier, scans: Scans, data: dict[str, Samples], cfg: d
         curves["val_auc"].append(val)
         if val > best:
             best, best_state, curves["best_epoch"] = val, copy.deepcopy(model.state_dict()), epoch + 1
+        elif cfg["patience"] and epoch + 1 - curves["best_epoch"] >= cfg["patience"]:
+            break  # early stopping: validation has not improved for `patience` epochs
     model.load_state_dict(best_state)
     return model, curves
 

@@ -171,17 +171,6 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
     return float(low), float(high)
 
 
-def bootstrap_p(values: np.ndarray) -> float:
-    """Two-sided bootstrap p-value for "the statistic is 0": twice the smaller tail at 0, at most 1.
-
-    It is 0 when no resample reaches 0; callers that report or adjust it floor it at 1/len(values).
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0 or not np.isfinite(v).all():
-        return float("nan")
-    return min(1.0, 2.0 * min(float(np.mean(v <= 0)), float(np.mean(v >= 0))))
-
-
 def holm(p: np.ndarray | list) -> np.ndarray:
     """Holm's step-down adjusted p-values; NaN entries stay NaN and do not count in the family.
 

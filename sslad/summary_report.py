@@ -17,8 +17,8 @@ def mean_sd(mean: float, sd: float) -> str:
 
 
 
-def _p(p: float, n_boot: int) -> str:
-    return "" if pd.isna(p) else f"< {1 / n_boot:.2g}" if p == 0 else f"{p:.3g}"
+def _p(p: float) -> str:
+    return "" if pd.isna(p) else f"{p:.3g}"
 
 
 
@@ -71,13 +71,14 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
                   f"describe this cohort's test split only.", ""]
     runs = int(prim["n_pretrain_seeds"].max()) > 1  # several pretraining runs: their spread apart
     head = ["task", f"ΔAUC {init} − {reference}", f"{_pct(level)} CI (subjects)", f"simultaneous {_pct(level)} CI",
-            "p", "Holm p", "seed sd", *(["pretraining sd"] if runs else []),
+            "df", "p", "Holm p", "seed sd", *(["pretraining sd"] if runs else []),
             "pretraining runs × seeds" if runs else "seeds", "test subjects +/−", f"AUC {init}", f"AUC {reference}",
             "favours"]
     rows = []
     for r in prim.itertuples(index=False):
         rows.append([r.task, f"{r.auc_diff:+.3f}", ci_text(r.auc_diff_low, r.auc_diff_high),
-                     ci_text(r.auc_diff_adj_low, r.auc_diff_adj_high), _p(r.auc_diff_p, n_boot),
+                     ci_text(r.auc_diff_adj_low, r.auc_diff_adj_high), "" if pd.isna(r.auc_diff_df) else
+                     f"{r.auc_diff_df:.1f}", _p(r.auc_diff_p),
                      "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}",
                      "" if pd.isna(r.auc_diff_seed_sd) else f"{r.auc_diff_seed_sd:.3f}",
                      *([_sd(r.auc_diff_pretrain_sd)] if runs else []),
@@ -91,22 +92,21 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
         lines += ["", f"Not in the comparison (no results of both at this setting with a common seed): "
                       f"{', '.join(not_compared)}."]
     adj = 1 - (1 - level) / max(m, 1)
-    crossed = (" Each pretraining run of an init is fine-tuned with every seed; the bootstrap draws runs and "
-               "seeds with replacement as crossed factors. Seed sd: over seeds of the difference averaged over "
-               "runs; pretraining sd: over runs of the difference averaged over seeds.") if runs else ""
-    lines += ["", f"ΔAUC: mean over seeds of the per-seed AUC difference on the same test samples. Intervals: "
-                  f"paired bootstrap ({n_boot} resamples) that draws test subjects with all their samples "
-                  f"(stratified: only negative, only positive, both) and seeds with replacement.{crossed} "
-                  f"Simultaneous: "
+    crossed = (" Each pretraining run of an init is fine-tuned with every seed: runs and seeds are crossed random "
+               "factors, and the seeds' part is the mean squares of the runs × seeds table. Seed sd: over seeds of "
+               "the difference averaged over runs; pretraining sd: over runs of the difference averaged over "
+               "seeds.") if runs else ""
+    lines += ["", f"ΔAUC: mean over seeds of the per-seed AUC difference on the same test samples. Intervals: t "
+                  f"intervals whose variance adds the test subjects' part (the covariance of the per-seed "
+                  f"differences under a paired bootstrap, {n_boot} resamples, that draws test subjects with all "
+                  f"their samples, stratified: only negative, only positive, both) and the seeds' part (the "
+                  f"spread of the per-seed differences), on Satterthwaite degrees of freedom (df): with 2 seeds "
+                  f"about 1, so wide.{crossed} Simultaneous: "
                   f"Bonferroni over the {m} tasks that can carry a claim (each at {_pct(adj)}). p two-sided; Holm over "
-                  f"the same {m} tasks (p below 1/{n_boot} set to 1/{n_boot} first). A task favours an init when "
+                  f"the same {m} tasks. A task favours an init when "
                   f"its simultaneous interval excludes 0 and its Holm p is below {1 - level:.2g}. Test subjects "
                   f"+/−: with at least one positive / negative test sample (a claim needs {need} of each, an "
                   f"interval {MIN_RESAMPLABLE})."]
-    tail = n_boot * (1 - adj) / 2
-    if m and tail < 10:
-        lines += ["", f"Note: each tail of the simultaneous intervals holds {tail:.1f} resamples; raise "
-                      f"n_bootstrap for stable bounds."]
     return lines + [""]
 
 
@@ -185,13 +185,13 @@ def _exploratory_section(summary_df: pd.DataFrame, reference: str, n_boot: int, 
         rows.append([r.task, r.init, r.mode, *([r.inputs] if show_inputs else []), f"{r.fraction:g}", cells,
                      mean_sd(r.auc_mean, r.auc_sd), *([_sd(r.auc_pretrain_sd)] if runs else []),
                      mean_sd(r.balanced_accuracy_mean, r.balanced_accuracy_sd), diff,
-                     _p(r.auc_diff_p, n_boot), "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}",
+                     _p(r.auc_diff_p), "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}",
                      r.claim])
     over = ("seeds (label-fraction subsets) and pretraining runs; AUC pretraining sd: over the runs of their "
             "mean over seeds") if runs else "seeds (label-fraction subsets)"
     return lines + md_table(head, rows) + [
-        "", f"Mean ± sd over {over}. ΔAUC: paired bootstrap over test subjects and seeds "
-            f"({n_boot} resamples), same seeds for both inits; p two-sided; n/a: fewer than "
+        "", f"Mean ± sd over {over}. ΔAUC: t interval from the test subjects' part (paired bootstrap, "
+            f"{n_boot} resamples) and the seeds' spread, same seeds for both inits; p two-sided; n/a: fewer than "
             f"{MIN_RESAMPLABLE} positive or negative test subjects.", ""]
 
 

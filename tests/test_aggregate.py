@@ -8,6 +8,7 @@ rarely claim a difference (while a real difference is claimed).
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import statistics
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from sslad import aggregate, comparison, metrics, qc_mosaic, result_table, results
 from sslad.comparison import SeedPair
@@ -23,7 +25,8 @@ from sslad.comparison import SeedPair
 TASKS = ("dx_cn_ad", "fut_mci_ad")
 INITS = ("scratch", "topc")
 FRACTIONS = (0.5, 1.0)
-SEEDS = (0, 1)
+# three seeds: with two, the seeds' spread has one degree of freedom and no difference here is claimed
+SEEDS = (0, 1, 2)
 # signal strength per (task, init): topc is much better than scratch on dx_cn_ad, worse on fut_mci_ad
 EFFECT = {("dx_cn_ad", "scratch"): 0.2, ("dx_cn_ad", "topc"): 2.5,
           ("fut_mci_ad", "scratch"): 1.5, ("fut_mci_ad", "topc"): 0.5}
@@ -161,12 +164,11 @@ def test_paired_comparison(study):
         assert r.auc_diff == pytest.approx(diff.mean(), abs=1e-5)
         assert r.auc_diff_seed_sd == pytest.approx(diff.std(ddof=1), abs=1e-5)
         assert r.auc_diff_low <= r.auc_diff_high and r.auc_diff_p <= r.auc_diff_p_holm
-        assert r.auc_diff_p_holm >= 1 / N_BOOT  # the adjusted p is floored at one resample
     designed = topc[topc.task == "dx_cn_ad"]
     assert (designed.auc_diff > 0.1).all() and (designed.auc_diff_low > 0).all() and (designed.auc_diff_p < 0.05).all()
-    # Holm over every task x init compared with scratch at one mode, inputs and fraction (p floored at 1/n_boot)
+    # Holm over every task x init compared with scratch at one mode, inputs and fraction
     for _, g in topc.groupby(comparison.FAMILY):
-        expected = metrics.holm(np.maximum(g.auc_diff_p, 1 / N_BOOT))
+        expected = metrics.holm(g.auc_diff_p)
         assert g.auc_diff_p_holm.to_numpy() == pytest.approx(expected, rel=1e-5)
 
 
@@ -176,7 +178,7 @@ def test_primary_comparison_leads_the_summary(study):
     assert primary < exploratory and "Tasks not evaluated" not in text
     assert "test AUC of **topc** vs **scratch**, full fine-tuning, history inputs, label fraction 1." in text
     assert ("**The primary comparison favours topc on 1 of 2 tasks** (Holm-adjusted; simultaneous 95% intervals "
-            "above 0), and scratch on 1 of 2.") in text
+            "above 0), and scratch on 0 of 2.") in text
     assert "ssl" not in text.lower() and "best" not in text.lower()  # no best-of-N headline
     head = text[primary:exploratory]
     assert "simultaneous 95% CI" in head and "(each at 97.5%)" in head  # Bonferroni over 2 tasks
@@ -189,15 +191,16 @@ def test_primary_comparison_leads_the_summary(study):
     prim = comparison.primary_comparison(table, PRIMARY, N_BOOT)
     summary = pd.read_csv(study["summary_csv"])
     at = summary[(summary.init == "topc") & (summary["mode"] == "full") & (summary.fraction == 1.0)].set_index("task")
-    assert list(prim.task) == list(TASKS) and prim.n_seeds.eq(2).all()
+    assert list(prim.task) == list(TASKS) and prim.n_seeds.eq(len(SEEDS)).all()
     assert (prim.n_test_subjects_pos == N_POS_SUBJECTS).all() and (prim.n_test_subjects_neg == 25).all()
     for r in prim.itertuples():
         for col in ("auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_p", "auc_diff_seed_sd"):
             assert getattr(r, col) == pytest.approx(at.at[r.task, col], abs=1e-5), col
         assert r.auc_diff_adj_low <= r.auc_diff_low <= r.auc_diff_high <= r.auc_diff_adj_high
     assert prim.set_index("task").favours.to_dict() == {"dx_cn_ad": True, "fut_mci_ad": False}
-    assert prim.set_index("task").favours_reference.to_dict() == {"dx_cn_ad": False, "fut_mci_ad": True}
-    assert prim.auc_diff_p_holm.to_numpy() == pytest.approx(metrics.holm(np.maximum(prim.auc_diff_p, 1 / N_BOOT)))
+    # fut_mci_ad's planted loss (-0.17) is within its simultaneous interval on 3 seeds (2 degrees of freedom)
+    assert prim.set_index("task").favours_reference.to_dict() == {"dx_cn_ad": False, "fut_mci_ad": False}
+    assert prim.auc_diff_p_holm.to_numpy() == pytest.approx(metrics.holm(prim.auc_diff_p))
 
 
 def test_controls_sit_beside_the_primary_comparison(study, tmp_path):
@@ -311,8 +314,8 @@ def test_skipped_jobs_are_listed_not_tabled(study, tmp_path):
     text = out["summary_md"].read_text()
     section = text[text.index("## Tasks not evaluated"):text.index("## Exploratory")]
     assert text.index("## Primary comparison") < text.index("## Tasks not evaluated")
-    assert section.splitlines()[2:4] == [f"- det_cn_mci: {REASON} (8 of 8 jobs)",
-                                         "- dx_cn_ad: the training subset has no positive sample (1 of 9 jobs)"]
+    assert section.splitlines()[2:4] == [f"- det_cn_mci: {REASON} (12 of 12 jobs)",
+                                         "- dx_cn_ad: the training subset has no positive sample (1 of 13 jobs)"]
     assert "det_cn_mci" not in out["table_csv"].read_text() and "det_cn_mci" not in out["summary_csv"].read_text()
     assert "on 1 of 2 tasks" in text and not (out["figures_dir"] / "det_cn_mci.png").exists()
     assert out["table_csv"].read_bytes() == study["table_csv"].read_bytes()
@@ -321,7 +324,7 @@ def test_skipped_jobs_are_listed_not_tabled(study, tmp_path):
     assert job["skipped"] == REASON and job["curves"] == {}
     table, skipped_df = result_table.build_table(study["paths"] + skipped, N_BOOT)
     assert len(table) == len(TASKS) * len(INITS) * len(FRACTIONS) * len(SEEDS) * 2
-    assert list(skipped_df.columns) == result_table.SKIPPED_COLUMNS and len(skipped_df) == 8
+    assert list(skipped_df.columns) == result_table.SKIPPED_COLUMNS and len(skipped_df) == 12
 
 
 def test_study_with_every_job_skipped_still_reports(tmp_path):
@@ -386,52 +389,54 @@ def _clustered_pairs(rng: np.random.Generator, n_seeds: int, tag: str = "", gain
 
 
 def _naive(pairs: list[SeedPair], n_boot: int) -> comparison.Comparison:
-    """A known-invalid comparison for the negative control: samples as units, seeds not resampled."""
+    """A known-invalid comparison for the negative control: samples as units, seeds as if independent
+    and without their spread, normal quantiles."""
     per_sample = [p._replace(groups=np.char.add(p.groups, np.arange(p.groups.size).astype(str))) for p in pairs]
     each = [comparison.paired_auc_diff([p], n_boot) for p in per_sample]
     return comparison.Comparison(np.concatenate([c.auc_a for c in each]), np.concatenate([c.auc_b for c in each]),
-                                np.mean([c.boot for c in each], axis=0), each[0].n_pos_subjects,
-                                each[0].n_neg_subjects)
+                                 float(np.sqrt(np.mean([c.se ** 2 for c in each]) / len(each))), math.inf,
+                                 each[0].n_pos_subjects, each[0].n_neg_subjects)
 
 
 def test_primary_rows_adjust_for_the_number_of_tasks():
     """Three tasks: one clearly better, one better only without adjustment, one worse."""
-    rng = np.random.default_rng(0)
-    boot = {"a": rng.normal(0.2, 0.05, 1000), "b": rng.normal(0.1, 0.045, 1000), "c": rng.normal(-0.3, 0.05, 1000)}
-    comps = {t: comparison.Comparison(np.array([0.8 + b.mean(), 0.8 + b.mean()]), np.array([0.8, 0.8]), b, 10, 12)
-             for t, b in boot.items()}
-    rows = comparison.primary_rows(comps, 1000, min_subjects=10).set_index("task")
-    for t, b in boot.items():
-        assert rows.at[t, "auc_diff_low"] == pytest.approx(np.quantile(b, 0.025))
-        assert rows.at[t, "auc_diff_adj_low"] == pytest.approx(np.quantile(b, 0.05 / 3 / 2))
-        assert rows.at[t, "auc_diff_adj_high"] == pytest.approx(np.quantile(b, 1 - 0.05 / 3 / 2))
+    diff, se = {"a": 0.2, "b": 0.1, "c": -0.3}, {"a": 0.05, "b": 0.045, "c": 0.05}
+    comps = {t: comparison.Comparison(np.array([0.8 + d, 0.8 + d]), np.array([0.8, 0.8]), se[t], 40.0, 10, 12)
+             for t, d in diff.items()}
+    rows = comparison.primary_rows(comps, min_subjects=10).set_index("task")
+    for t, d in diff.items():
+        assert rows.at[t, "auc_diff_low"] == pytest.approx(d - stats.t.ppf(0.975, 40) * se[t])
+        assert rows.at[t, "auc_diff_adj_low"] == pytest.approx(d - stats.t.ppf(1 - 0.05 / 3 / 2, 40) * se[t])
+        assert rows.at[t, "auc_diff_adj_high"] == pytest.approx(d + stats.t.ppf(1 - 0.05 / 3 / 2, 40) * se[t])
+        assert rows.at[t, "auc_diff_p"] == pytest.approx(2 * stats.t.sf(abs(d) / se[t], 40))
     assert rows.at["b", "auc_diff_low"] > 0 and rows.at["b", "auc_diff_adj_low"] < 0  # the case adjustment is for
     assert rows.favours.to_dict() == {"a": True, "b": False, "c": False}
     assert rows.favours_reference.to_dict() == {"a": False, "b": False, "c": True}
-    assert rows.auc_diff_p_holm.to_numpy() == pytest.approx(metrics.holm(np.maximum(rows.auc_diff_p, 1e-3)))
+    assert rows.auc_diff_p_holm.to_numpy() == pytest.approx(metrics.holm(rows.auc_diff_p))
     assert (rows.auc_diff_seed_sd == 0).all() and (rows.n_test_subjects_pos == 10).all()
-    assert comparison.primary_rows({}, 1000, min_subjects=10).empty
+    assert comparison.primary_rows({}, min_subjects=10).empty
     # a task with too few test subjects for a claim: its unadjusted interval, no verdict, not in the family
-    comps["d"] = comparison.Comparison(np.array([0.9]), np.array([0.6]), np.full(1000, 0.3), 3, 12)
-    rows4 = comparison.primary_rows(comps, 1000, min_subjects=10).set_index("task")
+    comps["d"] = comparison.Comparison(np.array([0.9]), np.array([0.6]), 0.05, 10.0, 3, 12)
+    rows4 = comparison.primary_rows(comps, min_subjects=10).set_index("task")
     assert rows4.at["d", "auc_diff"] == pytest.approx(0.3) and not rows4.at["d", "favours"]
     assert rows4.loc["d", ["auc_diff_low", "auc_diff_p"]].notna().all()
     assert rows4.loc["d", ["auc_diff_adj_low", "auc_diff_p_holm"]].isna().all()
     assert rows4.drop(index="d").equals(rows)  # m stays 3
     # the threshold is the study's (study.primary.min_test_subjects)
-    assert comparison.primary_rows(comps, 1000, min_subjects=3).at[3, "favours"]
+    assert comparison.primary_rows(comps, min_subjects=3).set_index("task").at["d", "favours"]
 
 
 def test_duplicating_samples_leaves_paired_interval_unchanged():
     pairs = _clustered_pairs(np.random.default_rng(0), 3)
     doubled = [SeedPair(*(np.r_[x, x] for x in p)) for p in pairs]
     c, c2 = comparison.paired_auc_diff(pairs, 500, 1), comparison.paired_auc_diff(doubled, 500, 1)
-    assert (c2.boot == c.boot).all() and c2.interval(0.95) == c.interval(0.95) and c2.p == c.p  # exactly
+    assert (c2.se, c2.df) == (c.se, c.df) and c2.interval(0.95) == c.interval(0.95) and c2.p == c.p  # exactly
     assert c2.diff == pytest.approx(c.diff, abs=1e-15) and c2.seed_sd == pytest.approx(c.seed_sd, abs=1e-15)
-    # with every sample its own unit, copies count as evidence and the interval shrinks
+    # with every sample its own unit, copies count as evidence and the interval shrinks (one seed: the
+    # test-subject part alone)
     unit = lambda ps: [p._replace(groups=np.char.add(p.groups, np.arange(p.groups.size).astype(str))) for p in ps]
-    low, high = comparison.paired_auc_diff(unit(pairs), 500, 1).interval(0.95)
-    low2, high2 = comparison.paired_auc_diff(unit(doubled), 500, 1).interval(0.95)
+    low, high = comparison.paired_auc_diff(unit(pairs[:1]), 500, 1).interval(0.95)
+    low2, high2 = comparison.paired_auc_diff(unit(doubled[:1]), 500, 1).interval(0.95)
     assert high2 - low2 < 0.85 * (high - low)
     # one seed: no seed draws, the subject draws alone
     one = comparison.paired_auc_diff(pairs[:1], 500, 1)
@@ -480,9 +485,9 @@ def _pretrained_study(root: Path, run_gain: tuple[float, ...]) -> list[str]:
 
 def test_pretraining_runs_are_crossed_with_seeds_and_their_spread_reported(tmp_path):
     """3 pretraining runs of topc x 2 seeds against scratch: table.csv keeps each run's rows, the primary
-    comparison draws runs and seeds as crossed factors (the interval paired_auc_diff gives with
-    ``crossed``), and a planted run effect shows as the pretraining sd and widens the interval against
-    the same study whose runs do not differ."""
+    comparison treats runs and seeds as crossed factors (the interval paired_auc_diff gives with
+    ``crossed``), and a planted run effect shows as the pretraining sd and raises the standard error
+    against the same study whose runs do not differ."""
     found = {}
     for name, gains in (("planted", (-1.5, 0.0, 1.5)), ("none", (0.0, 0.0, 0.0))):
         root = tmp_path / name
@@ -495,7 +500,7 @@ def test_pretraining_runs_are_crossed_with_seeds_and_their_spread_reported(tmp_p
                                                                                "pretrain_seed"].isna().all()
         summary = pd.read_csv(out["summary_csv"])
         row = summary[(summary["init"] == "topc") & (summary["mode"] == "full")].iloc[0]
-        assert (row.n_seeds, row.n_pretrain_seeds, row.n_paired) == (2, 3, 6)
+        assert (row.n_seeds, row.n_pretrain_seeds, row.n_paired) == (3, 3, 9)
         found[name] = row
         built, _ = result_table.build_table(paths, N_BOOT)
         at = lambda init: built[(built["init"] == init) & (built["mode"] == "full")]
@@ -505,50 +510,54 @@ def test_pretraining_runs_are_crossed_with_seeds_and_their_spread_reported(tmp_p
         direct = comparison.paired_auc_diff(comparison.seed_pairs(cells, "full", preds), N_BOOT, 0,
                                            crossed=[(c.run, c.seed) for c in cells])
         assert (row.auc_diff_low, row.auc_diff_high) == pytest.approx(direct.interval(0.95))
+        found[name + " se"] = direct.se
         md = out["summary_md"].read_text()
-        assert "pretraining sd" in md and "3 × 2" in md
+        assert "pretraining sd" in md and "3 × 3" in md
     planted, none = found["planted"], found["none"]
     assert planted.auc_diff_pretrain_sd > 3 * none.auc_diff_pretrain_sd
     assert planted.auc_pretrain_sd > 3 * none.auc_pretrain_sd
-    width = lambda r: r.auc_diff_high - r.auc_diff_low
-    assert width(planted) > 1.3 * width(none), (width(planted), width(none))
+    # its standard error (the interval's width also moves with the degrees of freedom, 1-2 with 2 seeds)
+    assert found["planted se"] > 1.3 * found["none se"], (found["planted se"], found["none se"])
 
 
 def test_planted_null_rarely_claims_a_task():
-    """Exchangeable inits, 7 tasks x 3 seeds: the headline's false-claim rate must stay below 5%.
+    """Exchangeable inits, 7 tasks x 3 seeds: the headline's false-claim rate must stay below 5%, and the
+    unadjusted 95% intervals exclude 0 in about 5% of comparisons.
 
-    Measured (n_boot 400): these 200 draws give 2 claims (1.0%); 1000 more draws of this design gave
-    6 (0.6%), and the unadjusted 95% intervals excluded 0 in 1.7% of comparisons: conservative, as
-    resampling two crossed factors (subjects and seeds) counts their interaction twice. Negative
-    control on the same data: samples as units without seed draws claims a task in 64 of 200 draws
-    (32%), so the design can expose an invalid rule. Takes ~12 s.
+    Measured (n_boot 400): these 200 draws give 3 claims (1.5%), and the unadjusted intervals excluded 0
+    in 3.9% of the 1,400 comparisons (the bootstrap that resampled subjects and seeds together: 1.7%,
+    conservative, as it counted their interaction twice). Negative control on the same data: samples as
+    units, the seeds' spread left out, claims a task in 61 of 200 draws (30%), so the design can expose
+    an invalid rule. Takes ~12 s.
     """
     rng, n_boot, n_draws = np.random.default_rng(11), 400, 200
-    claims = naive_claims = 0
+    claims = naive_claims = rejected = 0
     for d in range(n_draws):
         tasks = {f"task{t}": _clustered_pairs(rng, 3, f"d{d}t{t}-") for t in range(7)}
-        rows = comparison.primary_rows({t: comparison.paired_auc_diff(p, n_boot) for t, p in tasks.items()}, n_boot,
+        rows = comparison.primary_rows({t: comparison.paired_auc_diff(p, n_boot) for t, p in tasks.items()},
                                        min_subjects=10)
         claims += bool(rows["favours"].any())
-        naive = comparison.primary_rows({t: _naive(p, n_boot) for t, p in tasks.items()}, n_boot, min_subjects=10)
+        rejected += int((rows["auc_diff_p"] < 0.05).sum())
+        naive = comparison.primary_rows({t: _naive(p, n_boot) for t, p in tasks.items()}, min_subjects=10)
         naive_claims += bool(naive["favours"].any())
     assert claims / n_draws <= 0.05
+    assert 0.025 <= rejected / (7 * n_draws) <= 0.075, rejected
     assert naive_claims / n_draws > 0.1
 
 
 def test_planted_effect_is_claimed():
-    """A planted advantage of about +0.2 AUC on every task is claimed on most tasks (measured: 4-7 of 7
-    in each of 20 draws). The price of the conservative intervals: about +0.16 gives 1-6 of 7, +0.09
-    rarely any, with 30-40 test subjects per task."""
+    """A planted advantage of about +0.2 AUC on every task, 5 seeds, is claimed on some tasks in every
+    draw (measured: 1-6 of 7, mean 3). The price of intervals that carry the seeds' spread: with 3 seeds
+    the Holm-adjusted t quantile on about 2 degrees of freedom claims almost nothing (0-1 of 7)."""
     rng, n_boot = np.random.default_rng(12), 400
     claimed = []
     for d in range(10):
-        tasks = {f"task{t}": _clustered_pairs(rng, 3, f"d{d}t{t}-", gain=1.5) for t in range(7)}
-        rows = comparison.primary_rows({t: comparison.paired_auc_diff(p, n_boot) for t, p in tasks.items()}, n_boot,
+        tasks = {f"task{t}": _clustered_pairs(rng, 5, f"d{d}t{t}-", gain=1.5) for t in range(7)}
+        rows = comparison.primary_rows({t: comparison.paired_auc_diff(p, n_boot) for t, p in tasks.items()},
                                        min_subjects=10)
         assert not rows["favours_reference"].any()
         claimed.append(int(rows["favours"].sum()))
-    assert min(claimed) >= 3 and np.mean(claimed) >= 5, claimed
+    assert min(claimed) >= 1 and np.mean(claimed) >= 2.5, claimed
 
 
 def test_intervals_come_from_aggregation_with_its_number_of_resamples(study):

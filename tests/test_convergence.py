@@ -10,8 +10,10 @@ PRIMARY = {"init": "topc", "reference": "scratch", "mode": "full", "inputs": "hi
 
 
 def _job(init: str, seed: int, loss: list[float], best: int, val: float, task: str = "dx_cn_ad",
-         mode: str = "full") -> dict:
+         mode: str = "full", budget: int | None = None) -> dict:
+    """A job's metrics.json; ``budget``: its settings' epochs (default: the epochs it ran)."""
     return {"task": task, "init": init, "inputs": "history", "fraction": 1.0, "seed": seed, "heldout": "",
+            "settings": {"epochs": budget or len(loss)},
             "rows": [{"mode": mode, "best_epoch": best, "val_auc": val}],
             "curves": {mode: {"train_loss": loss, "val_auc": [val] * len(loss)}}}
 
@@ -55,6 +57,17 @@ def test_each_sign_of_undertraining_is_flagged_with_its_reason():
     text = "\n".join(convergence.section(flagged.reset_index(), training, PRIMARY))
     assert "**The primary comparison's scratch may be undertrained** (full, fraction 1) on dx_cn_ad" in text
     assert "primary comparison's topc" not in text and "3 of 6 trained cells **may be undertrained**" in text
+
+
+def test_a_run_that_early_stopping_ended_is_not_flagged_for_its_falling_loss():
+    """The loss still falls and validation peaked in the last quarter, but the run stopped 2 epochs
+    after that peak, 12 short of its budget: validation had stopped improving, which is convergence
+    by definition of the stop. The same curves at the end of the budget are flagged."""
+    stopped = _training(*[_job("scratch", s, FALLING, 7, 0.9, budget=20) for s in (0, 1)])
+    assert stopped["stopped_early"].all() and convergence.flags(stopped).empty
+    ran_out = _training(*[_job("scratch", s, FALLING, 7, 0.9) for s in (0, 1)])
+    assert not ran_out["stopped_early"].any()
+    assert "training loss still falling in 2 of 2" in convergence.flags(ran_out).iloc[0]["reasons"]
 
 
 def test_loss_drop_reads_the_last_quarter():

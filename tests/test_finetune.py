@@ -26,7 +26,8 @@ from sslad.volumes import open_arrays, read_visits
 ARCH = {"depth": 10, "widths": [4, 4, 8, 8], "stem_kernel": 3, "stem_stride": 2, "max_pool": True, "norm": "batch",
         "temporal": "attention", "temporal_layers": 1, "temporal_heads": 2}
 SETTINGS = {"device": "cpu", "inputs": "history", "modes": ["full", "probe"], "epochs": 4, "batch_size": 4,
-            "lr": 0.01, "probe_lr": 0.05, "probe_epochs": 30, "weight_decay": 0.0, "model": ARCH, "heldout": ""}
+            "lr": 0.01, "probe_lr": 0.05, "probe_epochs": 30, "weight_decay": 0.0, "model": ARCH, "heldout": "",
+            "patience": 0}
 DAYS = [0, 182, 371]  # about 0, 6 and 12 months: fractional months, never rounded
 
 
@@ -146,6 +147,26 @@ def test_full_finetuning_keeps_the_epoch_of_best_validation_auc(cohort):
     assert curves["best_epoch"] == int(np.argmax(val)) + 1  # the first of the best
     # the returned model is that epoch's: it scores validation as it did then
     assert auc(data["val"].labels.numpy(), finetune.predict(model, volumes, data["val"])) == max(val)
+
+
+def test_early_stopping_ends_patience_epochs_after_the_best_and_keeps_it(cohort):
+    """With patience p, training stops p epochs after the last improvement of the validation AUC, and
+    returns that best epoch's model: the same epochs as the run without it, up to the stop."""
+    volumes, data = _data(cohort)
+    runs = {}
+    for patience in (0, 2):
+        torch.manual_seed(0)
+        model = finetune.Classifier(build_encoder(ARCH), build_aggregator(ARCH), 8)
+        runs[patience] = finetune.train_full(model, volumes, data, {**SETTINGS, "epochs": 12, "patience": patience},
+                                             seed=0)
+    full, (model, stopped) = runs[0][1], runs[2]
+    val = stopped["val_auc"]
+    assert val == full["val_auc"][:len(val)]  # the same training until it stops
+    # it stopped 2 epochs after its best, before the end (measured: epoch 7 of 12, best 5)
+    assert len(val) == stopped["best_epoch"] + 2 < 12
+    assert all(v <= max(val[:stopped["best_epoch"]]) for v in val[stopped["best_epoch"]:])
+    assert auc(data["val"].labels.numpy(), finetune.predict(model, volumes, data["val"])) == max(val)
+    assert len(full["val_auc"]) == 12
 
 
 def test_probe_keeps_its_best_epoch_and_leaves_the_encoder_unchanged(cohort):

@@ -135,7 +135,7 @@ def test_pretraining_is_the_same_whatever_the_loader(cohort, tmp_path):
 def test_finetuning_predictions_do_not_depend_on_the_workers(cohort, tmp_path):
     settings = {"device": "cpu", "inputs": "history", "modes": ["full", "probe"], "epochs": 2, "batch_size": 4,
                 "lr": 1e-3, "probe_lr": 1e-2, "probe_epochs": 5, "weight_decay": 1e-4, "model": MODEL,
-                "heldout": ""}
+                "heldout": "", "patience": 0}
     out = {}
     for workers in (0, 2):
         cell = finetune.Cell(1.0, str(cohort / "frac.tsv"), str(tmp_path / f"m{workers}.json"),

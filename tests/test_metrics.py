@@ -188,9 +188,6 @@ def test_holm_matches_statsmodels():
         assert metrics.holm(p) == pytest.approx(multitest.multipletests(p, method="holm")[1], abs=1e-15)
 
 
-def test_bootstrap_p_and_interval():
-    assert metrics.bootstrap_p(np.array([0.1, 0.2, 0.3, -0.1])) == 0.5
-    assert metrics.bootstrap_p(np.array([0.1, 0.2])) == 0.0
-    assert metrics.bootstrap_p(np.array([0.0, 0.0])) == 1.0
+def test_percentile_interval():
     assert metrics.percentile_interval(np.arange(101.0), 0.9) == pytest.approx((5.0, 95.0))
     assert np.isnan(metrics.percentile_interval(np.array([0.1, np.nan]))).all()
