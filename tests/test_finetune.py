@@ -162,7 +162,7 @@ def test_early_stopping_ends_patience_epochs_after_the_best_and_keeps_it(cohort)
     full, (model, stopped) = runs[0][1], runs[2]
     val = stopped["val_auc"]
     assert val == full["val_auc"][:len(val)]  # the same training until it stops
-    # it stopped 2 epochs after its best, before the end (measured: epoch 7 of 12, best 5)
+    # it stopped 2 epochs after its best, before the last of its 12 epochs
     assert len(val) == stopped["best_epoch"] + 2 < 12
     assert all(v <= max(val[:stopped["best_epoch"]]) for v in val[stopped["best_epoch"]:])
     assert auc(data["val"].labels.numpy(), finetune.predict(model, volumes, data["val"])) == max(val)
