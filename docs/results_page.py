@@ -117,14 +117,16 @@ def section(results: Path, name: str, title: str, command: str, wall_min: float 
 
 
 def write(page: Path, name: str, text: str) -> None:
-    """Replace the page's section ``name`` with ``text``, or add it before the first section."""
+    """Replace the page's section ``name`` with ``text``, or add it before the first section (a heading
+    or another study's generated section)."""
     old = page.read_text()
     block = re.compile(rf"<!-- results:{re.escape(name)} -->.*?<!-- /results:{re.escape(name)} -->", re.S)
     if block.search(old):
         new = block.sub(lambda _: text, old)
-    else:
-        head, sep, rest = old.partition("\n## ")
-        new = f"{head}\n{text}\n\n{sep.lstrip()}{rest}" if sep else f"{old.rstrip()}\n\n{text}\n"
+    else:  # before the first heading or generated section, whichever comes first
+        starts = [i for i in (old.find("\n## "), old.find("\n<!-- results:")) if i >= 0]
+        new = (f"{old[:min(starts)]}\n{text}\n\n{old[min(starts) + 1:]}" if starts
+               else f"{old.rstrip()}\n\n{text}\n")
     page.write_text(new)
 
 

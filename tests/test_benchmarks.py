@@ -58,9 +58,11 @@ def _rows(text: str, title: str) -> list[dict[str, str]]:
 def test_calibration_measures_error_rates_within_monte_carlo_bounds():
     """150 simulated studies of 3 settings through the functions that write summary.csv: the type-I error,
     coverage and power of the AUC comparison, and the order probe's coverage, are near nominal (bounds
-    about 3 Monte-Carlo sd wide, fixed seed). Samples as units without seed draws (an invalid method)
-    gave 18-23% type-I error and 76-80% coverage on the first two settings; a method that never rejects
-    fails the power bound. With 3 pretraining runs the pairs are drawn as crossed factors. Takes ~30 s."""
+    about 3 Monte-Carlo sd wide, fixed seed). Samples as units without the seeds' spread (an invalid
+    method) gave 18-23% type-I error and 76-80% coverage on the first two settings; a method that never
+    rejects fails the power bounds of the last two. With 2 seeds and 10 test subjects per class the
+    method has almost no power (the full grid: 3.8% at a planted 0.10), so that setting has no power
+    bound. With 3 pretraining runs, runs and seeds are crossed factors. Takes ~30 s."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks/calibration.py"), "--quick", "--replicates", "150",
                           "--n-boot", "200"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -68,14 +70,14 @@ def test_calibration_measures_error_rates_within_monte_carlo_bounds():
     rows = _rows(out.stdout, "## AUC difference")
     assert [(r["pretrain seeds"], r["finetune seeds"], r["subjects/class"]) for r in rows] == [
         ("1", "2", "10"), ("1", "3", "20"), ("3", "2", "50")]
-    for r in rows[:2]:
+    for r in rows:
         assert float(r["type-I (p<0.05, Δ=0)"]) <= 0.10, r
         assert float(r["coverage 95%"]) >= 0.90 and float(r["simult. coverage (3 tasks)"]) >= 0.90, r
-        assert float(r["power Δ=0.10"]) >= max(0.15, 2 * float(r["type-I (p<0.05, Δ=0)"])), r
+    for r in rows[:2]:
         assert r["type-I, runs as independent seeds"] == "–"
-    crossed = rows[2]  # 3 pretraining runs: drawn as crossed factors with the seeds, as summary.csv does
-    assert float(crossed["type-I (p<0.05, Δ=0)"]) <= 0.10, crossed
-    assert float(crossed["coverage 95%"]) >= 0.90 and float(crossed["power Δ=0.10"]) >= 0.5, crossed
+    # the full grid (1,000 studies): power at a planted 0.10 of 0.22 at 3 seeds x 20, 0.33 at 3 runs x 2 seeds x 50
+    assert float(rows[1]["power Δ=0.10"]) >= max(0.1, 2 * float(rows[1]["type-I (p<0.05, Δ=0)"])), rows[1]
+    assert float(rows[2]["power Δ=0.10"]) >= 0.2, rows[2]
     probe = _rows(out.stdout, "## Order probe")
     assert [r["subjects"] for r in probe] == ["6", "10", "20", "40", "100"]
     assert all(float(r["coverage"]) >= 0.88 and float(r["coverage, paired difference"]) >= 0.88 for r in probe), probe
