@@ -192,10 +192,9 @@ def _seed_variance(d: np.ndarray) -> tuple[float, float]:
     factors += [(r * float(np.var(d.mean(axis=0), ddof=1)) / (r * f), f - 1)] if f > 1 else []
     resid = d - d.mean(axis=1, keepdims=True) - d.mean(axis=0, keepdims=True) + d.mean()
     residual = float((resid ** 2).sum()) / ((r - 1) * (f - 1) * r * f) if r > 1 and f > 1 else 0.0
-    var = max(sum(v for v, _ in factors) - residual, max(v for v, _ in factors))
     total = sum(v for v, _ in factors)
     df = total ** 2 / sum(v ** 2 / dof for v, dof in factors) if total > 0 else math.inf
-    return var, df
+    return max(total - residual, max(v for v, _ in factors)), df
 
 
 
@@ -210,7 +209,7 @@ def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0,
     resampled differences of two cells that share no seed and no run is that shared part. (2) What
     differs between cells: the seeds, the pretraining runs (``crossed``) and each cell's own reading of
     the test subjects, estimated from the spread of the cells' differences by the mean squares of a
-    random runs x seeds table (:func:`_mean_squares`). The interval is the t interval on the
+    random runs x seeds table (:func:`_seed_variance`). The interval is the t interval on the
     Satterthwaite degrees of freedom of the sum: with 2 seeds and little else, close to 1 degree of
     freedom, as wide as two seeds warrant.
 
