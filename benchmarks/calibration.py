@@ -8,8 +8,10 @@ replicate is a study whose truth is planted, run through the functions that writ
 ``paired_auc_diff``, Holm and the simultaneous intervals of ``primary_rows``), and the rates are counted.
 
 The model: a test subject has a latent score (its class shifts it); each sample (index visit, 1-4
-per subject) reads it with visit noise; every model's logit is that reading plus its own subject- and
-sample-level noise, a global shift, and a class signal whose strength moves with the seeds: a
+per subject) reads it with visit noise; every model's logit is that reading plus its init's own reading
+of the subject (the same in all of the init's seeds and runs: :data:`SUBJECT_INIT_SD`, the grid runs it
+at 0.75 and at 0), its own subject- and sample-level noise, a global shift, and a class signal whose
+strength moves with the seeds: a
 pretraining run (the init only), a fine-tuning seed of its own and a fine-tuning seed effect shared by
 both inits (the same label subset). The planted difference is that of the study's pretraining runs,
 averaged over fine-tuning seeds and test subjects (with normal noise E[AUC] = Phi(d / sqrt(2 V + var))):
@@ -26,7 +28,7 @@ subjects with unequal numbers of scan pairs and subject-to-subject differences i
 reader's accuracy, and the paired difference of two readers scored on the same pairs
 (:mod:`sslad.order_probe`).
 
-    python benchmarks/calibration.py --large-replicates 500   # the full grid: 21 min on 2 shared cores
+    python benchmarks/calibration.py --jobs 2                  # the full grid (36 settings): ~20 min on 2 cores
     python benchmarks/calibration.py --quick --replicates 150  # 3 settings (tests/test_benchmarks.py)
 """
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from statistics import NormalDist
 
 import numpy as np
@@ -49,28 +52,36 @@ LEVEL = 0.95
 # noise of a logit around the class signal: latent subject (1), visit (0.5^2), model's own subject and
 # sample noise (0.5^2 each); the first two are shared by both inits (correlation 1.25 / 1.75)
 NOISE_VAR = 1.0 + 3 * 0.25
+# sd of each init's own reading of a subject, the same in all its seeds and runs (a subject x init
+# interaction: the subjects one init reads better than the other). It makes the cells' differences share
+# more than the test sample: the part of the variance every seed shares. 0.75 puts that part at about 3
+# times the seeds' (their ratio in the validation study's primary comparison: 0.3-8, median 3.5); with 0
+# the inits read subjects alike up to each model's own noise, and the shared part is near 0.
+SUBJECT_INIT_SD = 0.75
 # sd of the class-signal strength added by each seed effect; 0.15 moves a model's AUC by about 0.025
 PRETRAIN_SD, FINETUNE_SD, SHARED_SD = 0.15, 0.15, 0.15
 PRIMARY = {"init": "init", "reference": "ref", "mode": "full", "inputs": "history", "fraction": 1.0,
            "min_test_subjects": 10}
-GRID = [(p, f, n) for p, f in ((1, 2), (1, 3), (1, 5), (2, 2), (3, 2), (3, 5)) for n in (10, 20, 50)]
-QUICK = [(1, 2, 10), (1, 3, 20), (3, 2, 50)]
+# (pretraining runs, fine-tuning seeds, test subjects per class, subject x init sd)
+GRID = [(p, f, n, tc) for tc in (SUBJECT_INIT_SD, 0.0) for p, f in ((1, 2), (1, 3), (1, 5), (2, 2), (3, 2), (3, 5))
+        for n in (10, 20, 50)]
+QUICK = [(1, 2, 10, SUBJECT_INIT_SD), (1, 3, 20, SUBJECT_INIT_SD), (3, 2, 50, 0.0)]
 PROBE_SUBJECTS = (6, 10, 20, 40, 100)
 
 
-def auc_given(d: float, pretrain: np.ndarray) -> float:
+def auc_given(d: float, pretrain: np.ndarray, noise_var: float) -> float:
     """Expected AUC over fine-tuning seeds and test subjects of a model with class signal ``d`` plus each
     pretraining run's effect, averaged over the runs: E[Phi(a + b Z)] = Phi(a / sqrt(1 + b^2))."""
-    scale = np.sqrt(2 * NOISE_VAR + FINETUNE_SD ** 2 + SHARED_SD ** 2)
+    scale = np.sqrt(2 * noise_var + FINETUNE_SD ** 2 + SHARED_SD ** 2)
     return float(np.mean([NormalDist().cdf((d + e) / scale) for e in pretrain]))
 
 
-def signal(target: float, pretrain: np.ndarray) -> float:
+def signal(target: float, pretrain: np.ndarray, noise_var: float) -> float:
     """The class signal whose :func:`auc_given` is ``target`` (bisection: it increases with d)."""
     low, high = -5.0, 5.0
     for _ in range(40):
         mid = (low + high) / 2
-        low, high = (mid, high) if auc_given(mid, pretrain) < target else (low, mid)
+        low, high = (mid, high) if auc_given(mid, pretrain, noise_var) < target else (low, mid)
     return (low + high) / 2
 
 
@@ -85,6 +96,7 @@ class Memory:
 
 
 def study(rng: np.random.Generator, n_pretrain: int, n_finetune: int, n_per_class: int,
+          subject_init_sd: float = SUBJECT_INIT_SD,
           deltas: tuple[float, ...] = DELTAS) -> tuple[pd.DataFrame, Memory, np.ndarray]:
     """One simulated study: per task (one per planted difference), the reference fine-tuned with each
     fine-tuning seed and the init with each (pretraining, fine-tuning) seed; the table rows and the
@@ -93,14 +105,15 @@ def study(rng: np.random.Generator, n_pretrain: int, n_finetune: int, n_per_clas
     The planted difference is that of these pretraining runs (over fine-tuning seeds and test subjects): the
     one a study with them can estimate; a single run's effect cannot be told from the init's. The init's
     rows are (pretraining run p, fine-tuning seed f); the reference's, one per f (not pretrained), meets
-    every run at its seed."""
+    every run at its seed. ``subject_init_sd``: :data:`SUBJECT_INIT_SD`."""
     preds, rows, population = Memory(), [], []
-    d_ref = signal(REFERENCE_AUC, np.zeros(1))
+    noise_var = NOISE_VAR + subject_init_sd ** 2
+    d_ref = signal(REFERENCE_AUC, np.zeros(1), noise_var)
     for t, delta in enumerate(deltas):
         pretrain = PRETRAIN_SD * rng.normal(size=n_pretrain)
-        spread = np.sqrt(2 * NOISE_VAR + PRETRAIN_SD ** 2 + FINETUNE_SD ** 2 + SHARED_SD ** 2)
+        spread = np.sqrt(2 * noise_var + PRETRAIN_SD ** 2 + FINETUNE_SD ** 2 + SHARED_SD ** 2)
         d_init = (NormalDist().inv_cdf(REFERENCE_AUC + delta) * spread if n_pretrain > 1
-                  else signal(REFERENCE_AUC + delta, pretrain))
+                  else signal(REFERENCE_AUC + delta, pretrain, noise_var))
         population.append(NormalDist().cdf(d_init / spread) - REFERENCE_AUC)
         n_sub = 2 * n_per_class
         visits = rng.integers(1, 5, n_sub)
@@ -111,26 +124,29 @@ def study(rng: np.random.Generator, n_pretrain: int, n_finetune: int, n_per_clas
                              "index_session": np.concatenate([np.arange(v) for v in visits]).astype(str),
                              "label": y})
 
-        def logits(d: float) -> np.ndarray:
-            return (d * y + latent + 0.5 * rng.normal(size=n_sub)[sub] + 0.5 * rng.normal(size=sub.size)
-                    + rng.normal())
+        own_reading = {init: subject_init_sd * rng.normal(size=n_sub)[sub] for init in ("init", "ref")}
+
+        def logits(d: float, init: str) -> np.ndarray:
+            return (d * y + latent + own_reading[init] + 0.5 * rng.normal(size=n_sub)[sub]
+                    + 0.5 * rng.normal(size=sub.size) + rng.normal())
 
         shared = SHARED_SD * rng.normal(size=n_finetune)
         own_init, own_ref = FINETUNE_SD * rng.normal(size=(2, n_finetune))
         for f in range(n_finetune):
-            preds.frames[f"t{t}/ref/{f}"] = base.assign(logit=logits(d_ref + shared[f] + own_ref[f]))
+            preds.frames[f"t{t}/ref/{f}"] = base.assign(logit=logits(d_ref + shared[f] + own_ref[f], "ref"))
             rows.append({"task": f"t{t}", "init": "ref", "pretrain_seed": pd.NA, "seed": f,
                          "source": f"t{t}/ref/{f}"})
             for p in range(n_pretrain):
                 preds.frames[f"t{t}/init/{p}/{f}"] = base.assign(
-                    logit=logits(d_init + pretrain[p] + shared[f] + own_init[f]))
+                    logit=logits(d_init + pretrain[p] + shared[f] + own_init[f], "init"))
                 rows.append({"task": f"t{t}", "init": "init", "pretrain_seed": p, "seed": f,
                              "source": f"t{t}/init/{p}/{f}"})
     table = pd.DataFrame(rows).astype({"pretrain_seed": "Int64"}).assign(mode="full", inputs="history", fraction=1.0)
     return table, preds, np.array(population)
 
 
-def replicate(rng: np.random.Generator, setting: tuple[int, int, int], n_boot: int, seed: int) -> dict[str, float]:
+def replicate(rng: np.random.Generator, setting: tuple[int, int, int, float], n_boot: int,
+              seed: int) -> dict[str, float]:
     """One study's outcomes: per task its p < 0.05, coverage, and the claims and simultaneous coverage."""
     table, preds, population = study(rng, *setting)
     rows = comparison.primary_comparison(table, PRIMARY, n_boot, seed, LEVEL, preds)
@@ -157,19 +173,29 @@ def replicate(rng: np.random.Generator, setting: tuple[int, int, int], n_boot: i
     return out
 
 
-def calibrate(settings: list[tuple[int, int, int]], replicates: int, n_boot: int, seed: int = 0,
-              large: int | None = None) -> pd.DataFrame:
+def _setting(setting: tuple[int, int, int, float], replicates: int, n_boot: int, seed: int) -> dict[str, object]:
+    """One setting's error rates over ``replicates`` studies, drawn from its own seeded generator (so that
+    the table does not depend on how the settings are spread over workers)."""
+    start = time.perf_counter()
+    rng = np.random.default_rng([seed, *setting[:3], round(100 * setting[3])])
+    res = pd.DataFrame([replicate(rng, setting, n_boot, seed * 100_003 + r) for r in range(replicates)])
+    print(f"{setting}: {replicates} replicates in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return {"subject x init sd": f"{setting[3]:g}", "pretrain seeds": setting[0], "finetune seeds": setting[1],
+            "subjects/class": setting[2], "replicates": replicates, **res.mean().to_dict(),
+            "s": time.perf_counter() - start}
+
+
+def calibrate(settings: list[tuple[int, int, int, float]], replicates: int, n_boot: int, seed: int = 0,
+              large: int | None = None, jobs: int = 1) -> pd.DataFrame:
     """The error rates of each setting over ``replicates`` simulated studies (``large`` of them for the
-    settings with 15 or more seed pairs, the slowest), and the wall time it took."""
-    out = []
-    for setting in settings:
-        start = time.perf_counter()
-        rng = np.random.default_rng([seed, *setting])
-        n = replicates if large is None or setting[0] * setting[1] < 15 else large
-        res = pd.DataFrame([replicate(rng, setting, n_boot, seed * 100_003 + r) for r in range(n)])
-        out.append({"pretrain seeds": setting[0], "finetune seeds": setting[1], "subjects/class": setting[2],
-                    "replicates": n, **res.mean().to_dict(), "s": time.perf_counter() - start})
-        print(f"{setting}: {n} replicates in {out[-1]['s']:.0f} s", file=sys.stderr, flush=True)
+    settings with 15 or more seed pairs, the slowest), and the wall time each took; ``jobs`` processes."""
+    n = [replicates if large is None or p * f < 15 else large for p, f, *_ in settings]
+    args = (settings, n, [n_boot] * len(settings), [seed] * len(settings))
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            out = list(pool.map(_setting, *args))
+    else:
+        out = list(map(_setting, *args))
     df = pd.DataFrame(out)
     return df[[c for c in df.columns if c != "s"] + ["s"]]
 
@@ -243,12 +269,15 @@ def main() -> None:
     parser.add_argument("--large-replicates", type=int, help="replicates of the settings with 15 or more seed "
                         "pairs (the slowest; default: --replicates)")
     parser.add_argument("--n-boot", type=int, default=300, help="bootstrap resamples per comparison")
-    parser.add_argument("--quick", action="store_true", help=f"only {QUICK} (pretrain, finetune seeds, subjects)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"only {QUICK} (pretrain runs, finetune seeds, subjects per class, subject x init sd)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="settings run in parallel processes (same table)")
     args = parser.parse_args()
     start = time.perf_counter()
     settings = QUICK if args.quick else GRID
-    table = calibrate(settings, args.replicates, args.n_boot, args.seed, args.large_replicates).rename(columns=COLUMNS)
+    table = calibrate(settings, args.replicates, args.n_boot, args.seed, args.large_replicates,
+                      args.jobs).rename(columns=COLUMNS)
     print(f"## AUC difference: paired bootstrap over test subjects and seeds, n_boot {args.n_boot}, "
           f"nominal 5% / 95%, reference AUC {REFERENCE_AUC}\n")
     print(markdown(table))

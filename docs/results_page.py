@@ -41,13 +41,17 @@ def commit_of(results: Path) -> str:
 
 
 def run_facts(results: Path) -> tuple[str, float]:
-    """(jobs, job seconds): the jobs of the run's last Snakemake log ("N of N steps"), else the number of
-    benchmark files; the seconds of every job's benchmark file (rules without one add none)."""
+    """(jobs, job seconds): the jobs of every Snakemake invocation that finished ("N of N steps (100%)
+    done" in its log; a study made in several invocations sums them), else the number of benchmark
+    files; the seconds of every job's benchmark file (rules without one add none)."""
     files = list((results / "benchmarks").rglob("*.tsv"))
     seconds = float(sum(pd.read_csv(f, sep="\t")["s"].sum() for f in files))
     logs = sorted((results.parent / ".snakemake" / "log").glob("*.snakemake.log"))
-    done = re.findall(r"(\d+) of \d+ steps \(100%\) done", logs[-1].read_text()) if logs else []
-    return (f"{done[-1]} jobs" if done else f"{len(files)} jobs with a benchmark file"), seconds
+    done = [int(steps[-1]) for log in logs if (steps := re.findall(r"(\d+) of \d+ steps \(100%\) done",
+                                                                     log.read_text()))]
+    if not done:
+        return f"{len(files)} jobs with a benchmark file", seconds
+    return (f"{sum(done)} jobs" + (f" in {len(done)} invocations" if len(done) > 1 else "")), seconds
 
 
 def primary_table(results: Path) -> list[str]:

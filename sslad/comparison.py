@@ -210,8 +210,10 @@ def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0,
     differs between cells: the seeds, the pretraining runs (``crossed``) and each cell's own reading of
     the test subjects, estimated from the spread of the cells' differences by the mean squares of a
     random runs x seeds table (:func:`_seed_variance`). The interval is the t interval on the
-    Satterthwaite degrees of freedom of the sum: with 2 seeds and little else, close to 1 degree of
-    freedom, as wide as two seeds warrant.
+    Satterthwaite degrees of freedom of the sum, the subjects' part known to min(positive, negative test
+    subjects) - 1, the seeds' to what the table gives: near the subjects' where the inits read some test
+    subjects differently in every seed (the shared part then dominates, as in the validation study), near
+    1 with 2 seeds where the seeds' spread dominates; at least half the seeds' own.
 
     Why not resample seeds and subjects together: a cell's own reading of the test subjects (the
     subject x seed interaction) is then counted twice, once by each draw, and the test is conservative
@@ -252,8 +254,10 @@ def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0,
                     - auc_from_counts(b[pos], b[neg], c[:, pos], c[:, neg]))
     auc_a = np.array([auc(p.labels, p.a) for p in pairs])
     auc_b = np.array([auc(p.labels, p.b) for p in pairs])
+    # the test subjects' part is known to about as many degrees of freedom as the smaller class has subjects
+    subjects_df = float(max(min(min(n_pos), min(n_neg)) - 1, 1))
     if k == 1:
-        var, df = float(np.var(diffs[0], ddof=1)), float(max(min(n_pos) + min(n_neg) - 2, 1))
+        var, df = float(np.var(diffs[0], ddof=1)), subjects_df
     else:
         cov = np.cov(diffs)
         # cells apart in every factor that varies share only the test subjects: their covariance is that
@@ -263,8 +267,13 @@ def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0,
                 ((seed_of[:, None] != seed_of[None, :]) | (seeds.size == 1)) & ~np.eye(k, dtype=bool)
         table = np.empty((runs.size, seeds.size))
         table[run_of, seed_of] = auc_a - auc_b
-        spread, df = _seed_variance(table)
-        var = max(float(cov[apart].mean()) + spread, spread / 2)
+        spread, spread_df = _seed_variance(table)
+        shared = float(cov[apart].mean())
+        var = max(shared + spread, spread / 2)
+        # Satterthwaite, each part with its own degrees of freedom; as a shared part estimated below 0 takes
+        # off at most half the seeds' part, it takes off at most half their degrees of freedom
+        df = max(var ** 2 / (shared ** 2 / subjects_df + spread ** 2 / spread_df), spread_df / 2) \
+            if var > 0 else subjects_df
     return Comparison(auc_a=auc_a, auc_b=auc_b, se=math.sqrt(var), df=df,
                       n_pos_subjects=min(n_pos), n_neg_subjects=min(n_neg))
 

@@ -165,7 +165,12 @@ def test_paired_comparison(study):
         assert r.auc_diff_seed_sd == pytest.approx(diff.std(ddof=1), abs=1e-5)
         assert r.auc_diff_low <= r.auc_diff_high and r.auc_diff_p <= r.auc_diff_p_holm
     designed = topc[topc.task == "dx_cn_ad"]
-    assert (designed.auc_diff > 0.1).all() and (designed.auc_diff_low > 0).all() and (designed.auc_diff_p < 0.05).all()
+    assert (designed.auc_diff > 0.3).all()
+    # the primary setting's row is found; on 3 seeds whose differences share little through the test subjects
+    # (here the inits read them alike: that part is estimated near or below 0), an interval has 1-2 degrees
+    # of freedom, and two of the four rows' intervals reach below 0
+    primary = designed[(designed["mode"] == "full") & (designed.fraction == 1.0)].iloc[0]
+    assert primary.auc_diff_low > 0 and primary.auc_diff_p < 0.05
     # Holm over every task x init compared with scratch at one mode, inputs and fraction
     for _, g in topc.groupby(comparison.FAMILY):
         expected = metrics.holm(g.auc_diff_p)
@@ -178,7 +183,7 @@ def test_primary_comparison_leads_the_summary(study):
     assert primary < exploratory and "Tasks not evaluated" not in text
     assert "test AUC of **topc** vs **scratch**, full fine-tuning, history inputs, label fraction 1." in text
     assert ("**The primary comparison favours topc on 1 of 2 tasks** (Holm-adjusted; simultaneous 95% intervals "
-            "above 0), and scratch on 0 of 2.") in text
+            "above 0), and scratch on 1 of 2.") in text
     assert "ssl" not in text.lower() and "best" not in text.lower()  # no best-of-N headline
     head = text[primary:exploratory]
     assert "simultaneous 95% CI" in head and "(each at 97.5%)" in head  # Bonferroni over 2 tasks
@@ -198,8 +203,10 @@ def test_primary_comparison_leads_the_summary(study):
             assert getattr(r, col) == pytest.approx(at.at[r.task, col], abs=1e-5), col
         assert r.auc_diff_adj_low <= r.auc_diff_low <= r.auc_diff_high <= r.auc_diff_adj_high
     assert prim.set_index("task").favours.to_dict() == {"dx_cn_ad": True, "fut_mci_ad": False}
-    # fut_mci_ad's planted loss (-0.17) is within its simultaneous interval on 3 seeds (2 degrees of freedom)
-    assert prim.set_index("task").favours_reference.to_dict() == {"dx_cn_ad": False, "fut_mci_ad": False}
+    # fut_mci_ad's planted loss (-0.17) is found too: there the test subjects' part, known to 15 degrees of
+    # freedom, dominates (13 in all); with the seeds' 2 alone it stayed within its simultaneous interval
+    assert prim.set_index("task").favours_reference.to_dict() == {"dx_cn_ad": False, "fut_mci_ad": True}
+    assert prim.set_index("task").at["fut_mci_ad", "auc_diff_df"] > 10
     assert prim.auc_diff_p_holm.to_numpy() == pytest.approx(metrics.holm(prim.auc_diff_p))
 
 
@@ -224,7 +231,7 @@ def test_controls_sit_beside_the_primary_comparison(study, tmp_path):
     index, shuffled = ctl.loc["index"], ctl.loc["time_shuffled"]
     assert index.init_change_low > 0 and index.auc_diff_low < 0.05  # the gain went with the history
     assert index.reference_change_low < 0 < index.reference_change_high
-    assert shuffled.auc_diff_low > 0 and shuffled.init_change_low < 0 < shuffled.init_change_high  # times: no
+    assert shuffled.auc_diff > 0.3 and shuffled.init_change_low < 0 < shuffled.init_change_high  # times: no
     # each number is the paired one on the same test samples and seeds
     full = t[(t["mode"] == "full") & (t.fraction == 1.0) & (t.task == "dx_cn_ad")]
     auc = full.set_index(["init", "inputs", "seed"])["auc"]
@@ -509,7 +516,7 @@ def test_pretraining_runs_are_crossed_with_seeds_and_their_spread_reported(tmp_p
         preds = result_table.Predictions()
         direct = comparison.paired_auc_diff(comparison.seed_pairs(cells, "full", preds), N_BOOT, 0,
                                            crossed=[(c.run, c.seed) for c in cells])
-        assert (row.auc_diff_low, row.auc_diff_high) == pytest.approx(direct.interval(0.95))
+        assert (row.auc_diff_low, row.auc_diff_high) == pytest.approx(direct.interval(0.95), abs=1e-6)  # csv: 6 digits
         found[name + " se"] = direct.se
         md = out["summary_md"].read_text()
         assert "pretraining sd" in md and "3 × 3" in md
@@ -524,11 +531,12 @@ def test_planted_null_rarely_claims_a_task():
     """Exchangeable inits, 7 tasks x 3 seeds: the headline's false-claim rate must stay below 5%, and the
     unadjusted 95% intervals exclude 0 in about 5% of comparisons.
 
-    Measured (n_boot 400): these 200 draws give 3 claims (1.5%), and the unadjusted intervals excluded 0
-    in 3.9% of the 1,400 comparisons (the bootstrap that resampled subjects and seeds together: 1.7%,
-    conservative, as it counted their interaction twice). Negative control on the same data: samples as
-    units, the seeds' spread left out, claims a task in 61 of 200 draws (30%), so the design can expose
-    an invalid rule. Takes ~12 s.
+    Measured (n_boot 400): these 200 draws give 9 claims (4.5%), and the unadjusted intervals excluded 0
+    in 2.8% of the 1,400 comparisons (2.3-2.7% on three other seeds of the test: this design has no
+    subject x init interaction, where the t intervals are conservative; the bootstrap that resampled
+    subjects and seeds together gave 1.7%). Negative control on the same data: samples as units, the
+    seeds' spread left out, claims a task in 61 of 200 draws (30%), so the design can expose an invalid
+    rule. Takes ~12 s.
     """
     rng, n_boot, n_draws = np.random.default_rng(11), 400, 200
     claims = naive_claims = rejected = 0
@@ -546,9 +554,9 @@ def test_planted_null_rarely_claims_a_task():
 
 
 def test_planted_effect_is_claimed():
-    """A planted advantage of about +0.2 AUC on every task, 5 seeds, is claimed on some tasks in every
-    draw (measured: 1-6 of 7, mean 3). The price of intervals that carry the seeds' spread: with 3 seeds
-    the Holm-adjusted t quantile on about 2 degrees of freedom claims almost nothing (0-1 of 7)."""
+    """A planted advantage of about +0.2 AUC on every task, 5 seeds, is claimed on most tasks in every
+    draw (measured: 5-7 of 7, mean 6.3; 0-5, mean 2.6 with 3 seeds). The t intervals' degrees of freedom
+    count the test subjects' part with its own (before, only the seeds': 1-6 of 7, mean 3, at 5 seeds)."""
     rng, n_boot = np.random.default_rng(12), 400
     claimed = []
     for d in range(10):
@@ -557,7 +565,7 @@ def test_planted_effect_is_claimed():
                                        min_subjects=10)
         assert not rows["favours_reference"].any()
         claimed.append(int(rows["favours"].sum()))
-    assert min(claimed) >= 1 and np.mean(claimed) >= 2.5, claimed
+    assert min(claimed) >= 4 and np.mean(claimed) >= 5, claimed
 
 
 def test_intervals_come_from_aggregation_with_its_number_of_resamples(study):

@@ -68,8 +68,8 @@ def test_calibration_measures_error_rates_within_monte_carlo_bounds():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "n_boot 200" in out.stdout
     rows = _rows(out.stdout, "## AUC difference")
-    assert [(r["pretrain seeds"], r["finetune seeds"], r["subjects/class"]) for r in rows] == [
-        ("1", "2", "10"), ("1", "3", "20"), ("3", "2", "50")]
+    assert [(r["pretrain seeds"], r["finetune seeds"], r["subjects/class"], r["subject x init sd"]) for r in rows] == [
+        ("1", "2", "10", "0.75"), ("1", "3", "20", "0.75"), ("3", "2", "50", "0")]
     for r in rows:
         assert float(r["type-I (p<0.05, Δ=0)"]) <= 0.10, r
         assert float(r["coverage 95%"]) >= 0.90 and float(r["simult. coverage (3 tasks)"]) >= 0.90, r

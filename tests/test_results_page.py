@@ -39,3 +39,17 @@ def test_a_page_without_sections_gets_the_section_at_its_end(tmp_path):
     page.write_text(INTRO)
     results_page.write(page, "demo", _section("demo", "numbers"))
     assert page.read_text() == f"{INTRO.rstrip()}\n\n{_section('demo', 'numbers')}\n"
+
+
+def test_jobs_of_a_study_made_in_several_invocations_are_summed(tmp_path):
+    """The job count reads every finished invocation's log (an unfinished one adds none), not only the last."""
+    logs = tmp_path / ".snakemake" / "log"
+    logs.mkdir(parents=True)
+    (tmp_path / "results" / "benchmarks").mkdir(parents=True)
+    for name, text in (("2026-12-06T0100.snakemake.log", "10 of 271 steps (4%) done\n271 of 271 steps (100%) done\n"),
+                       ("2026-12-06T0200.snakemake.log", "140 of 140 steps (100%) done\n"),
+                       ("2026-12-06T0300.snakemake.log", "3 of 9 steps (33%) done\n")):
+        (logs / name).write_text(text)
+    assert results_page.run_facts(tmp_path / "results") == ("411 jobs in 2 invocations", 0.0)
+    (logs / "2026-12-06T0200.snakemake.log").unlink()
+    assert results_page.run_facts(tmp_path / "results") == ("271 jobs", 0.0)
