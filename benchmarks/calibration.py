@@ -28,7 +28,7 @@ subjects with unequal numbers of scan pairs and subject-to-subject differences i
 reader's accuracy, and the paired difference of two readers scored on the same pairs
 (:mod:`sslad.order_probe`).
 
-    python benchmarks/calibration.py --jobs 2                  # the full grid (36 settings): ~20 min on 2 cores
+    python benchmarks/calibration.py --jobs 2                  # the full grid (36 settings): 20-23 min alone on 2 cores
     python benchmarks/calibration.py --quick --replicates 150  # 3 settings (tests/test_benchmarks.py)
 """
 

@@ -61,8 +61,9 @@ def test_calibration_measures_error_rates_within_monte_carlo_bounds():
     about 3 Monte-Carlo sd wide, fixed seed). Samples as units without the seeds' spread (an invalid
     method) gave 18-23% type-I error and 76-80% coverage on the first two settings; a method that never
     rejects fails the power bounds of the last two. With 2 seeds and 10 test subjects per class the
-    method has almost no power (the full grid: 3.8% at a planted 0.10), so that setting has no power
-    bound. With 3 pretraining runs, runs and seeds are crossed factors. Takes ~30 s."""
+    method has little power (the full grid: 12% at a planted 0.10), so that setting has no power bound.
+    The first two settings have a subject x init interaction, the last none; with 3 pretraining runs,
+    runs and seeds are crossed factors. Takes ~30 s."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks/calibration.py"), "--quick", "--replicates", "150",
                           "--n-boot", "200"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -75,7 +76,7 @@ def test_calibration_measures_error_rates_within_monte_carlo_bounds():
         assert float(r["coverage 95%"]) >= 0.90 and float(r["simult. coverage (3 tasks)"]) >= 0.90, r
     for r in rows[:2]:
         assert r["type-I, runs as independent seeds"] == "–"
-    # the full grid (1,000 studies): power at a planted 0.10 of 0.22 at 3 seeds x 20, 0.33 at 3 runs x 2 seeds x 50
+    # the full grid (1,000 studies): power at a planted 0.10 of 0.30 at 3 seeds x 20, 0.48 at 3 runs x 2 seeds x 50
     assert float(rows[1]["power Δ=0.10"]) >= max(0.1, 2 * float(rows[1]["type-I (p<0.05, Δ=0)"])), rows[1]
     assert float(rows[2]["power Δ=0.10"]) >= 0.2, rows[2]
     probe = _rows(out.stdout, "## Order probe")
