@@ -263,16 +263,23 @@ COLUMNS = {"reject0": "type-I (p<0.05, Δ=0)", "claim0": "false claim (Holm+simu
            "independent_cover": "coverage 95%, runs as independent seeds"}
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--replicates", type=int, default=1000, help="simulated studies per setting")
-    parser.add_argument("--large-replicates", type=int, help="replicates of the settings with 15 or more seed "
+    parser.add_argument("--replicates", type=_positive, default=1000, help="simulated studies per setting")
+    parser.add_argument("--large-replicates", type=_positive, help="replicates of the settings with 15 or more seed "
                         "pairs (the slowest; default: --replicates)")
-    parser.add_argument("--n-boot", type=int, default=300, help="bootstrap resamples per comparison")
+    parser.add_argument("--n-boot", type=_positive, default=300, help="bootstrap resamples per comparison")
     parser.add_argument("--quick", action="store_true",
                         help=f"only {QUICK} (pretrain runs, finetune seeds, subjects per class, subject x init sd)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1, help="settings run in parallel processes (same table)")
+    parser.add_argument("--jobs", type=_positive, default=1, help="settings run in parallel processes (same table)")
     args = parser.parse_args()
     start = time.perf_counter()
     settings = QUICK if args.quick else GRID
