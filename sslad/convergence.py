@@ -25,7 +25,8 @@ import pandas as pd
 
 LOSS_STILL_FALLING = 0.05
 CELL = ["heldout", "task", "init", "mode", "inputs", "fraction"]
-TRAINING_COLUMNS = [*CELL, "seed", "epochs", "stopped_early", "best_epoch", "loss_drop_last_quarter", "val_auc"]
+TRAINING_COLUMNS = [*CELL, "seed", "epochs", "stopped_early", "best_epoch", "loss_drop_last_quarter", "val_auc",
+                    "val_subjects"]
 FLAG_COLUMNS = [*CELL, "seeds", "best_last", "best_first", "loss_falling", "val_auc", "schedule_val_auc", "reasons"]
 
 
@@ -43,7 +44,8 @@ def training_rows(job: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per mode of an evaluated fine-tuning job's metrics.json: epochs run, whether early
     stopping ended the run (fewer epochs than its settings' budget: full mode only, the probe runs
     them all), best epoch, the loss drop over the last quarter and the best validation AUC (the
-    schedule baseline, which trains no epochs, gives its validation AUC only)."""
+    schedule baseline, which trains no epochs, gives its validation AUC only) and the number of validation
+    subjects it was read on."""
     rows = []
     for row in job.get("rows", []):
         curve = job.get("curves", {}).get(row["mode"], {})
@@ -53,7 +55,8 @@ def training_rows(job: dict[str, Any]) -> list[dict[str, Any]]:
                      "seed": job["seed"], "epochs": len(loss),
                      "stopped_early": row["mode"] == "full" and 0 < len(loss) < job["settings"]["epochs"],
                      "best_epoch": row.get("best_epoch"),
-                     "loss_drop_last_quarter": loss_drop(loss), "val_auc": row.get("val_auc")})
+                     "loss_drop_last_quarter": loss_drop(loss), "val_auc": row.get("val_auc"),
+                     "val_subjects": row.get("n_val_subjects")})
     return rows
 
 
@@ -83,7 +86,10 @@ def flags(training: pd.DataFrame, schedule: str = "schedule") -> pd.DataFrame:
                            f"{LOSS_STILL_FALLING:.0%} of its first value over the last quarter, validation "
                            "peaking in it)")
         if np.isfinite(ref) and (val < ref or (val == ref and ref < 1)):
-            reasons.append(f"validation AUC {val:.3f} no better than the schedule baseline's {ref:.3f}")
+            # how many subjects that reading rests on: a handful leaves the comparison to chance
+            n_val = pd.to_numeric(g["val_subjects"], errors="coerce").max()
+            on = f" on {int(n_val)} validation subjects" if np.isfinite(n_val) else ""
+            reasons.append(f"validation AUC {val:.3f} no better than the schedule baseline's {ref:.3f}{on}")
         if reasons:
             out.append({**cell, "seeds": n, "best_last": best_last, "best_first": best_first, "loss_falling": falling,
                         "val_auc": val,

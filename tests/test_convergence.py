@@ -59,6 +59,17 @@ def test_each_sign_of_undertraining_is_flagged_with_its_reason():
     assert "primary comparison's topc" not in text and "3 of 6 trained cells **may be undertrained**" in text
 
 
+def test_the_schedule_reason_names_the_validation_subjects_it_rests_on():
+    """On the validation study's fut_cn_mci, 12 validation subjects: the reader should see how few."""
+    jobs = [_job("scratch", s, FLAT, 4, 0.40) for s in (0, 1)]
+    jobs += [{"task": "dx_cn_ad", "init": "schedule", "inputs": "history", "fraction": 1.0, "seed": s, "heldout": "",
+              "rows": [{"mode": "full", "best_epoch": None, "val_auc": 0.44}], "curves": {}} for s in (0, 1)]
+    for job in jobs:
+        job["rows"][0]["n_val_subjects"] = 12
+    reasons = convergence.flags(_training(*jobs)).iloc[0]["reasons"]
+    assert reasons == "validation AUC 0.400 no better than the schedule baseline's 0.440 on 12 validation subjects"
+
+
 def test_a_run_that_early_stopping_ended_is_not_flagged_for_its_falling_loss():
     """The loss still falls and validation peaked in the last quarter, but the run stopped 2 epochs
     after that peak, 12 short of its budget: validation had stopped improving, which is convergence
