@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from sslad import aggregate, comparison, metrics, qc_mosaic, result_table, results
+from sslad import aggregate, comparison, metrics, qc_mosaic, result_table, results, summary_report
 from sslad.comparison import SeedPair
 
 TASKS = ("dx_cn_ad", "fut_mci_ad")
@@ -208,6 +208,20 @@ def test_primary_comparison_leads_the_summary(study):
     assert prim.set_index("task").favours_reference.to_dict() == {"dx_cn_ad": False, "fut_mci_ad": True}
     assert prim.set_index("task").at["fut_mci_ad", "auc_diff_df"] > 10
     assert prim.auc_diff_p_holm.to_numpy() == pytest.approx(metrics.holm(prim.auc_diff_p))
+
+
+def test_the_primary_section_warns_below_three_seeds(study):
+    """With 2 seeds the calibration measures the t approximation missing both ways; with 1 the seeds'
+    variance is not in the interval at all. 3 seeds (the fixture) get no warning."""
+    text = study["summary_md"].read_text()
+    assert "**Two fine-tuning seeds**" not in text and "**One fine-tuning seed**" not in text
+    table, _ = result_table.build_table(study["paths"], N_BOOT)
+    for n, words in ((2, "**Two fine-tuning seeds**: the seeds' part is known to about one degree"),
+                     (1, "**One fine-tuning seed**: the intervals carry the test subjects' variance only")):
+        few = table[table["seed"].isin(SEEDS[:n])]
+        prim = comparison.primary_comparison(few, PRIMARY, N_BOOT)
+        assert prim.n_seeds.eq(n).all()
+        assert words in "\n".join(summary_report._primary_section(prim, PRIMARY, few, N_BOOT, 0.95))
 
 
 def test_controls_sit_beside_the_primary_comparison(study, tmp_path):
