@@ -108,15 +108,14 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
                   f"its simultaneous interval excludes 0 and its Holm p is below {1 - level:.2g}. Test subjects "
                   f"+/−: with at least one positive / negative test sample (a claim needs {need} of each, an "
                   f"interval {MIN_RESAMPLABLE})."]
-    seeds = int(prim["n_seeds"].max())
-    if seeds == 1:
-        lines += ["", "**One fine-tuning seed**: the intervals carry the test subjects' variance only, not the "
-                      "seeds'. Run 3 seeds or more (`study.seeds`) before reading a claim."]
-    elif seeds == 2:  # measured by benchmarks/calibration.py (docs/results.md)
-        lines += ["", "**Two fine-tuning seeds**: the seeds' part is known to about one degree of freedom, where "
-                      "the t approximation misses both ways (benchmarks/calibration.py): p-values somewhat "
-                      "conservative, simultaneous intervals that can cover well below their level where the seeds' "
-                      "spread dominates. Run 3 seeds or more (`study.seeds`) before reading a claim."]
+    # fewer than 3 seeds: measured by benchmarks/calibration.py (docs/results.md)
+    few_seeds = {1: "**One fine-tuning seed**: the intervals carry the test subjects' variance only, not the seeds'.",
+                 2: "**Two fine-tuning seeds**: the seeds' part is known to about one degree of freedom, where the t "
+                    "approximation misses both ways (benchmarks/calibration.py): p-values somewhat conservative, "
+                    "simultaneous intervals that can cover well below their level where the seeds' spread "
+                    "dominates."}.get(int(prim["n_seeds"].max()))
+    if few_seeds:
+        lines += ["", f"{few_seeds} Run 3 seeds or more (`study.seeds`) before reading a claim."]
     return lines + [""]
 
 

@@ -18,6 +18,12 @@ def _job(init: str, seed: int, loss: list[float], best: int, val: float, task: s
             "curves": {mode: {"train_loss": loss, "val_auc": [val] * len(loss)}}}
 
 
+def _schedule(val: float, seeds: tuple[int, ...] = (0, 1), modes: tuple[str, ...] = ("full",)) -> list[dict]:
+    """The schedule-only baseline's jobs: no curves, a validation AUC only."""
+    return [{"task": "dx_cn_ad", "init": "schedule", "inputs": "history", "fraction": 1.0, "seed": s, "heldout": "",
+             "rows": [{"mode": m, "best_epoch": None, "val_auc": val}], "curves": {}} for s in seeds for m in modes]
+
+
 def _training(*jobs: dict) -> pd.DataFrame:
     return pd.DataFrame([r for j in jobs for r in convergence.training_rows(j)], columns=convergence.TRAINING_COLUMNS)
 
@@ -28,8 +34,7 @@ FALLING = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
 
 def test_converged_cells_are_not_flagged_and_the_section_says_so():
     jobs = [_job("topc", s, FLAT, 4, 0.8) for s in (0, 1)] + [_job("scratch", s, FLAT, 5, 0.75) for s in (0, 1)]
-    jobs += [{"task": "dx_cn_ad", "init": "schedule", "inputs": "history", "fraction": 1.0, "seed": s, "heldout": "",
-              "rows": [{"mode": "full", "best_epoch": None, "val_auc": 0.6}], "curves": {}} for s in (0, 1)]
+    jobs += _schedule(0.6)
     training = _training(*jobs)
     flagged = convergence.flags(training)
     assert flagged.empty
@@ -37,9 +42,7 @@ def test_converged_cells_are_not_flagged_and_the_section_says_so():
 
 
 def test_each_sign_of_undertraining_is_flagged_with_its_reason():
-    schedule = [{"task": "dx_cn_ad", "init": "schedule", "inputs": "history", "fraction": 1.0, "seed": s,
-                 "heldout": "", "rows": [{"mode": m, "best_epoch": None, "val_auc": 0.7}], "curves": {}}
-                for s in (0, 1) for m in ("full", "probe")]
+    schedule = _schedule(0.7, modes=("full", "probe"))
     training = _training(
         *[_job("scratch", s, FALLING, 8, 0.9) for s in (0, 1)],                  # still improving at the end
         *[_job("simclr", s, FLAT, 1, 0.8) for s in (0, 1)],                      # never improved on epoch 1
@@ -62,8 +65,7 @@ def test_each_sign_of_undertraining_is_flagged_with_its_reason():
 def test_the_schedule_reason_names_the_validation_subjects_it_rests_on():
     """On the validation study's fut_cn_mci, 12 validation subjects: the reader should see how few."""
     jobs = [_job("scratch", s, FLAT, 4, 0.40) for s in (0, 1)]
-    jobs += [{"task": "dx_cn_ad", "init": "schedule", "inputs": "history", "fraction": 1.0, "seed": s, "heldout": "",
-              "rows": [{"mode": "full", "best_epoch": None, "val_auc": 0.44}], "curves": {}} for s in (0, 1)]
+    jobs += _schedule(0.44)
     for job in jobs:
         job["rows"][0]["n_val_subjects"] = 12
     reasons = convergence.flags(_training(*jobs)).iloc[0]["reasons"]
