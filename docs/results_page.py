@@ -6,9 +6,11 @@
 The section (between ``<!-- results:NAME -->`` markers, replaced in place or added after the page's
 introduction) holds the date and commit of the results (results/provenance.json), the job count and
 job time (results/benchmarks/), the primary comparison (results/summary.csv), the cells that may be
-undertrained (the fine-tuning jobs' curves, as summary.md flags them), each pretraining run's loss
-(results/pretrain/) and the order probe on unseen subjects (results/order_probe.tsv). Numbers are
-never typed by hand: a rerun of the study and of this script replaces them.
+undertrained (the fine-tuning jobs' curves, as summary.md flags them), what each task's split
+supports on simulated cohorts (results/ground_truth.tsv, beside every init's test AUC at the primary
+setting), each pretraining run's loss (results/pretrain/) and the order probe on unseen subjects
+(results/order_probe.tsv). Numbers are never typed by hand: a rerun of the study and of this script
+replaces them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sslad import convergence
+from sslad import convergence, ground_truth
 from sslad.results import read_job
 from sslad.schedule import SCHEDULE
 
@@ -73,13 +75,38 @@ def undertrained(results: Path) -> list[str]:
     jobs = [read_job(p)[0] for p in sorted((results / "finetune").rglob("metrics.json"))]
     training = pd.DataFrame([r for job in jobs for r in convergence.training_rows(job)],
                             columns=convergence.TRAINING_COLUMNS)
-    flagged = convergence.flags(training, SCHEDULE)
+    truth = results / "ground_truth.tsv"
+    flagged = convergence.flags(training, SCHEDULE,
+                                ground_truth.val_auc(pd.read_csv(truth, sep="\t")) if truth.exists() else None)
     cells = len(training[training["epochs"] > 0].drop_duplicates(convergence.CELL))
     if flagged.empty:
         return [f"No trained cell of {cells} is flagged \"may be undertrained\"."]
     per_init = flagged.groupby("init")["task"].agg(lambda t: ", ".join(sorted(set(t))))
     return [f"{len(flagged)} of {cells} trained cells are flagged \"may be undertrained\"; tasks per init: "
             + "; ".join(f"{init}: {tasks}" for init, tasks in per_init.items()) + "."]
+
+
+def split_support(results: Path) -> list[str]:
+    """The true-volume reader per task (simulated cohorts), beside each init's mean test AUC at the
+    primary comparison's mode, inputs and fraction."""
+    path = results / "ground_truth.tsv"
+    if not path.exists():
+        return []
+    truth = pd.read_csv(path, sep="\t")
+    summary = pd.read_csv(results / "summary.csv")
+    prim = summary[summary["claim"].fillna("").str.startswith("primary:")]
+    if not prim.empty:
+        setting = prim.iloc[0][["mode", "inputs", "fraction"]]
+        summary = summary[(summary[["mode", "inputs", "fraction"]] == setting).all(axis=1)]
+    summary = summary[summary["heldout"].isna()]  # the pooled split, the reader's (none in a study of folds)
+    inits = sorted(summary["init"].unique())
+    auc = summary.set_index(["task", "init"])["auc_mean"]
+    lines = ["| task | true volumes: validation / test | " + " | ".join(inits) + " |",
+             "|---|---|" + "---|" * len(inits)]
+    for r in truth.itertuples(index=False):
+        lines.append(f"| {r.task} | {_f(r.val_auc)} / {_f(r.test_auc)} | "
+                     + " | ".join(_f(auc.get((r.task, i), math.nan)) for i in inits) + " |")
+    return lines
 
 
 def pretraining(results: Path) -> list[str]:
@@ -113,7 +140,12 @@ def section(results: Path, name: str, title: str, command: str, wall_min: float 
     lines = [f"<!-- results:{name} -->", f"## {title} ({date}, commit {commit_of(results)})", "",
              f"`{command}`: {jobs}{wall}, {seconds / 60:.1f} min of job time (rules with a benchmark file).", "",
              "**Primary comparison** (results/summary.csv):", "", *primary_table(results), "",
-             *undertrained(results), "", *pretraining(results)]
+             *undertrained(results), ""]
+    support = split_support(results)
+    if support:
+        lines += ["**What the split supports** (results/ground_truth.tsv: a reader of the true volumes, fitted "
+                  "on each task's training samples; the inits' test AUC at the primary setting):", "", *support, ""]
+    lines += pretraining(results)
     probe = order_probe(results)
     if probe:
         lines += ["", "**Order probe on unseen test subjects** (results/order_probe.tsv):", "", *probe]

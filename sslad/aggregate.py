@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from sslad import convergence
+from sslad import convergence, ground_truth
 from sslad.comparison import (
     SUMMARY_COLUMNS,
     control_comparisons,
@@ -17,7 +17,7 @@ from sslad.comparison import (
     with_primary,
 )
 from sslad.figures import init_colours, plot_task
-from sslad.io import atomic_path
+from sslad.io import atomic_path, read_tsv
 from sslad.result_table import (
     ALL,
     COHORT_SKIPPED_COLUMNS,
@@ -48,7 +48,7 @@ def check_settings(settings: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: str, figures_dir: str,
         settings: dict[str, Any], predictions_paths: list[str] | None = None,
-        subjects_tsv: str | None = None) -> None:
+        subjects_tsv: str | None = None, ground_truth_tsv: str | None = None) -> None:
     """Read every job's metrics.json and predictions.tsv (``predictions_paths``, one per metrics file
     in the same order; default: next to it), write the table, summary, markdown and one figure per
     evaluated task (``{figures_dir}/{task}.png``; ``{task}_heldout-{cohort}.png`` per held-out cohort).
@@ -56,6 +56,8 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
     ``settings``: n_bootstrap and primary (init, reference, mode, inputs, fraction, min_test_subjects),
     the pre-specified comparison that summary.md leads with.
     ``subjects_tsv``: the manifest's subjects.tsv; with it, rows per test cohort (:func:`cohort_rows`).
+    ``ground_truth_tsv``: the true-volume reader's table (sslad.ground_truth, simulated cohorts); with it,
+    the convergence flags cite it and summary.md shows it.
     Jobs of a leave-one-cohort-out study are summarised per held-out cohort, each its own section.
     """
     n_boot, primary = check_settings(settings)
@@ -78,6 +80,7 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
     summaries, sections = [], []
     training = pd.DataFrame([r for path in metrics_paths for r in convergence.training_rows(read_job(path)[0])],
                             columns=convergence.TRAINING_COLUMNS).astype({"heldout": str})
+    truth = read_tsv(ground_truth_tsv) if ground_truth_tsv else pd.DataFrame(columns=ground_truth.COLUMNS)
     colours = init_colours(sorted(table["init"].unique()))
     Path(figures_dir).mkdir(parents=True, exist_ok=True)
     for fold in folds:
@@ -92,7 +95,10 @@ def run(metrics_paths: list[str], table_csv: str, summary_csv: str, summary_md: 
                     for name in dict.fromkeys((primary["init"], primary["reference"])) if name != SCHEDULE}
         controls = control_comparisons(whole, primary, n_boot, seed, level, preds)
         fold_training = training[training["heldout"] == fold]
-        converged = convergence.section(convergence.flags(fold_training, SCHEDULE), fold_training, primary)
+        converged = convergence.section(convergence.flags(fold_training, SCHEDULE, ground_truth.val_auc(truth)),
+                                        fold_training, primary)
+        if not fold:  # the reader is fitted on the pooled split only
+            converged += ground_truth.section(truth)
         text = summary_markdown(summary, prim, primary, whole, skipped[skipped["heldout"] == fold], n_boot, level,
                                 controls, baseline, converged)
         lines = text.rstrip("\n").splitlines() + [""] + by_cohort_section(table[table["heldout"] == fold],

@@ -213,7 +213,15 @@ def _cmd_track_pretrain(a: argparse.Namespace) -> None:
 def _cmd_aggregate(a: argparse.Namespace) -> None:
     from sslad.aggregate import run
 
-    run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, a.settings, a.predictions, a.subjects)
+    run(a.metrics, a.table, a.summary, a.summary_md, a.figures_dir, a.settings, a.predictions, a.subjects,
+        a.ground_truth)
+
+
+def _cmd_ground_truth(a: argparse.Namespace) -> None:
+    from sslad.ground_truth import run
+
+    table = run(a.tasks, dict(a.cohort), a.out)
+    print(table.to_string(index=False), file=sys.stderr)
 
 
 def _cmd_order_probe(a: argparse.Namespace) -> None:
@@ -451,6 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", required=True)
     p.add_argument("--summary-md", required=True)
     p.add_argument("--figures-dir", required=True)
+    p.add_argument("--ground-truth", default=None,
+                   help="ground_truth.tsv (simulated cohorts): cited by the convergence flags, shown in summary.md")
+
+    p = add("ground-truth", _cmd_ground_truth,
+            "What each task's split supports on simulated cohorts: a reader of the true volumes.")
+    p.add_argument("--tasks", nargs="+", required=True, help="task tables of the manifest (results/manifest/tasks)")
+    p.add_argument("--cohort", nargs=2, action="append", required=True, metavar=("NAME", "BIDS"),
+                   help="a simulated cohort and its BIDS tree (the ground truth under derivatives/simulation)")
+    p.add_argument("--out", required=True, help="ground_truth.tsv")
 
     p = add("order-probe", _cmd_order_probe,
             "Score one pretraining run's order probe on the test subjects, beside its untrained encoder and voxels.")

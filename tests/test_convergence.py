@@ -72,6 +72,24 @@ def test_the_schedule_reason_names_the_validation_subjects_it_rests_on():
     assert reasons == "validation AUC 0.400 no better than the schedule baseline's 0.440 on 12 validation subjects"
 
 
+def test_the_schedule_reason_cites_the_true_volumes_and_says_when_the_split_lacks_the_signal():
+    """The validation study's fut_cn_mci: a reader of the simulation's true volumes, fitted on the same
+    26 training subjects, reads validation at 0.31, below the schedule's 0.44 too: the flag stays and
+    says why a longer budget would not clear it; where the truth reads better, only its value."""
+    training = _training(*[_job("scratch", s, FLAT, 4, 0.40) for s in (0, 1)], *_schedule(0.44))
+    lacking = convergence.flags(training, truth={"dx_cn_ad": 0.31}).iloc[0]
+    assert lacking["reasons"] == ("validation AUC 0.400 no better than the schedule baseline's 0.440 (true volumes: "
+                                  "0.310, no better either: the split lacks the signal, not the training)")
+    assert lacking["truth_val_auc"] == 0.31
+    text = "\n".join(convergence.section(pd.DataFrame([lacking]), training, PRIMARY))
+    assert "a larger cohort helps there, not a longer budget" in text
+    learnable = convergence.flags(training, truth={"dx_cn_ad": 0.9})
+    assert learnable.iloc[0]["reasons"].endswith("0.440 (true volumes: 0.900)")
+    assert "larger cohort" not in "\n".join(convergence.section(learnable, training, PRIMARY))
+    # another task's truth, or none: the reason as before
+    assert convergence.flags(training, truth={"fut_cn_mci": 0.31}).iloc[0]["reasons"].endswith("0.440")
+
+
 def test_a_run_that_early_stopping_ended_is_not_flagged_for_its_falling_loss():
     """The loss still falls and validation peaked in the last quarter, but the run stopped 2 epochs
     after that peak, 12 short of its budget: validation had stopped improving, which is convergence

@@ -186,6 +186,11 @@ def test_run_produces_the_table_summary_figures_and_tracking(study):
     assert (study / "results/summary.csv").exists() and (study / "results/summary.md").exists()
     assert "## Controls of the primary comparison" in (study / "results/summary.md").read_text()
     assert "## Training convergence" in (study / "results/summary.md").read_text()
+    # simulated cohorts: what a reader of the true volumes makes of every task's split, in summary.md too
+    truth = pd.read_csv(study / "results/ground_truth.tsv", sep="\t")
+    assert truth["task"].tolist() == list(TASKS) and (truth[["n_train", "n_test"]] > 0).all().all()
+    assert truth["test_auc"].dropna().between(0, 1).all() and truth["test_auc"].notna().any()
+    assert "## What the split supports (simulated cohorts)" in (study / "results/summary.md").read_text()
     assert sorted(p.name for p in (study / "results/figures").glob("*.png")) == sorted(f"{t}.png" for t in TASKS)
     assert (study / "results/preproc/qc_mosaic.png").stat().st_size > 10_000
     # every result names its code: the checkout's source digest (the copy has no .git), one version
@@ -225,6 +230,11 @@ def test_results_page_section_is_written_from_the_study_outputs(study, tmp_path)
     for r in prim.itertuples():
         assert f"| {r.task} | {r.init} | {r.auc_diff:+.3f} [" in text
     assert "Pretraining loss" in text and "**Order probe" in text
+    truth = pd.read_csv(study / "results/ground_truth.tsv", sep="\t")
+    assert "**What the split supports**" in text
+    for r in truth.itertuples():
+        val, test = ("–" if pd.isna(x) else f"{x:.3f}" for x in (r.val_auc, r.test_auc))
+        assert f"| {r.task} | {val} / {test} |" in text
 
 
 def _free_port() -> int:
@@ -691,6 +701,9 @@ def test_real_bids_variety_study_completes(tmp_path):
     assert set(scans.loc[scans["bids_participant_id"] == label, "participant_id"]) == {
         label.replace("sub-", "sub-ADNI"), label.replace("sub-", "sub-OASIS3")}  # kept apart
     assert (work / "results/table.csv").exists() and (work / "results/summary.md").exists()
+    # no simulated cohort, no ground truth: the reader of true volumes is not run, and summary.md says nothing of it
+    assert not (work / "results/ground_truth.tsv").exists()
+    assert "What the split supports" not in (work / "results/summary.md").read_text()
 
 
 def _hostile_tree(root: Path, checkout: Path) -> tuple[Path, dict[str, str]]:
@@ -791,7 +804,8 @@ PRE_QUOTED = {"threads", "resources.runtime", "resources.mem_mb", "resources.gpu
               "resources.nodes", "resources.tasks_per_node", "params.cells", "params.outputs", "params.inputs",
               "params.cohorts", "params.encoder", "params.device_memory_gb", "params.stages",
               "params.pretrain_seed",  # an int, formatted by pretrain_seed_arg
-              "params.files"}  # NAME=PATH pairs, each shlex-quoted (export_finetuned)
+              "params.files",  # NAME=PATH pairs, each shlex-quoted (export_finetuned)
+              "params.truth"}  # --ground-truth PATH, shlex-quoted, or nothing (aggregate)
 
 
 def test_every_value_that_reaches_a_shell_command_is_quoted():

@@ -11,6 +11,8 @@ rule aggregate:
         subjects="results/manifest/subjects.tsv",
         # a finished table means every job is in MLflow too
         tracked=[rules.track_pretrain.output, rules.track_finetune.output],
+        # simulated cohorts: what a reader of the true volumes makes of each split
+        ground_truth=["results/ground_truth.tsv"] if simulated_cohorts() else [],
     output:
         table=report("results/table.csv", caption="../report/table.rst", category="Results"),
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Results"),
@@ -36,11 +38,37 @@ rule aggregate:
         settings=json.dumps(
             {"n_bootstrap": config["finetune"]["n_bootstrap"], "primary": config["study"]["primary"]}, sort_keys=True
         ),
+        truth=lambda wildcards, input: " ".join(f"--ground-truth {shlex.quote(p)}" for p in input.ground_truth),
     shell:
         "sslad aggregate --settings {params.settings:q} --metrics {input.metrics:q} --predictions {input.predictions:q}"
-        " --subjects {input.subjects:q} --table {output.table:q}"
+        " --subjects {input.subjects:q} {params.truth} --table {output.table:q}"
         " --summary {output.summary:q} --summary-md {output.summary_md:q} --figures-dir {output.figures:q}"
         " > {log:q} 2>&1"
+
+
+rule ground_truth:
+    """Simulated cohorts only: what a reader of the simulation's true volumes makes of each task's split
+    (sslad.ground_truth), the reference the convergence flags cite beside the schedule baseline."""
+    input:
+        tasks=expand("results/manifest/tasks/{task}.tsv", task=config["study"]["tasks"]),
+        bids=expand("results/cohort/{cohort}/bids", cohort=simulated_cohorts()),
+    output:
+        "results/ground_truth.tsv",
+    log:
+        "results/logs/ground_truth.log",
+    localrule: True
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        cohorts=" ".join(
+            f"--cohort {shlex.quote(name)} {shlex.quote(f'results/cohort/{name}/bids')}"
+            for name in simulated_cohorts()
+        ),
+    shell:
+        "sslad ground-truth --tasks {input.tasks:q} {params.cohorts} --out {output:q} > {log:q} 2>&1"
 
 
 rule provenance:

@@ -115,6 +115,11 @@ def cohort_bids(wildcards):
     return COHORTS[wildcards.cohort]["bids_dir"] or f"results/cohort/{wildcards.cohort}/bids"
 
 
+def simulated_cohorts():
+    """The cohorts the study simulates (no bids_dir): those with a ground truth."""
+    return [name for name, c in COHORTS.items() if not c["bids_dir"]]
+
+
 def clinical_tables(wildcards):
     """The digest of a user BIDS tree's clinical tables and image list (sslad.cohort.clinical_digest):
     a `params` value, so a diagnosis corrected in place reruns ingestion and what depends on labels. A
