@@ -28,7 +28,8 @@ from sslad.metrics import auc
 
 VOLUMES = ("hippocampus_volume", "ventricles_volume", "brain_volume")
 SPLITS = ("train", "val", "test")
-COLUMNS = ["task", *(f"n_{s}" for s in SPLITS), "val_auc", "test_auc"]
+# n_<split>: samples with truth; n_without_truth: the task's samples of cohorts that are not simulated
+COLUMNS = ["task", *(f"n_{s}" for s in SPLITS), "n_without_truth", "val_auc", "test_auc"]
 DAYS_PER_YEAR = 365.25
 
 
@@ -84,7 +85,7 @@ def reference(name: str, task: pd.DataFrame, truth: pd.DataFrame, seed: int = 0)
     split, y = task["split"].to_numpy(), task["label"].to_numpy(dtype=int)
     row: dict[str, object] = {"task": name}
     row |= {f"n_{s}": int(((split == s) & known).sum()) for s in SPLITS}
-    row |= {"val_auc": np.nan, "test_auc": np.nan}
+    row |= {"n_without_truth": int((~known).sum()), "val_auc": np.nan, "test_auc": np.nan}
     fit = known & (split == "train")
     if np.unique(y[fit]).size < 2:
         return row
@@ -115,10 +116,12 @@ def run(task_paths: list[str], cohorts: dict[str, str], out: str) -> pd.DataFram
 
 
 def val_auc(table: pd.DataFrame | None) -> dict[str, float]:
-    """{task: the reader's validation AUC} of a ground_truth.tsv (empty without one)."""
+    """{task: the reader's validation AUC} of a ground_truth.tsv (empty without one), for the tasks whose
+    every sample has truth: only there is it read on the same validation samples as the models."""
     if table is None or table.empty:
         return {}
-    return {str(t): float(v) for t, v in zip(table["task"], table["val_auc"])}
+    whole = table[table["n_without_truth"] == 0]
+    return {str(t): float(v) for t, v in zip(whole["task"], whole["val_auc"])}
 
 
 def section(table: pd.DataFrame) -> list[str]:
@@ -130,7 +133,9 @@ def section(table: pd.DataFrame) -> list[str]:
              "and brain volume at the index scan, and their annual change), fitted on the task's training "
              "samples: what a reader of those three volumes makes of the same split. Not a bound on an image "
              "model, which sees them through noise and voxels but may see more; a task it reads at chance "
-             "has no signal in its training samples for any init to find (results/ground_truth.tsv).", "",
+             "has no signal in its training samples for any init to find (results/ground_truth.tsv)."
+             + (" Samples of cohorts that are not simulated have no truth: those tasks are read on the simulated "
+                "samples only." if (table["n_without_truth"] > 0).any() else ""), "",
              "| task | samples train / val / test | validation AUC | test AUC |", "|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.task} | {r.n_train} / {r.n_val} / {r.n_test} | {_num(r.val_auc)} | {_num(r.test_auc)} |")

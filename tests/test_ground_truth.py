@@ -53,7 +53,11 @@ def test_samples_without_truth_are_left_out_and_a_split_without_both_classes_rea
     real = task.assign(participant_id=lambda d: d["participant_id"].str.replace("SIM", "ADNI"))
     both = pd.concat([task, real.head(6)], ignore_index=True)  # a real cohort's subjects: no truth
     row = ground_truth.reference("t", both, truth)
-    assert (row["n_train"], row["n_val"], row["n_test"]) == (10, 10, 10)
+    assert (row["n_train"], row["n_val"], row["n_test"], row["n_without_truth"]) == (10, 10, 10, 6)
+    # read on part of the validation samples: not cited beside the models' validation AUC
+    partial = pd.DataFrame([row], columns=ground_truth.COLUMNS)
+    assert ground_truth.val_auc(partial) == {}
+    assert "simulated samples only" in "\n".join(ground_truth.section(partial))
     one_class = task.assign(label=np.where(task["split"] == "val", 1, task["label"]))
     assert np.isnan(ground_truth.reference("t", one_class, truth)["val_auc"])
     assert np.isnan(ground_truth.reference("t", real, truth)["test_auc"])  # nothing to fit on
@@ -70,9 +74,9 @@ def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
 
 
 def test_the_summary_section_lists_every_task_and_is_absent_without_truth():
-    table = pd.DataFrame([{"task": "fut_cn_mci", "n_train": 26, "n_val": 12, "n_test": 24, "val_auc": 0.306,
-                           "test_auc": float("nan")}], columns=ground_truth.COLUMNS)
+    table = pd.DataFrame([{"task": "fut_cn_mci", "n_train": 26, "n_val": 12, "n_test": 24, "n_without_truth": 0,
+                           "val_auc": 0.306, "test_auc": float("nan")}], columns=ground_truth.COLUMNS)
     text = "\n".join(ground_truth.section(table))
-    assert "| fut_cn_mci | 26 / 12 / 24 | 0.306 | – |" in text
+    assert "| fut_cn_mci | 26 / 12 / 24 | 0.306 | – |" in text and "simulated samples only" not in text
     assert ground_truth.section(table.iloc[:0]) == []
     assert ground_truth.val_auc(table) == {"fut_cn_mci": 0.306} and ground_truth.val_auc(None) == {}
