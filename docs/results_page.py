@@ -99,6 +99,8 @@ def split_support(results: Path) -> list[str]:
         setting = prim.iloc[0][["mode", "inputs", "fraction"]]
         summary = summary[(summary[["mode", "inputs", "fraction"]] == setting).all(axis=1)]
     summary = summary[summary["heldout"].isna()]  # the pooled split, the reader's (none in a study of folds)
+    if summary.empty:
+        return []
     inits = sorted(summary["init"].unique())
     auc = summary.set_index(["task", "init"])["auc_mean"]
     lines = ["| task | true volumes: validation / test | " + " | ".join(inits) + " |",
@@ -143,8 +145,9 @@ def section(results: Path, name: str, title: str, command: str, wall_min: float 
              *undertrained(results), ""]
     support = split_support(results)
     if support:
-        lines += ["**What the split supports** (results/ground_truth.tsv: a reader of the true volumes, fitted "
-                  "on each task's training samples; the inits' test AUC at the primary setting):", "", *support, ""]
+        lines += ["**What the split supports** (results/ground_truth.tsv: a reader of the true volumes, fitted on "
+                  "each task's training samples, its validation and test AUC; then each init's test AUC at the "
+                  "primary setting, the schedule baseline's included):", "", *support, ""]
     lines += pretraining(results)
     probe = order_probe(results)
     if probe:

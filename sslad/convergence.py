@@ -17,8 +17,8 @@ judged per init, task, mode, inputs and fraction over its seeds:
 
 On a simulated cohort that last sign has a second reference on the same validation samples: the
 reader of the simulation's true volumes (sslad.ground_truth), fitted on the same training samples.
-Where it too reads no better than the schedule baseline, the flag says so: the split lacks the
-signal, and a longer budget would not find it (the flag stays: the comparison there is still unsettled).
+Where it too reads no better than the schedule baseline, the flag says so: the data are the likely
+cause, not the budget (the flag stays: the comparison there is still unsettled).
 """
 
 from __future__ import annotations
@@ -84,8 +84,10 @@ def flags(training: pd.DataFrame, schedule: str = "schedule", truth: dict[str, f
         falling = int(((g["loss_drop_last_quarter"] > LOSS_STILL_FALLING) & late).sum())
         val = float(pd.to_numeric(g["val_auc"], errors="coerce").mean())
         ref = base.get(tuple(cell[c] for c in CELL if c != "init"), np.nan)
-        pooled_all_labels = not cell["heldout"] and abs(float(cell["fraction"]) - 1.0) < 1e-9
-        known = float((truth or {}).get(cell["task"], np.nan)) if pooled_all_labels else np.nan
+        # the reader's own setting: the pooled split, all labels, the history inputs (it reads their change)
+        same_setting = (not cell["heldout"] and abs(float(cell["fraction"]) - 1.0) < 1e-9
+                        and cell["inputs"] == "history")
+        known = float((truth or {}).get(cell["task"], np.nan)) if same_setting else np.nan
         reasons = []
         if best_last > n / 2:
             reasons.append(f"validation AUC peaked at the last epoch in {best_last} of {n} seeds")
@@ -101,8 +103,8 @@ def flags(training: pd.DataFrame, schedule: str = "schedule", truth: dict[str, f
             on = f" on {int(n_val)} validation subjects" if np.isfinite(n_val) else ""
             reason = f"validation AUC {val:.3f} no better than the schedule baseline's {ref:.3f}{on}"
             if np.isfinite(known):
-                reason += (f" (true volumes: {known:.3f}, no better either: the split lacks the signal, not the "
-                           "training)" if known <= ref else f" (true volumes: {known:.3f})")
+                reason += (f" (true volumes: {known:.3f}, no better either: likely the data, not the budget)"
+                           if known <= ref else f" (true volumes: {known:.3f})")
             reasons.append(reason)
         if reasons:
             out.append({**cell, "seeds": n, "best_last": best_last, "best_first": best_first, "loss_falling": falling,
@@ -131,8 +133,8 @@ def section(flagged: pd.DataFrame, training: pd.DataFrame, primary: dict[str, An
     lines += [f"{len(flagged)} of {len(cells)} trained cells **may be undertrained**: a comparison with such a cell "
               "(as reference or as init) is tilted towards the other side. Set finetune.epochs and lr "
               "(on validation data only) until no cell that matters is listed"
-              + (", except where the true volumes read no better than the schedule baseline either (a split "
-                 "without the signal: a larger cohort helps there, not a longer budget)." if no_signal else "."), "",
+              + (", except where the true volumes read no better than the schedule baseline either: a longer "
+                 "budget is not the remedy there." if no_signal else "."), "",
               "| task | init | mode | inputs | fraction | seeds | why |", "|---|---|---|---|---|---|---|"]
     for r in flagged.itertuples():
         fold = f" (held out {r.heldout})" if r.heldout else ""

@@ -7,8 +7,8 @@ the volumes its image was rendered with. A logistic regression (scikit-learn, cl
 image models weight them) on the log volumes at the index scan and their annual change since the
 first input scan, fitted on the task's training samples and read on its validation and test samples,
 is the reference of what the same split supports. Where it reads validation no better than the
-schedule baseline, the training subjects do not show the disease the way the validation subjects do,
-and no training budget of an image model will change that (sslad.convergence cites it).
+schedule baseline (which reads age), the volumes add nothing on that split that the schedule does not
+give, and a longer training budget of an image model is unlikely to (sslad.convergence cites it).
 
 It reads exact volumes, not images: a ceiling for a reader of these three volumes, not a bound on an
 image model, which sees them through noise and coarse voxels but may see more (shape, other regions).
@@ -133,7 +133,7 @@ def section(table: pd.DataFrame) -> list[str]:
              "and brain volume at the index scan, and their annual change), fitted on the task's training "
              "samples: what a reader of those three volumes makes of the same split. Not a bound on an image "
              "model, which sees them through noise and voxels but may see more; a task it reads at chance "
-             "has no signal in its training samples for any init to find (results/ground_truth.tsv)."
+             "has little in its training samples for any init to find (results/ground_truth.tsv)."
              + (" Samples of cohorts that are not simulated have no truth: those tasks are read on the simulated "
                 "samples only." if (table["n_without_truth"] > 0).any() else ""), "",
              "| task | samples train / val / test | validation AUC | test AUC |", "|---|---|---|---|"]

@@ -107,16 +107,20 @@ def test_preprocess_benchmark_scores_its_chain_on_a_simulated_scan():
 
 
 def test_split_support_prints_how_often_the_true_volumes_beat_the_schedule():
-    """A well-separated task clears in every cohort of the validation design; a bad count is refused."""
+    """A well-separated task clears in every cohort of the validation design; a bad count, or a design of
+    two cohorts (config.yaml's), is refused."""
     script = [sys.executable, str(ROOT / "benchmarks/split_support.py"),
               "--config", str(ROOT / "config/validation.yaml")]
     out = subprocess.run(script + ["--sizes", "160", "--cohorts", "2", "--tasks", "dx_cn_ad", "fut_cn_mci"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "simulate.seed 100-101 (never 42)" in out.stdout
-    rows = {line.split("|")[1].strip(): line.split("|") for line in out.stdout.splitlines() if "| 160 | 2 |" in line}
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out.stdout.splitlines() if "| 160 | 2 (" in line}
     assert set(rows) == {"dx_cn_ad", "fut_cn_mci"} and rows["dx_cn_ad"][7].strip() == "100%"
     truth_val = float(rows["dx_cn_ad"][5].split("/")[0])
     assert 0.8 < truth_val <= 1.0
     bad = subprocess.run(script + ["--cohorts", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "0 is not a positive integer" in bad.stderr
+    two = subprocess.run(script[:2] + ["--config", str(ROOT / "config.yaml"), "--cohorts", "1"], capture_output=True,
+                         text=True, timeout=60)
+    assert two.returncode == 1 and "has 2 cohort(s); it needs exactly one, simulated" in two.stderr

@@ -79,15 +79,19 @@ def test_the_schedule_reason_cites_the_true_volumes_and_says_when_the_split_lack
     training = _training(*[_job("scratch", s, FLAT, 4, 0.40) for s in (0, 1)], *_schedule(0.44))
     lacking = convergence.flags(training, truth={"dx_cn_ad": 0.31}).iloc[0]
     assert lacking["reasons"] == ("validation AUC 0.400 no better than the schedule baseline's 0.440 (true volumes: "
-                                  "0.310, no better either: the split lacks the signal, not the training)")
+                                  "0.310, no better either: likely the data, not the budget)")
     assert lacking["truth_val_auc"] == 0.31
     text = "\n".join(convergence.section(pd.DataFrame([lacking]), training, PRIMARY))
-    assert "a larger cohort helps there, not a longer budget" in text
+    assert "a longer budget is not the remedy there" in text
     learnable = convergence.flags(training, truth={"dx_cn_ad": 0.9})
     assert learnable.iloc[0]["reasons"].endswith("0.440 (true volumes: 0.900)")
-    assert "larger cohort" not in "\n".join(convergence.section(learnable, training, PRIMARY))
-    # another task's truth, or none: the reason as before
+    assert "not the remedy" not in "\n".join(convergence.section(learnable, training, PRIMARY))
+    # another task's truth, or a cell outside the reader's setting (a held-out fold, fewer labels, other
+    # inputs): the reason as before
     assert convergence.flags(training, truth={"fut_cn_mci": 0.31}).iloc[0]["reasons"].endswith("0.440")
+    for other in ({"heldout": "SiteB"}, {"fraction": 0.5}, {"inputs": "index"}):
+        cell = training.assign(**other)
+        assert convergence.flags(cell, truth={"dx_cn_ad": 0.31}).iloc[0]["reasons"].endswith("0.440"), other
 
 
 def test_a_run_that_early_stopping_ended_is_not_flagged_for_its_falling_loss():

@@ -11,7 +11,8 @@ from sslad import ground_truth
 
 def _cohort(root, n: int = 90, seed: int = 0, signal: str = "index") -> pd.DataFrame:
     """A simulated tree's ground truth (two scans a subject, two years apart) and a task table over its
-    subjects (ids pooled as cohort SIM), the label planted in the index volume or in its change."""
+    subjects (ids pooled as cohort SIM), the label planted in the index volume, or in its change alone
+    (the index volume the same in both classes)."""
     rng = np.random.default_rng(seed)
     label = rng.integers(0, 2, n)
     base = rng.normal(0, 0.05, (n, 3))
@@ -19,8 +20,8 @@ def _cohort(root, n: int = 90, seed: int = 0, signal: str = "index") -> pd.DataF
     shift = -0.08 * label if signal == "index" else np.zeros(n)
     rows = []
     for i in range(n):
-        first = base[i] + (shift[i] if signal == "index" else 0)
-        index = first - 2 * loss[i]
+        index = base[i] + shift[i]
+        first = index + 2 * loss[i]
         for ses, v in (("ses-M000", first), ("ses-M024", index)):
             rows.append({"participant_id": f"sub-{i:03d}", "session_id": ses, "cohort": "SIM",
                          **dict(zip(ground_truth.VOLUMES, np.exp(v)))})

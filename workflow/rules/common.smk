@@ -116,8 +116,9 @@ def cohort_bids(wildcards):
 
 
 def simulated_cohorts():
-    """The cohorts the study simulates (no bids_dir): those with a ground truth."""
-    return [name for name, c in COHORTS.items() if not c["bids_dir"]]
+    """The cohorts the study simulates (no bids_dir) and fine-tunes on: those whose task samples have a
+    ground truth."""
+    return [name for name, c in COHORTS.items() if not c["bids_dir"] and c["use"] != "pretrain"]
 
 
 def clinical_tables(wildcards):
