@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from sslad.registry import pretrain_run_settings
+from sslad.stage_settings import merge_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,18 +43,10 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def merged(base: dict, over: dict) -> dict:
-    """``over`` merged into ``base`` key by key (as Snakemake merges a --configfile)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
-
-
 def paper_settings(method: str) -> tuple[dict, tuple[int, ...]]:
     """A pretraining job's settings in the paper-scale study (config.yaml + config/paper.yaml), and
     its model grid."""
-    cfg = merged(yaml.safe_load((ROOT / "config.yaml").read_text()),
+    cfg = merge_config(yaml.safe_load((ROOT / "config.yaml").read_text()),
                  yaml.safe_load((ROOT / "config/paper.yaml").read_text()))
     pre = cfg["preprocess"]
     grid = tuple(round((hi - lo) / pre["voxel_mm"]) for lo, hi in (pre["crop_mm"][a] for a in "xyz"))

@@ -17,7 +17,6 @@ validation ("clear", over the cohorts where both have a validation AUC).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -28,30 +27,25 @@ import pandas as pd
 import yaml
 
 from sslad import ground_truth, schedule
-from sslad.cohort import EXCLUDED_COLUMNS, pooled_id
+from sslad.cohort import EXCLUDED_COLUMNS, pooled_id, resolve_cohorts
 from sslad.labels import TASKS
 from sslad.manifest import build
 from sslad.metrics import auc
 from sslad.simulate import draw_cohort, log_volumes
+from sslad.stage_settings import merge_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTED_SEED = 42  # the validation and demo studies' simulate.seed: never drawn here
 
 
-def merged(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def design(cfg: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
-    """(name, simulate settings) of the config's one cohort: the design a cohort of it is drawn from."""
-    cohorts = cfg["cohorts"]
-    if len(cohorts) != 1 or cohorts[0].get("bids_dir"):
+    """(name, simulate settings) of the config's one cohort (sslad.cohort.resolve_cohorts): the design a
+    cohort of it is drawn from."""
+    cohorts = resolve_cohorts(cfg)
+    if len(cohorts) != 1 or cohorts[0]["bids_dir"]:
         raise SystemExit(f"split_support: {source} has {len(cohorts)} cohort(s); it needs exactly one, simulated "
                          "(bids_dir empty), e.g. config/validation.yaml")
-    return cohorts[0]["name"], merged(cfg["simulate"], cohorts[0].get("simulate") or {})
+    return cohorts[0]["name"], cohorts[0]["simulate"]
 
 
 def cohort(name: str, sim: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -127,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=100, help="simulate.seed of the first cohort")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     a = p.parse_args(argv)
-    cfg = merged(yaml.safe_load((ROOT / "config.yaml").read_text()), yaml.safe_load(Path(a.config).read_text()))
+    cfg = merge_config(yaml.safe_load((ROOT / "config.yaml").read_text()),
+                       yaml.safe_load(Path(a.config).read_text()))
     name, sim = design(cfg, a.config)
     seeds = [s for s in range(a.first_seed, a.first_seed + a.cohorts + 1) if s != REPORTED_SEED][:a.cohorts]
     start, rows = time.time(), []

@@ -22,6 +22,16 @@ from sslad.registry import complete_schema
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
+def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` key by key, as Snakemake merges a ``--configfile`` over config.yaml
+    (for scripts that read a study's config outside the workflow: the benchmarks)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (merge_config(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict)
+                    else value)
+    return out
+
+
 @functools.cache
 def _config_schema() -> dict[str, Any]:
     return complete_schema(yaml.safe_load(SCHEMA.read_text()))

@@ -64,9 +64,8 @@ rule ground_truth:
         mem_mb=1000,
         runtime=5,
     params:
-        cohorts=" ".join(
-            f"--cohort {shlex.quote(name)} {shlex.quote(f'results/cohort/{name}/bids')}"
-            for name in simulated_cohorts()
+        cohorts=lambda wildcards, input: " ".join(
+            f"--cohort {shlex.quote(name)} {shlex.quote(bids)}" for name, bids in zip(simulated_cohorts(), input.bids)
         ),
     shell:
         "sslad ground-truth --tasks {input.tasks:q} {params.cohorts} --out {output:q} > {log:q} 2>&1"
