@@ -29,7 +29,7 @@ reader's accuracy, and the paired difference of two readers scored on the same p
 (:mod:`sslad.order_probe`).
 
     python benchmarks/calibration.py --jobs 2                  # the full grid (42 settings): ~27 min alone, 2 cores
-    python benchmarks/calibration.py --quick --replicates 150  # 3 settings (tests/test_benchmarks.py)
+    python benchmarks/calibration.py --quick --replicates 150  # 4 settings (tests/test_benchmarks.py)
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ PRIMARY = {"init": "init", "reference": "ref", "mode": "full", "inputs": "histor
 # study's design (config/validation.yaml), 1 x 2 the demo's
 DESIGNS = ((1, 2), (1, 3), (1, 5), (2, 2), (3, 2), (3, 3), (3, 5))
 GRID = [(p, f, n, tc) for tc in (SUBJECT_INIT_SD, 0.0) for p, f in DESIGNS for n in (10, 20, 50)]
-QUICK = [(1, 2, 10, SUBJECT_INIT_SD), (1, 3, 20, SUBJECT_INIT_SD), (3, 2, 50, 0.0)]
+QUICK = [(1, 2, 10, SUBJECT_INIT_SD), (1, 3, 20, SUBJECT_INIT_SD), (3, 2, 50, 0.0), (1, 2, 50, 0.0)]
 PROBE_SUBJECTS = (6, 10, 20, 40, 100)
 
 

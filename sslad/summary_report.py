@@ -77,8 +77,8 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
     rows = []
     for r in prim.itertuples(index=False):
         rows.append([r.task, f"{r.auc_diff:+.3f}", ci_text(r.auc_diff_low, r.auc_diff_high),
-                     ci_text(r.auc_diff_adj_low, r.auc_diff_adj_high), "" if pd.isna(r.auc_diff_df) else
-                     f"{r.auc_diff_df:.1f}", _p(r.auc_diff_p),
+                     ci_text(r.auc_diff_adj_low, r.auc_diff_adj_high), _df(r.auc_diff_df, r.auc_diff_adj_df),
+                     _p(r.auc_diff_p),
                      "" if pd.isna(r.auc_diff_p_holm) else f"{r.auc_diff_p_holm:.3g}",
                      "" if pd.isna(r.auc_diff_seed_sd) else f"{r.auc_diff_seed_sd:.3f}",
                      *([_sd(r.auc_diff_pretrain_sd)] if runs else []),
@@ -103,8 +103,10 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
                   f"spread of the per-seed differences), on the Satterthwaite degrees of freedom (df) of the two: "
                   f"the subjects' part known to min(+, −) − 1, the seeds' to about seeds − 1 (so, where the seeds' "
                   f"part dominates, about 1 with 2 seeds).{crossed} Simultaneous: "
-                  f"Bonferroni over the {m} tasks that can carry a claim (each at {_pct(adj)}). p two-sided; Holm over "
-                  f"the same {m} tasks. A task favours an init when "
+                  f"Bonferroni over the {m} tasks that can carry a claim (each at {_pct(adj)}); where the seeds' "
+                  f"part is known to under 2 df and its spread falls below the test subjects' noise it contains "
+                  f"(the part the cells do not share), their df count that noise instead (in parentheses). p "
+                  f"two-sided; Holm over the same {m} tasks. A task favours an init when "
                   f"its simultaneous interval excludes 0 and its Holm p is below {1 - level:.2g}. Test subjects "
                   f"+/−: with at least one positive / negative test sample (a claim needs {need} of each, an "
                   f"interval {MIN_RESAMPLABLE})."]
@@ -117,6 +119,14 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
     if few_seeds:
         lines += ["", f"{few_seeds} Run 3 seeds or more (`study.seeds`) before reading a claim."]
     return lines + [""]
+
+
+
+def _df(df: float, simultaneous: float) -> str:
+    """The intervals' degrees of freedom; the simultaneous interval's in parentheses where it has fewer."""
+    if pd.isna(df):
+        return ""
+    return f"{df:.1f}" if pd.isna(simultaneous) or simultaneous >= df else f"{df:.1f} ({simultaneous:.1f})"
 
 
 
