@@ -233,9 +233,9 @@ def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0,
     Simultaneous intervals reach further into the tail (each at 1 - 0.05 / tasks), where the t
     approximation fails when a factor of the seeds' part has one degree of freedom (2 fine-tuning seeds, or
     2 pretraining runs): a spread that falls near 0 by chance hands the degrees of freedom to the subjects'
-    part, and the intervals covered 0.88-0.93 instead of 0.95 (benchmarks/calibration.py). There the degrees of freedom
-    of the simultaneous intervals count the seeds' part as at least the part of the test subjects'
-    variance that the cells do not share (the paired bootstrap's variance of the mean over cells minus
+    part, and the intervals covered 0.88-0.93 instead of 0.95 (benchmarks/calibration.py). There the
+    degrees of freedom of the simultaneous intervals count the seeds' part as at least the part of the
+    test subjects' variance that the cells do not share (the paired bootstrap's variance of the mean over cells minus
     the shared part): the seeds' spread contains it, so an estimate below it is chance.
 
     Why not resample seeds and subjects together: a cell's own reading of the test subjects (the
@@ -457,7 +457,8 @@ def primary_rows(comparisons: dict[str, Comparison], level: float = 0.95, *,
     simultaneous (Bonferroni) one at level 1 - (1 - level) / m, on its own degrees of freedom
     (``auc_diff_adj_df``, :attr:`Comparison.df_simultaneous`). A task favours the init when that
     interval lies above 0 and the Holm p is below 1 - level (the two agree except where the
-    bootstrap is too short to resolve the adjusted tails), the reference when it lies below 0.
+    bootstrap is too short to resolve the adjusted tails, or where the interval has fewer degrees of
+    freedom than the p), the reference when it lies below 0.
     """
     tasks = sorted(comparisons)
     if not tasks:
