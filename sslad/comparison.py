@@ -171,13 +171,17 @@ class Comparison:
             return 1.0 if self.diff == 0 else 0.0
         return float(2 * stats.t.sf(abs(self.diff) / self.se, self.df))
 
+    @property
+    def adjusted_df(self) -> float:
+        """Degrees of freedom of the simultaneous intervals: :attr:`df_simultaneous`, else :attr:`df`."""
+        return self.df if self.df_simultaneous is None else self.df_simultaneous
+
     def interval(self, level: float, simultaneous: bool = False) -> tuple[float, float]:
         """t interval of the mean difference at ``level``, within [-1, 1]; ``simultaneous``: on
         :attr:`df_simultaneous` (an interval at a level adjusted for several tasks)."""
         if not self._usable():
             return math.nan, math.nan
-        df = self.df_simultaneous if simultaneous and self.df_simultaneous is not None else self.df
-        half = float(stats.t.ppf(0.5 + level / 2, df)) * self.se
+        half = float(stats.t.ppf(0.5 + level / 2, self.adjusted_df if simultaneous else self.df)) * self.se
         return max(-1.0, self.diff - half), min(1.0, self.diff + half)
 
 
@@ -479,7 +483,7 @@ def primary_rows(comparisons: dict[str, Comparison], level: float = 0.95, *,
                      "auc_diff_p": c.p,
                      "auc_diff_p_holm": float(ph), "auc_diff_adj_low": adj_low, "auc_diff_adj_high": adj_high,
                      "auc_diff_df": c.df,
-                     "auc_diff_adj_df": (c.df if c.df_simultaneous is None else c.df_simultaneous) if ok else math.nan,
+                     "auc_diff_adj_df": c.adjusted_df if ok else math.nan,
                      "favours": bool(adj_low > 0 and ph < 1 - level),
                      "favours_reference": bool(adj_high < 0 and ph < 1 - level)})
     return pd.DataFrame(rows, columns=PRIMARY_COLUMNS)

@@ -106,9 +106,8 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
                   f"Bonferroni over the {m} tasks that can carry a claim (each at {_pct(adj)}); where a factor of the "
                   f"seeds' part (seeds, pretraining runs) has 2 levels and its spread falls below the test "
                   f"subjects' noise it contains (the part the cells do not share), their df count that noise "
-                  f"instead (in parentheses). p "
-                  f"two-sided; Holm over the same {m} tasks. A task favours an init when "
-                  f"its simultaneous interval excludes 0 and its Holm p is below {1 - level:.2g}. Test subjects "
+                  f"instead (in parentheses). p two-sided; Holm over the same {m} tasks. A task favours an init "
+                  f"when its simultaneous interval excludes 0 and its Holm p is below {1 - level:.2g}. Test subjects "
                   f"+/−: with at least one positive / negative test sample (a claim needs {need} of each, an "
                   f"interval {MIN_RESAMPLABLE})."]
     # fewer than 3 seeds: measured by benchmarks/calibration.py (docs/results.md)
