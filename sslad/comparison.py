@@ -65,8 +65,6 @@ SUMMARY_COLUMNS = [*GROUP, "n_seeds", "n_pretrain_seeds", "auc_mean", "auc_sd", 
 TOO_FEW = "too few test subjects"
 
 
-
-
 PRIMARY_COLUMNS = ["task", "n_seeds", "n_pretrain_seeds", "n_test_subjects_pos", "n_test_subjects_neg", "auc_init",
                    "auc_reference", "auc_diff", "auc_diff_low", "auc_diff_high", "auc_diff_seed_sd",
                    "auc_diff_pretrain_sd", "auc_diff_p", "auc_diff_p_holm",
@@ -87,7 +85,6 @@ CONTROL_COLUMNS = ["task", "inputs", "n_seeds", "auc_init", "auc_reference", "au
 MIN_RESAMPLABLE = 2
 
 
-
 class SeedPair(NamedTuple):
     """One seed's test predictions of an init (a) and the reference (b) on the same test samples."""
 
@@ -95,7 +92,6 @@ class SeedPair(NamedTuple):
     groups: np.ndarray  # subject of each sample
     a: np.ndarray  # logits
     b: np.ndarray
-
 
 
 @dataclass(frozen=True)
@@ -185,10 +181,8 @@ class Comparison:
         return max(-1.0, self.diff - half), min(1.0, self.diff + half)
 
 
-
 def _key(text: str) -> int:
     return zlib.crc32(text.encode())
-
 
 
 def _seed_variance(d: np.ndarray) -> tuple[float, float]:
@@ -207,14 +201,12 @@ def _seed_variance(d: np.ndarray) -> tuple[float, float]:
     return max(total - residual, max(v for v, _ in factors)), df
 
 
-
 def _satterthwaite(var: float, shared: float, subjects_df: float, spread: float, spread_df: float) -> float:
     """Satterthwaite degrees of freedom of ``var``, the shared part and the seeds' each on its own; as a
     shared part estimated below 0 takes off at most half the seeds' part, at least half their own."""
     if var <= 0:
         return subjects_df
     return max(var ** 2 / (shared ** 2 / subjects_df + spread ** 2 / spread_df), spread_df / 2)
-
 
 
 def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0,
@@ -306,7 +298,6 @@ def paired_auc_diff(pairs: list[SeedPair], n_boot: int, seed: int = 0,
                       n_pos_subjects=min(n_pos), n_neg_subjects=min(n_neg), df_simultaneous=df_simultaneous)
 
 
-
 class Cell(NamedTuple):
     """One cell of a comparison: the sources of its two jobs' rows, its pretraining run (-1: none) and seed."""
 
@@ -316,12 +307,10 @@ class Cell(NamedTuple):
     seed: int
 
 
-
 def _cells(g: pd.DataFrame) -> dict[tuple[int, int], str]:
     """A job table's rows by (pretraining run, -1 for none; fine-tuning seed): their metrics.json."""
     runs = g["pretrain_seed"] if "pretrain_seed" in g else pd.Series(pd.NA, index=g.index)
     return {(-1 if pd.isna(r) else int(r), int(s)): src for r, s, src in zip(runs, g["seed"], g["source"])}
-
 
 
 def matched_cells(a: pd.DataFrame, b: pd.DataFrame) -> list[Cell]:
@@ -332,7 +321,6 @@ def matched_cells(a: pd.DataFrame, b: pd.DataFrame) -> list[Cell]:
     out = [Cell(src_a, src_b, max(ra, rb), sa) for (ra, sa), src_a in ca.items() for (rb, sb), src_b in cb.items()
            if sa == sb and (ra == rb or min(ra, rb) == -1)]
     return sorted(out, key=lambda c: (c.run, c.seed))
-
 
 
 def compare_cells(cells: list[Cell], mode: str, n_boot: int, seed: int, preds: PredictionSource) -> Comparison:
@@ -346,7 +334,6 @@ def compare_cells(cells: list[Cell], mode: str, n_boot: int, seed: int, preds: P
     comparison = paired_auc_diff(pairs, n_boot, seed, crossed=crossed)
     return dataclasses.replace(comparison, runs=np.array([c.run for c in cells]),
                                seeds=np.array([c.seed for c in cells]))
-
 
 
 def seed_pairs(cells: list[Cell], mode: str, preds: PredictionSource) -> list[SeedPair]:
@@ -363,7 +350,6 @@ def seed_pairs(cells: list[Cell], mode: str, preds: PredictionSource) -> list[Se
     return out
 
 
-
 def _claim(init: str, reference: str, p_holm: float, low: float, high: float, level: float) -> str:
     """The verdict of one adjusted comparison: the init its interval and Holm p favour, or none."""
     if p_holm < 1 - level and low > 0:
@@ -371,7 +357,6 @@ def _claim(init: str, reference: str, p_holm: float, low: float, high: float, le
     if p_holm < 1 - level and high < 0:
         return f"favours {reference}"
     return "none"
-
 
 
 def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, reference: str = "scratch",
@@ -424,7 +409,6 @@ def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, reference:
                    ["init", "mode", "inputs", "fraction"])
 
 
-
 def with_primary(summary: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, Any]) -> pd.DataFrame:
     """summary.csv's rows of the pre-specified comparison carry its verdict, as summary.md states it:
     the Holm p over the tasks that can carry a claim, and its claim (none where too few subjects)."""
@@ -444,11 +428,9 @@ def with_primary(summary: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, A
     return out
 
 
-
 def at_setting(table: pd.DataFrame, primary: dict[str, Any], init: str) -> pd.DataFrame:
     return table[(table["init"] == init) & (table["mode"] == primary["mode"]) & (table["inputs"] == primary["inputs"])
                  & np.isclose(table["fraction"].astype(float), float(primary["fraction"]))]
-
 
 
 def primary_rows(comparisons: dict[str, Comparison], level: float = 0.95, *,
@@ -489,7 +471,6 @@ def primary_rows(comparisons: dict[str, Comparison], level: float = 0.95, *,
     return pd.DataFrame(rows, columns=PRIMARY_COLUMNS)
 
 
-
 def primary_comparison(table: pd.DataFrame, primary: dict[str, Any], n_boot: int, seed: int = 0,
                        level: float = 0.95, preds: PredictionSource | None = None) -> pd.DataFrame:
     """The pre-specified comparison (``primary``: init, reference, mode, inputs, fraction), one row per
@@ -508,7 +489,6 @@ def primary_comparison(table: pd.DataFrame, primary: dict[str, Any], n_boot: int
     return primary_rows(comparisons, level, min_subjects=primary["min_test_subjects"])
 
 
-
 def _compare(a: pd.DataFrame, b: pd.DataFrame, mode: str, n_boot: int, seed: int, level: float,
              preds: PredictionSource) -> tuple[Comparison, float, float] | None:
     """Paired comparison of two jobs' tables on their matched cells, with its interval."""
@@ -517,7 +497,6 @@ def _compare(a: pd.DataFrame, b: pd.DataFrame, mode: str, n_boot: int, seed: int
         return None
     c = compare_cells(cells, mode, n_boot, seed, preds)
     return (c, *c.interval(level))
-
 
 
 def control_comparisons(table: pd.DataFrame, primary: dict[str, Any], n_boot: int, seed: int = 0,

@@ -18,11 +18,9 @@ COLOURS = colours()
 SPARE_COLOURS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
 
 
-
 def init_colours(inits: list[str]) -> dict[str, str]:
     spare = iter(SPARE_COLOURS * (1 + len(inits)))
     return {i: COLOURS[i] if i in COLOURS else next(spare) for i in sorted(inits)}
-
 
 
 def plot_task(table: pd.DataFrame, task: str, out_png: str | Path, colours: dict[str, str]) -> None:

@@ -43,14 +43,12 @@ COHORT_SKIPPED_COLUMNS = ["heldout", "task", "init", "mode", "inputs", "fraction
 SKIPPED_COLUMNS = ["heldout", "task", "init", "inputs", "fraction", "pretrain_seed", "seed", "reason", "source"]
 
 
-
 def _job_rows(job: dict[str, Any], path: str | Path) -> list[dict[str, Any]]:
     return [{"task": job["task"], "init": job["init"], "inputs": job["inputs"], "fraction": float(job["fraction"]),
              "pretrain_seed": job.get("pretrain_seed"), "seed": job["seed"], "heldout": job.get("heldout", ""),
              "test_cohort": ALL,
              **{k: row[k] for k in ("mode", *JOB_METRIC_KEYS, "threshold", *COUNT_KEYS)},
              "code": code_label(job.get("provenance")), "source": str(path)} for row in job["rows"]]
-
 
 
 def load_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -60,13 +58,11 @@ def load_metrics(path: str | Path) -> list[dict[str, Any]]:
     return _job_rows(job, path)
 
 
-
 def sorted_rows(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Sort with scratch first and the other inits alphabetically, so outputs do not depend on input order."""
     rank = (df["init"] != "scratch").astype(int)
     return (df.assign(_rank=rank).sort_values(["task", "_rank", *keys], kind="mergesort")
             .drop(columns="_rank").reset_index(drop=True))
-
 
 
 def _no_duplicate(df: pd.DataFrame, key: list[str], what: str) -> None:
@@ -77,7 +73,6 @@ def _no_duplicate(df: pd.DataFrame, key: list[str], what: str) -> None:
         first = dup.iloc[0]
         same = dup[(dup[key] == first[key]).all(axis=1)]["source"].tolist()
         raise ValueError(f"{what}: {dict(first[key])} in {same}")
-
 
 
 def build_table(metrics_paths: list[str], n_boot: int, level: float = 0.95,
@@ -111,7 +106,6 @@ def build_table(metrics_paths: list[str], n_boot: int, level: float = 0.95,
     return (sorted_rows(df, ["heldout", "init", "mode", "inputs", "fraction", "pretrain_seed", "seed"])
             [TABLE_COLUMNS + ["source"]],
             sorted_rows(skipped_df, ["heldout", "init", "inputs", "fraction", "pretrain_seed", "seed"]))
-
 
 
 def cohort_rows(table: pd.DataFrame, preds: PredictionSource, cohort_of: dict[str, str], n_boot: int,
@@ -149,7 +143,6 @@ def cohort_rows(table: pd.DataFrame, preds: PredictionSource, cohort_of: dict[st
             pd.DataFrame(missing, columns=COHORT_SKIPPED_COLUMNS))
 
 
-
 def add_intervals(df: pd.DataFrame, preds: PredictionSource, n_boot: int, level: float = 0.95) -> pd.DataFrame:
     """Each row's test metrics with percentile intervals from ``n_boot`` resamples of test subjects
     (stratified, :func:`sslad.metrics.bootstrap`) at the row's validation threshold, seeded by the
@@ -166,17 +159,14 @@ def add_intervals(df: pd.DataFrame, preds: PredictionSource, n_boot: int, level:
     return df.assign(**{k: pd.Series(v, index=df.index, dtype=float) for k, v in bounds.items()})
 
 
-
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     """Comma-separated, atomically, floats as %.6g, so reruns are byte-identical."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6g")
 
 
-
 class PredictionSource(Protocol):
     def get(self, source: str, mode: str) -> pd.DataFrame: ...
-
 
 
 class Predictions:

@@ -35,10 +35,8 @@ JOB_KEYS = ("task", "init", "fraction", "seed", "inputs", "rows")
 PREDICTION_COLUMNS = ("participant_id", "index_session", "mode", "label", "logit")
 
 
-
 def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
 
 
 def read_job(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str, Any], bytes]:

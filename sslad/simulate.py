@@ -348,7 +348,6 @@ def _render_job(args: tuple) -> tuple[str, str, dict[str, Any]]:
     return sub, ses, pose
 
 
-
 def simulate_cohort(cfg: dict[str, Any], out_dir: str | Path, threads: int = 1,
                     cohort: str = "simulated") -> list[Subject]:
     """Write the whole simulated BIDS dataset into ``out_dir`` (replaced atomically); the ground

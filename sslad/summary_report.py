@@ -16,20 +16,16 @@ def mean_sd(mean: float, sd: float) -> str:
     return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
-
 def _p(p: float) -> str:
     return "" if pd.isna(p) else f"{p:.3g}"
-
 
 
 def ci_text(low: float, high: float) -> str:
     return "n/a" if pd.isna(low) else f"[{low:+.3f}, {high:+.3f}]"
 
 
-
 def _pct(level: float) -> str:
     return f"{100 * level:.4g}%"
-
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -37,11 +33,9 @@ def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-
 def setting_text(primary: dict[str, Any]) -> str:
     mode = "full fine-tuning" if primary["mode"] == "full" else f"{primary['mode']} mode"
     return f"{mode}, {primary['inputs']} inputs, label fraction {float(primary['fraction']):g}"
-
 
 
 def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.DataFrame, n_boot: int,
@@ -121,7 +115,6 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
     return lines + [""]
 
 
-
 def _df(df: float, simultaneous: float) -> str:
     """The intervals' degrees of freedom; the simultaneous interval's in parentheses where it has fewer."""
     if pd.isna(df):
@@ -129,15 +122,12 @@ def _df(df: float, simultaneous: float) -> str:
     return f"{df:.1f}" if pd.isna(simultaneous) or simultaneous >= df else f"{df:.1f} ({simultaneous:.1f})"
 
 
-
 def _sd(value: float) -> str:
     return "" if pd.isna(value) else f"{value:.3f}"
 
 
-
 def _diff(value: float, low: float, high: float) -> str:
     return "" if pd.isna(value) else f"{value:+.3f} {ci_text(low, high)}"
-
 
 
 def _controls_section(controls: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, Any], level: float) -> list[str]:
@@ -169,7 +159,6 @@ def _controls_section(controls: pd.DataFrame, prim: pd.DataFrame, primary: dict[
     return lines + md_table(head, rows) + [""]
 
 
-
 def _skipped_section(skipped: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     if skipped.empty:
         return []
@@ -180,7 +169,6 @@ def _skipped_section(skipped: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         total = len(g) + table.loc[table["task"] == task, "source"].nunique()
         lines.append(f"- {task}: {shown} ({len(g)} of {total} jobs)")
     return lines + [""]
-
 
 
 def _exploratory_section(summary_df: pd.DataFrame, reference: str, n_boot: int, level: float) -> list[str]:
@@ -212,7 +200,6 @@ def _exploratory_section(summary_df: pd.DataFrame, reference: str, n_boot: int, 
         "", f"Mean ± sd over {over}. ΔAUC: t interval from the test subjects' part (paired bootstrap, "
             f"{n_boot} resamples) and the seeds' spread, same seeds for both inits; p two-sided; n/a: fewer than "
             f"{MIN_RESAMPLABLE} positive or negative test subjects.", ""]
-
 
 
 def _schedule_section(baseline: dict[str, pd.DataFrame], primary: dict[str, Any], n_boot: int,
@@ -252,7 +239,6 @@ def _schedule_section(baseline: dict[str, pd.DataFrame], primary: dict[str, Any]
     return lines
 
 
-
 def summary_markdown(summary_df: pd.DataFrame, prim: pd.DataFrame, primary: dict[str, Any], table: pd.DataFrame,
                      skipped: pd.DataFrame, n_boot: int, level: float = 0.95,
                      controls: pd.DataFrame | None = None, baseline: dict[str, pd.DataFrame] | None = None,
@@ -266,7 +252,6 @@ def summary_markdown(summary_df: pd.DataFrame, prim: pd.DataFrame, primary: dict
              *_controls_section(controls, prim, primary, level), *_skipped_section(skipped, table),
              *_exploratory_section(summary_df, primary["reference"], n_boot, level), *(convergence_lines or [])]
     return "\n".join(lines).rstrip("\n") + "\n"
-
 
 
 def by_cohort_section(table: pd.DataFrame, missing: pd.DataFrame, primary: dict[str, Any]) -> list[str]:
@@ -293,7 +278,6 @@ def by_cohort_section(table: pd.DataFrame, missing: pd.DataFrame, primary: dict[
     for (task, cohort), g in missing.groupby(["task", "test_cohort"], sort=True):
         lines.append(f"- {task} on {cohort}: not scored ({g['reason'].iloc[0]}; {len(g)} job rows)")
     return lines + ([""] if not missing.empty else [])
-
 
 
 def demoted(markdown: str) -> list[str]:
