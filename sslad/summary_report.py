@@ -107,7 +107,7 @@ def _primary_section(prim: pd.DataFrame, primary: dict[str, Any], table: pd.Data
     # fewer than 3 seeds: measured by benchmarks/calibration.py (docs/results.md)
     few_seeds = {1: "**One fine-tuning seed**: the intervals carry the test subjects' variance only, not the seeds'.",
                  2: "**Two fine-tuning seeds**: the seeds' part is known to about one degree of freedom: p-values "
-                    "can be conservative (type-I error down to 2.6% with pretraining runs crossed, "
+                    "can be conservative (type-I error down to 2.4% with pretraining runs crossed, "
                     "benchmarks/calibration.py), and the simultaneous intervals, on the fewer degrees of freedom "
                     "that hold their level, seldom exclude 0."}.get(int(prim["n_seeds"].max()))
     if few_seeds:
